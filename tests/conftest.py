@@ -1,0 +1,34 @@
+"""Shared fixtures: the real S3-compatible server, one bucket per test."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from s3server import S3Server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One SeaweedFS for the whole session (it takes a few seconds to start)."""
+    server = S3Server(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket; AWS_* variables point at the test server for this test."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server.new_bucket()
+
+
+@pytest.fixture
+def s3_url(s3_bucket):
+    """``s3://bucket/prefix`` URL of a fresh bucket on the test server."""
+    return f"s3://{s3_bucket}/vfs"

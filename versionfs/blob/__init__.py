@@ -1,0 +1,1 @@
+"""Content-addressed blobs: pointers, codec, and the stores that keep them."""

@@ -1,0 +1,1 @@
+"""Metadata: write-ahead log, LMDB backend, MVCC revisions, KV with compare-and-swap, records."""
