@@ -1,0 +1,142 @@
+"""Single-writer lease (versionfs.meta.lease) on LMDB and on the real S3 server.
+
+Time is an injected clock (a plain counter the test advances), so expiry is
+tested without sleeping; the stores are real.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from versionfs.meta.kv import LMDBKV, open_kv
+from versionfs.meta.lease import (CorruptLeaseError, Lease, LeaseHeldError,
+                                  LeaseLostError)
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["lmdb", "s3"])
+def kv(request, tmp_path):
+    if request.param == "lmdb":
+        store = LMDBKV(tmp_path / "kv")
+    else:
+        store = open_kv(f"s3://{request.getfixturevalue('s3_bucket')}/vfs/")
+    yield store
+    store.close()
+
+
+def test_acquire_renew_release(kv):
+    clock = Clock()
+    a = Lease(kv, "lease", "laptop-a", ttl=60, clock=clock)
+    info = a.acquire()
+    assert (info.holder, info.expires, info.generation) == ("laptop-a", clock.now + 60, 1)
+    assert a.held and a.read() == info
+    clock.now += 30
+    renewed = a.renew()
+    assert renewed.expires == clock.now + 60 and renewed.generation == 1
+    assert a.release() is True
+    assert a.read() is None and not a.held
+    assert a.release() is False
+
+
+def test_second_holder_is_refused_with_holder_and_expiry(kv):
+    clock = Clock()
+    Lease(kv, "lease", "laptop-a", ttl=60, clock=clock).acquire()
+    b = Lease(kv, "lease", "desktop-b", ttl=60, clock=clock)
+    with pytest.raises(LeaseHeldError, match="laptop-a") as err:
+        b.acquire()
+    assert err.value.info.holder == "laptop-a"
+    assert err.value.info.expires == clock.now + 60
+    assert "until" in str(err.value)
+
+
+def test_same_holder_reacquires_after_restart(kv):
+    clock = Clock()
+    Lease(kv, "lease", "laptop-a", ttl=60, clock=clock).acquire()
+    again = Lease(kv, "lease", "laptop-a", ttl=60, clock=clock).acquire()
+    assert again.holder == "laptop-a" and again.generation == 2
+
+
+def test_expired_lease_is_taken_over_and_old_holder_loses(kv):
+    clock = Clock()
+    a = Lease(kv, "lease", "laptop-a", ttl=60, clock=clock)
+    a.acquire()
+    b = Lease(kv, "lease", "desktop-b", ttl=60, clock=clock)
+    clock.now += 61
+    assert not a.held
+    info = b.acquire()
+    assert info.holder == "desktop-b" and info.generation == 2
+    with pytest.raises(LeaseLostError, match="desktop-b"):
+        a.renew()
+    assert a.release() is False  # must not delete b's lease
+    assert b.read().holder == "desktop-b"
+
+
+def test_steal_displaces_a_live_holder(kv):
+    clock = Clock()
+    a = Lease(kv, "lease", "laptop-a", ttl=600, clock=clock)
+    a.acquire()
+    b = Lease(kv, "lease", "desktop-b", ttl=600, clock=clock)
+    displaced = b.steal()
+    assert displaced.holder == "laptop-a" and displaced.generation == 1
+    assert b.read().generation == 2
+    with pytest.raises(LeaseLostError):
+        a.renew()
+    c = Lease(kv, "other", "c", ttl=10, clock=clock)
+    assert c.steal() is None and c.held  # stealing a free lease just takes it
+
+
+def test_renew_without_acquire_and_deleted_lease(kv):
+    clock = Clock()
+    a = Lease(kv, "lease", "laptop-a", ttl=60, clock=clock)
+    with pytest.raises(LeaseLostError, match="acquire"):
+        a.renew()
+    a.acquire()
+    kv.delete("lease")
+    with pytest.raises(LeaseLostError, match="deleted"):
+        a.renew()
+
+
+def test_corrupt_lease_record(kv):
+    kv.put("lease", b"not json")
+    with pytest.raises(CorruptLeaseError, match="lease"):
+        Lease(kv, "lease", "a", ttl=10).acquire()
+    assert Lease(kv, "lease", "a", ttl=10).steal().generation == 0
+
+
+def test_bad_ttl(kv):
+    with pytest.raises(ValueError, match="ttl"):
+        Lease(kv, "lease", "a", ttl=0)
+
+
+def test_many_threads_racing_for_a_free_lease_one_wins(kv):
+    clock = Clock()
+    contenders, rounds = 6, 5
+    for r in range(rounds):
+        barrier = threading.Barrier(contenders)
+        winners, refused = [], []
+        leases = [Lease(kv, f"race{r}", f"m{i}", ttl=60, clock=clock) for i in range(contenders)]
+
+        def contend(lease: Lease) -> None:
+            barrier.wait()
+            try:
+                lease.acquire()
+                winners.append(lease.holder)
+            except LeaseHeldError as exc:
+                refused.append(exc.info.holder)
+
+        threads = [threading.Thread(target=contend, args=(lease,)) for lease in leases]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(winners) == 1, winners
+        assert set(refused) == set(winners) and len(refused) == contenders - 1
