@@ -1,0 +1,358 @@
+"""The state directory's ``config.toml``: a schema with defaults, checked on load.
+
+Every key is declared once in ``SCHEMA`` with its type, default and a one-line
+doc.  Loading refuses unknown keys and wrong types with one ``ConfigError``
+line naming the key and the file, because a typo in a config file that is
+silently ignored is a setting the user believes is on and is not.  The same
+schema renders ``contrib/config.example.toml`` (``example_toml()``), so the
+documented example can never drift from what the loader accepts.
+
+Later issues add keys with ``register()`` (or by extending ``SCHEMA`` here);
+sections ``cloud``, ``snapshots`` and ``metrics`` are already reserved with the
+keys issues 5 and 6 need.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import tomli_w
+
+__all__ = ["ConfigError", "Key", "SCHEMA", "Config", "register", "load", "save",
+           "defaults", "example_toml", "parse_size"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``str()`` is one line for the user."""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string like ``"10G"``, ``"512 MiB"``, ``"4096"``.
+
+    Units are binary (1 G = 2**30): sizes here are cache and quota budgets,
+    where the difference to powers of ten is only ever surprising.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a size, not a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError(f"not a size: {value!r} (use bytes or e.g. \"10G\", \"512MiB\")")
+
+
+def format_size(n: int) -> str:
+    """Human-readable binary size, e.g. ``1.5 GiB`` (for status output)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: ``kind`` is bool/int/float/str/size/list; ``check`` validates further."""
+
+    section: str
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    check: Callable[[Any], str | None] | None = None   # returns an error text or None
+    example: Any = None                                 # shown commented out in the example
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def _chunk_range(v: Any) -> str | None:
+    if v < 64 * 1024 or v > 64 * 1024 * 1024:
+        return "must be between 64KiB and 64MiB"
+    return None
+
+
+def _slow_url(v: Any) -> str | None:
+    if v == "" or re.match(r"^(file|s3|vfs|vfss|tcp|http|https)://", v):
+        return None
+    return "must be empty (the slow/ directory in the state dir), file:///path, s3://bucket/prefix or a remote store URL"
+
+
+SECTION_DOCS: dict[str, str] = {
+    "store": "Where blobs live: the fast local store and the slow (cloud) store behind it.",
+    "encryption": "Set by `versionfs init --encrypt`; cannot be changed after init.",
+    "mount": "How the mounted filesystem behaves.",
+    "meta": "The metadata engine (WAL + LMDB).",
+    "cloud": "Sharing the filesystem through the slow store (issue 5: lease, WAL shipping).",
+    "snapshots": "Automatic snapshots and their retention (issue 6).",
+    "metrics": "Prometheus metrics (issue 6).",
+}
+
+SCHEMA: dict[str, Key] = {}
+
+
+def register(key: Key) -> Key:
+    """Declare a config key (later issues add theirs here); a clash is a programming error."""
+    if key.dotted in SCHEMA:
+        raise ValueError(f"config key {key.dotted} declared twice")
+    if key.section not in SECTION_DOCS:
+        raise ValueError(f"config section [{key.section}] has no SECTION_DOCS entry")
+    SCHEMA[key.dotted] = key
+    return key
+
+
+for _k in [
+    Key("store", "slow", "str", "",
+        "Slow store URL: file:///path, s3://bucket/prefix, or a remote store URL "
+        "(`versionfs serve-store`). Empty: the slow/ directory inside the state dir.",
+        _slow_url, example="s3://my-bucket/home"),
+    Key("store", "fast_max_bytes", "size", 0,
+        "Most bytes the fast local store may hold (e.g. \"20G\"); 0 = no limit. "
+        "Blobs not yet uploaded are never evicted, so writes fail with ENOSPC "
+        "rather than lose data when it is full.", _non_negative),
+    Key("store", "upload_concurrency", "int", 8,
+        "Parallel uploads to the slow store.", _positive),
+    Key("store", "chunk_size", "size", "1MiB",
+        "Average content-defined chunk size (min = 1/4, max = 4x this).",
+        _chunk_range),
+    Key("store", "compression_level", "int", 3,
+        "zstd level for blobs (1 fast .. 19 small; 0 = store uncompressed).",
+        lambda v: None if 0 <= v <= 22 else "must be between 0 and 22"),
+    Key("encryption", "enabled", "bool", False,
+        "Blobs and published metadata are encrypted; the master key is wrapped "
+        "by your passphrase in the state dir's key file and in the slow store "
+        "(keys/master)."),
+    Key("encryption", "cipher", "str", "aes-256-gcm",
+        "AEAD cipher: aes-256-gcm or chacha20-poly1305.",
+        _one_of("aes-256-gcm", "chacha20-poly1305")),
+    Key("mount", "idle_seal_seconds", "float", 2.0,
+        "A file written and then left alone this long is sealed into chunks.",
+        _positive),
+    Key("mount", "fuse_options", "list", [],
+        "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),
+    Key("mount", "flush_timeout_seconds", "float", 60.0,
+        "How long `versionfs umount` waits for uploads before warning and unmounting anyway.",
+        _non_negative),
+    Key("meta", "batch_interval", "float", 0.05,
+        "Seconds between LMDB commits (the WAL makes each write durable at once).",
+        _positive),
+    Key("meta", "batch_limit", "int", 1000,
+        "Commit to LMDB after this many operations even before batch_interval.",
+        _positive),
+    Key("meta", "quota_bytes", "size", 0,
+        "Largest the metadata database may grow (e.g. \"8G\"); 0 = no quota. "
+        "Writes past it fail cleanly (ENOSPC) instead of corrupting anything.",
+        _non_negative),
+    Key("cloud", "lease_ttl_seconds", "float", 60.0,
+        "Single-writer lease in the slow store: expires this long after the "
+        "holder stops renewing it.", _positive),
+    Key("cloud", "wal_ship_interval_seconds", "float", 5.0,
+        "How often metadata (WAL segments) is shipped to the slow store.", _positive),
+    Key("cloud", "checkpoint_interval_seconds", "float", 3600.0,
+        "How often a full metadata checkpoint is published to the slow store.", _positive),
+    Key("snapshots", "schedule", "str", "",
+        "Automatic snapshots: empty = off, or an interval like \"15m\", \"1h\", \"1d\".",
+        lambda v: None if v == "" or re.match(r"^\d+[smhd]$", v) else
+        "must be empty or a number followed by s, m, h or d (e.g. \"1h\")"),
+    Key("snapshots", "keep_hourly", "int", 24, "Retention: hourly snapshots to keep.", _non_negative),
+    Key("snapshots", "keep_daily", "int", 14, "Retention: daily snapshots to keep.", _non_negative),
+    Key("snapshots", "keep_weekly", "int", 8, "Retention: weekly snapshots to keep.", _non_negative),
+    Key("snapshots", "keep_monthly", "int", 12, "Retention: monthly snapshots to keep.", _non_negative),
+    Key("snapshots", "keep_named", "bool", True, "Never expire snapshots that were given a name."),
+    Key("metrics", "listen", "str", "",
+        "Serve Prometheus metrics on this address, e.g. \"127.0.0.1:9464\"; empty = off.",
+        lambda v: None if v == "" or re.match(r"^.+:\d+$", v) else "must be empty or HOST:PORT"),
+]:
+    register(_k)
+del _k
+
+
+_KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number",
+               "str": "a string", "size": "a size (bytes or e.g. \"10G\")",
+               "list": "a list of strings"}
+
+
+def _coerce(key: Key, value: Any) -> Any:
+    """The value in its canonical Python type, or ValueError with the reason."""
+    kind = key.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    elif kind == "size":
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            return parse_size(value)
+    elif kind == "list":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    raise ValueError(f"must be {_KIND_NAMES[kind]}, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return f"{names.get(type(value), type(value).__name__)} ({value!r})" if not isinstance(
+        value, (dict, list)) else names.get(type(value), type(value).__name__)
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """The built-in configuration, canonical types, by section."""
+    out: dict[str, dict[str, Any]] = {}
+    for key in SCHEMA.values():
+        out.setdefault(key.section, {})[key.name] = _coerce(key, key.default)
+    return out
+
+
+@dataclass
+class Config:
+    """A validated configuration: ``cfg["store.slow"]`` or ``cfg.store["slow"]``."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=defaults)
+    path: Path | None = None
+
+    def __getitem__(self, dotted: str) -> Any:
+        section, _, name = dotted.partition(".")
+        if dotted not in SCHEMA:
+            raise KeyError(f"no config key {dotted}")
+        return self.values.get(section, {}).get(name, _coerce(SCHEMA[dotted], SCHEMA[dotted].default))
+
+    def __getattr__(self, section: str) -> dict[str, Any]:
+        if section in SECTION_DOCS:
+            merged = {k.name: self[k.dotted] for k in SCHEMA.values() if k.section == section}
+            return merged
+        raise AttributeError(section)
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Set one key, validated exactly as on load."""
+        where = str(self.path) if self.path else "config"
+        key = SCHEMA.get(dotted)
+        if key is None:
+            raise ConfigError(f"{where}: unknown key {dotted}")
+        self.values.setdefault(key.section, {})[key.name] = _validated(key, value, where)
+
+
+def _validated(key: Key, value: Any, where: str) -> Any:
+    try:
+        coerced = _coerce(key, value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {key.dotted} {e}") from None
+    if key.check is not None:
+        problem = key.check(coerced)
+        if problem:
+            raise ConfigError(f"{where}: {key.dotted} {problem} (got {value!r})")
+    return coerced
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Validate a parsed TOML document; unknown sections/keys and bad values are ConfigError."""
+    cfg = Config()
+    for section, table in data.items():
+        if section not in SECTION_DOCS:
+            raise ConfigError(f"{where}: unknown section [{section}] "
+                              f"(known: {', '.join(SECTION_DOCS)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {section} must be a table ([{section}]), got {_describe(table)}")
+        for name, value in table.items():
+            key = SCHEMA.get(f"{section}.{name}")
+            if key is None:
+                known = ", ".join(k.name for k in SCHEMA.values() if k.section == section)
+                raise ConfigError(f"{where}: unknown key {section}.{name} (known in [{section}]: {known})")
+            cfg.values[section][name] = _validated(key, value, where)
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate ``path``; every problem is one ConfigError line naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    cfg = from_dict(data, str(path))
+    cfg.path = path
+    return cfg
+
+
+def save(cfg: Config, path: str | os.PathLike[str]) -> None:
+    """Write only the keys that differ from the defaults, atomically (tmp + fsync + rename)."""
+    path = Path(path)
+    base = defaults()
+    doc: dict[str, dict[str, Any]] = {}
+    for section, table in cfg.values.items():
+        for name, value in table.items():
+            if value != base.get(section, {}).get(name):
+                doc.setdefault(section, {})[name] = value
+    header = ("# versionfs configuration. Only settings that differ from the defaults are\n"
+              "# listed; every key is documented in contrib/config.example.toml.\n\n")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(header + tomli_w.dumps(doc))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    cfg.path = path
+
+
+def example_toml() -> str:
+    """Every key, documented, with its default value: the text of contrib/config.example.toml."""
+    lines = ["# versionfs configuration: STATE_DIR/config.toml",
+             "#",
+             "# Every key with its default. `versionfs init` writes only the keys that",
+             "# differ from these; edit the file and remount for changes to take effect.",
+             "# Sizes are bytes or strings with binary units: \"512MiB\", \"20G\".",
+             "# Unknown keys and wrong types are refused with an error naming the key."]
+    for section, doc in SECTION_DOCS.items():
+        keys = [k for k in SCHEMA.values() if k.section == section]
+        if not keys:
+            continue
+        lines += ["", f"# {doc}", f"[{section}]"]
+        for key in keys:
+            lines += ["# " + line for line in textwrap.wrap(key.doc, 76)]
+            rendered = tomli_w.dumps({key.name: key.default}).rstrip("\n")
+            lines.append(rendered)
+            if key.example is not None:
+                lines.append("# e.g. " + tomli_w.dumps({key.name: key.example}).rstrip("\n"))
+    return "\n".join(lines) + "\n"

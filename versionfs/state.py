@@ -1,0 +1,514 @@
+"""The state directory: everything one machine keeps for one filesystem.
+
+Layout of ``STATE_DIR`` (created by ``init_state``)::
+
+    state.toml     written once by init: format, filesystem id, encryption; its
+                   presence is what makes a directory a versionfs state dir
+    config.toml    user settings (see versionfs.config; only non-defaults listed)
+    key            encrypted filesystems only: the master key wrapped by the
+                   passphrase (also stored in the slow store as keys/master, so a
+                   new machine recovers with the bucket and the passphrase)
+    fast/          the fast local blob store (DiskStore)
+    journal/       the durable upload journal of the Paired store
+    meta/          metadata: WAL + LMDB + MVCC revisions
+    dirty/         file data written but not yet sealed into chunks
+    slow/          the default slow store (DirectoryStore) when --slow is not given
+    lock           flock()ed by the process that has the filesystem open, and
+                   holding its pid, so one state dir has at most one daemon
+    versionfs.log  the background daemon's log
+
+``open_state`` turns a state dir into live objects (``State``); the CLI and the
+tests use nothing else to get at the layers underneath.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import getpass
+import os
+import shutil
+import time
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import tomli_w
+
+from versionfs import config as configmod
+
+__all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
+           "Layout", "State", "init_state", "open_state", "is_state_dir",
+           "get_passphrase", "read_pid", "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT",
+           "PASSPHRASE_ENV"]
+
+STATE_FORMAT = 1
+MASTER_KEY_OBJECT = "keys/master"          # wrapped master key in the slow store
+FILESYSTEM_OBJECT = "versionfs.toml"        # identity of the filesystem in the slow store
+PASSPHRASE_ENV = "VERSIONFS_PASSPHRASE"
+
+
+class StateError(Exception):
+    """A state dir problem a user can cause; ``str()`` is one line for them."""
+
+
+class NotAStateDirError(StateError):
+    pass
+
+
+class StateInUseError(StateError):
+    pass
+
+
+class PassphraseError(StateError):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths inside one state dir (pure; touches nothing)."""
+
+    root: Path
+
+    @property
+    def marker(self) -> Path: return self.root / "state.toml"
+    @property
+    def config(self) -> Path: return self.root / "config.toml"
+    @property
+    def key(self) -> Path: return self.root / "key"
+    @property
+    def fast(self) -> Path: return self.root / "fast"
+    @property
+    def journal(self) -> Path: return self.root / "journal"
+    @property
+    def meta(self) -> Path: return self.root / "meta"
+    @property
+    def dirty(self) -> Path: return self.root / "dirty"
+    @property
+    def slow(self) -> Path: return self.root / "slow"
+    @property
+    def lock(self) -> Path: return self.root / "lock"
+    @property
+    def log(self) -> Path: return self.root / "versionfs.log"
+
+    def slow_url(self, cfg: configmod.Config) -> str:
+        """The configured slow store, or the slow/ directory inside the state dir."""
+        return cfg["store.slow"] or self.slow.resolve().as_uri()
+
+
+def is_state_dir(path: str | os.PathLike[str]) -> bool:
+    return Layout(Path(path)).marker.is_file()
+
+
+# --- passphrases -------------------------------------------------------------
+
+def get_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *,
+                   confirm: bool = False, env: dict[str, str] | None = None,
+                   what: str = "this filesystem") -> str:
+    """The passphrase from a file, ``$VERSIONFS_PASSPHRASE``, or a terminal prompt.
+
+    A file's trailing newline is dropped (``echo secret > f`` must work).  With
+    no terminal and no other source this is a PassphraseError naming the
+    options, never a hang waiting for input nobody can give.
+    """
+    env = os.environ if env is None else env
+    if passphrase_file is not None:
+        try:
+            text = Path(passphrase_file).read_text()
+        except OSError as e:
+            raise PassphraseError(f"cannot read passphrase file {passphrase_file}: "
+                                  f"{e.strerror}") from None
+        phrase = text[:-1] if text.endswith("\n") else text
+        if phrase.endswith("\r"):
+            phrase = phrase[:-1]
+        if not phrase:
+            raise PassphraseError(f"passphrase file {passphrase_file} is empty")
+        return phrase
+    if env.get(PASSPHRASE_ENV):
+        return env[PASSPHRASE_ENV]
+    if not _have_tty():
+        raise PassphraseError(f"{what} is encrypted: give --passphrase-file FILE or set "
+                              f"{PASSPHRASE_ENV} (no terminal to ask on)")
+    phrase = getpass.getpass(f"Passphrase for {what}: ")
+    if not phrase:
+        raise PassphraseError("empty passphrase")
+    if confirm and getpass.getpass("Repeat passphrase: ") != phrase:
+        raise PassphraseError("the passphrases did not match")
+    return phrase
+
+
+def _have_tty() -> bool:
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+# --- the lock -----------------------------------------------------------------
+
+def read_pid(path: str | os.PathLike[str]) -> int | None:
+    """Pid of the process holding the state dir open, or None if nobody does."""
+    layout = Layout(Path(path))
+    try:
+        fd = os.open(layout.lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _take_lock(layout: Layout, shared: bool) -> int:
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {text})" if text.isdigit() else ""
+        raise StateInUseError(f"{layout.root} is already in use by another versionfs "
+                              f"process{who}; is it mounted? (`versionfs umount MOUNTPOINT`)") from None
+    if not shared:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+# --- init ---------------------------------------------------------------------
+
+def _marker_data(layout: Layout) -> dict[str, Any]:
+    try:
+        with open(layout.marker, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise NotAStateDirError(f"{layout.root} is not a versionfs state dir "
+                                f"(create one with `versionfs init {layout.root}`)") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise StateError(f"{layout.marker}: unreadable ({e})") from None
+    fmt = data.get("format")
+    if fmt != STATE_FORMAT:
+        raise StateError(f"{layout.root}: state format {fmt!r} is not supported by this "
+                         f"versionfs (it reads format {STATE_FORMAT})")
+    return data
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_named_objects(url: str):
+    """Named-object access (``get/put/put_if_absent``) to a slow store, or None.
+
+    The remote store has no named objects; the filesystem then still works but a
+    new machine cannot recover the key from the slow store alone.
+    """
+    from versionfs.blob import url as blob_url
+    opener = getattr(blob_url, "open_bucket", None)
+    if opener is None:
+        return None
+    try:
+        return opener(url)
+    except (ValueError, NotImplementedError) as e:
+        if "named" in str(e) or isinstance(e, NotImplementedError):
+            return None
+        raise
+
+
+def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
+               encrypt: bool = False, passphrase: str | None = None,
+               cipher: str | None = None,
+               settings: dict[str, Any] | None = None) -> Path:
+    """Create a new filesystem's state dir at ``path``; returns its absolute path.
+
+    Refuses a directory that is not empty (unless it already is exactly that),
+    and a slow store that already holds a filesystem.  On any failure what init
+    created is removed again, so a retry starts clean.
+    """
+    root = Path(path).absolute()
+    layout = Layout(root)
+    if root.exists() and not root.is_dir():
+        raise StateError(f"{root} exists and is not a directory")
+    if is_state_dir(root):
+        raise StateError(f"{root} already holds a versionfs filesystem")
+    if root.exists() and any(root.iterdir()):
+        raise StateError(f"{root} is not empty and is not a versionfs state dir; "
+                         f"give an empty or new directory")
+    if encrypt and not passphrase:
+        raise PassphraseError("an encrypted filesystem needs a passphrase")
+
+    cfg = configmod.Config(path=layout.config)
+    for dotted, value in (settings or {}).items():
+        cfg.set(dotted, value)
+    if slow_url:
+        cfg.set("store.slow", _normalise_url(slow_url))
+    cfg.set("encryption.enabled", bool(encrypt))
+    if cipher:
+        cfg.set("encryption.cipher", cipher)
+
+    created_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        for d in (layout.fast, layout.journal, layout.meta, layout.dirty):
+            d.mkdir(mode=0o700)
+        if not cfg["store.slow"]:
+            layout.slow.mkdir(mode=0o700)
+        configmod.save(cfg, layout.config)
+        fs_id = uuid.uuid4().hex
+        identity = {"format": STATE_FORMAT, "id": fs_id,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "encrypted": bool(encrypt), "cipher": cfg["encryption.cipher"]}
+        bucket = open_named_objects(layout.slow_url(cfg))
+        if bucket is not None:
+            _claim_slow_store(bucket, layout.slow_url(cfg), identity)
+        if encrypt:
+            from versionfs.blob import keys
+            wrapped = keys.wrap_key(keys.new_master_key(), passphrase)
+            _write_atomic(layout.key, wrapped, 0o600)
+            if bucket is not None:
+                bucket.put(MASTER_KEY_OBJECT, wrapped)
+        _write_atomic(layout.marker, tomli_w.dumps(identity).encode())
+        _fsync_dir(root)
+    except BaseException:
+        _undo_init(root, created_root)
+        raise
+    return root
+
+
+def _claim_slow_store(bucket: Any, url: str, identity: dict[str, Any]) -> None:
+    from versionfs.blob.errors import PreconditionFailedError
+    try:
+        bucket.put_if_absent(FILESYSTEM_OBJECT, tomli_w.dumps(identity).encode())
+    except PreconditionFailedError:
+        raise StateError(f"the slow store {url} already holds a versionfs filesystem; "
+                         f"use an empty location (a new prefix)") from None
+
+
+def _undo_init(root: Path, created_root: bool) -> None:
+    if created_root:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for child in list(root.iterdir()) if root.exists() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _normalise_url(url: str) -> str:
+    """Plain paths become file:// URLs (absolute), other schemes pass unchanged."""
+    if "://" not in url:
+        return Path(url).absolute().as_uri()
+    return url
+
+
+# --- open ---------------------------------------------------------------------
+
+PassphraseSource = str | Callable[[], str] | None
+
+
+class State:
+    """An opened state dir: ``meta``, ``paired``, ``codec``, ``blobs``, ``config``.
+
+    Holds the state dir's lock until ``close()``.  Opening is ordered so that a
+    wrong passphrase or a held lock fails before anything is started.
+    """
+
+    def __init__(self, layout: Layout, cfg: configmod.Config, identity: dict[str, Any],
+                 read_only: bool, lock_fd: int | None):
+        self.layout = layout
+        self.path = layout.root
+        self.config = cfg
+        self.identity = identity
+        self.read_only = read_only
+        self._lock_fd = lock_fd
+        self.codec: Any = None
+        self.fast: Any = None
+        self.slow: Any = None
+        self.paired: Any = None
+        self.blobs: Any = None
+        self.meta: Any = None
+        self._closed = False
+
+    @property
+    def id(self) -> str:
+        return str(self.identity.get("id", ""))
+
+    @property
+    def dirty_dir(self) -> Path:
+        return self.layout.dirty
+
+    @property
+    def slow_url(self) -> str:
+        return self.layout.slow_url(self.config)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.identity.get("encrypted"))
+
+    def close(self) -> None:
+        """Close meta, then the paired store (its journal keeps what is unsent), then unlock."""
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        for obj in (self.meta, self.paired, self.slow, self.fast):
+            if obj is None:
+                continue
+            try:
+                obj.close()
+            except Exception as e:         # close everything; report the first failure
+                errors.append(e)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "State":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def load_config(path: str | os.PathLike[str]) -> configmod.Config:
+    """The state dir's validated config (ConfigError names the key and file)."""
+    layout = Layout(Path(path).absolute())
+    _marker_data(layout)
+    if not layout.config.exists():
+        return configmod.Config(path=layout.config)
+    return configmod.load(layout.config)
+
+
+def _master_key(layout: Layout, passphrase: PassphraseSource) -> bytes:
+    from versionfs.blob import keys
+    from versionfs.blob.errors import WrongPassphraseError
+    try:
+        wrapped = layout.key.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"{layout.root} is encrypted but its key file {layout.key} is "
+                         f"missing") from None
+    phrase = passphrase() if callable(passphrase) else passphrase
+    if not phrase:
+        raise PassphraseError(f"{layout.root} is encrypted: give --passphrase-file FILE "
+                              f"or set {PASSPHRASE_ENV}")
+    try:
+        return keys.unwrap_key(wrapped, phrase)
+    except WrongPassphraseError:
+        raise PassphraseError(f"wrong passphrase for {layout.root}") from None
+
+
+def _make_codec(master: bytes | None, cfg: configmod.Config):
+    """A Codec honouring the configured cipher and compression when the codec takes them."""
+    import inspect
+    from versionfs.blob.codec import Codec
+    params = inspect.signature(Codec).parameters
+    kwargs: dict[str, Any] = {}
+    if "compression_level" in params:
+        kwargs["compression_level"] = cfg["store.compression_level"]
+    if "cipher" in params:
+        kwargs["cipher"] = cfg["encryption.cipher"]
+    return Codec(master, **kwargs)
+
+
+def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None, *,
+               read_only: bool = False, lock: bool = True,
+               start_uploads: bool = False) -> State:
+    """Open a state dir: lock it, unlock the key, open stores and metadata.
+
+    ``passphrase`` may be a callable, asked only if the filesystem is encrypted.
+    With ``read_only`` the Paired store has no journal (puts fail) and the lock
+    is shared, so several readers may coexist but not with a mounted daemon.
+    """
+    root = Path(path).absolute()
+    if not root.exists():
+        raise StateError(f"{root} does not exist")
+    if not root.is_dir():
+        raise NotAStateDirError(f"{root} is not a directory, so not a versionfs state dir")
+    layout = Layout(root)
+    identity = _marker_data(layout)
+    cfg = load_config(root)
+    if bool(identity.get("encrypted")) != cfg["encryption.enabled"]:
+        raise configmod.ConfigError(
+            f"{layout.config}: encryption.enabled = {str(cfg['encryption.enabled']).lower()} "
+            f"but this filesystem was created {'with' if identity.get('encrypted') else 'without'} "
+            f"encryption; it cannot be changed after init")
+    lock_fd = _take_lock(layout, shared=read_only) if lock else None
+    state = State(layout, cfg, identity, read_only, lock_fd)
+    try:
+        master = _master_key(layout, passphrase) if identity.get("encrypted") else None
+        from versionfs.blob.blobstore import BlobStore
+        from versionfs.blob.disk import DiskStore
+        from versionfs.blob.paired import Paired
+        from versionfs.blob.url import open_store
+        state.codec = _make_codec(master, cfg)
+        state.fast = DiskStore(layout.fast, max_bytes=cfg["store.fast_max_bytes"] or None)
+        state.slow = open_store(state.slow_url)
+        state.paired = Paired(state.fast, state.slow,
+                              None if read_only else layout.journal,
+                              **_paired_options(cfg))
+        if start_uploads and not read_only:
+            state.paired.start()
+        state.blobs = BlobStore(state.paired, state.codec)
+        from versionfs.meta.mvcc import MVCCStore
+        state.meta = MVCCStore.open(layout.meta, **_meta_options(cfg, read_only))
+    except BaseException:
+        try:
+            state.close()
+        except Exception:
+            pass
+        raise
+    return state
+
+
+def _accepted(callable_: Any, wanted: dict[str, Any]) -> dict[str, Any]:
+    """Only the options a constructor accepts: the layers grow options independently."""
+    import inspect
+    try:
+        params = inspect.signature(callable_).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(wanted)
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+def _paired_options(cfg: configmod.Config) -> dict[str, Any]:
+    from versionfs.blob.paired import Paired
+    return _accepted(Paired, {"concurrency": cfg["store.upload_concurrency"]})
+
+
+def _meta_options(cfg: configmod.Config, read_only: bool) -> dict[str, Any]:
+    from versionfs.meta.mvcc import MVCCStore
+    wanted: dict[str, Any] = {"batch_interval": cfg["meta.batch_interval"],
+                              "batch_limit": cfg["meta.batch_limit"],
+                              "quota_bytes": cfg["meta.quota_bytes"] or None}
+    if read_only:
+        wanted["read_only"] = True
+    return _accepted(MVCCStore.open, wanted)
