@@ -1,0 +1,54 @@
+"""BlobStore: plaintext in, Pointer out; every read verified."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .codec import Codec
+from .errors import CorruptBlobError
+from .pointer import Pointer, as_pointer
+from .store import Store
+
+
+class BlobStore:
+    """A Store seen through a Codec. Blocking and thread-safe.
+
+    If a read fails verification and the store can fetch a second copy
+    (``Paired.refetch``: the fast copy is bad but the slow one may be good),
+    the blob is repaired from it; otherwise CorruptBlobError names the pointer.
+    """
+
+    def __init__(self, store: Store, codec: Codec):
+        self.store = store
+        self.codec = codec
+
+    def put(self, plaintext) -> Pointer:
+        pointer, stored = self.codec.encode(plaintext)
+        self.store.put(pointer, stored)
+        return pointer
+
+    def put_many(self, plaintexts: Iterable) -> list[Pointer]:
+        """Encode and store several blobs at once, sharing the store's fsyncs."""
+        encoded = [self.codec.encode(p) for p in plaintexts]
+        self.store.put_many(encoded)
+        return [pointer for pointer, _ in encoded]
+
+    def get(self, pointer: Pointer) -> bytes:
+        pointer = as_pointer(pointer)
+        stored = self.store.get(pointer)
+        try:
+            return self.codec.decode(pointer, stored)
+        except CorruptBlobError:
+            refetch = getattr(self.store, "refetch", None)
+            if refetch is None:
+                raise
+            return self.codec.decode(pointer, refetch(pointer))
+
+    def contains(self, pointer: Pointer) -> bool:
+        return self.store.contains(as_pointer(pointer))
+
+    def delete(self, pointer: Pointer) -> None:
+        self.store.delete(as_pointer(pointer))
+
+    def close(self) -> None:
+        self.store.close()

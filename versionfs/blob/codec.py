@@ -1,0 +1,218 @@
+"""Codec: how a blob's plaintext becomes the bytes a store keeps, and back.
+
+Stored layout (big-endian)::
+
+    format u8 | payload length u32 | payload
+
+    0x01 plain        payload = plaintext
+    0x02 plain+zstd   payload = zstd frame
+    0x11 AEAD         payload = nonce[12] | AES-256-GCM(ciphertext | tag)
+    0x12 AEAD+zstd    as 0x11, over the zstd frame
+    0x21 sealed plain payload = data | SHA-256(context, header, data)
+    0x22 sealed AEAD  payload = nonce[12] | AES-256-GCM(data)   (AAD: header, context)
+
+The format byte lets later versions add formats while old blobs stay readable.
+The length field is what tells a truncated blob from a tampered one.
+
+Pointers are SHA-256 of the plaintext, or, when encrypted, HMAC-SHA256 under a
+key derived from the master key (so a name reveals nothing about content, not
+even to someone who guesses the content). Plain blobs are verified by
+re-hashing; encrypted blobs by the AEAD tag, whose associated data binds the
+header and the pointer (a blob copied under another name fails). Nonces are
+random: at 2^32 blobs per key the collision risk is 2^-33, far beyond a home
+directory's life. zstd is used only when it saves at least 1/32 of the size,
+so incompressible data costs one fast zstd pass and no decompression later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+import threading
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import CorruptBlobError, TruncatedBlobError, WrongPassphraseError
+from .keys import MASTER_KEY_SIZE, unwrap_key
+from .pointer import Pointer
+
+FMT_PLAIN = 0x01
+FMT_PLAIN_ZSTD = 0x02
+FMT_AEAD = 0x11
+FMT_AEAD_ZSTD = 0x12
+FMT_SEAL_PLAIN = 0x21
+FMT_SEAL_AEAD = 0x22
+
+_HEADER = struct.Struct(">BI")
+HEADER_SIZE = _HEADER.size
+NONCE_SIZE = 12
+TAG_SIZE = 16
+MAX_BLOB = 0xFFFFFFFF
+# Data this small is not worth a zstd frame.
+MIN_COMPRESS = 128
+
+
+def _subkey(master: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=b"versionfs/" + purpose).derive(master)
+
+
+class Codec:
+    """Encode/decode blobs; thread-safe (zstd contexts are per thread)."""
+
+    def __init__(self, master_key: bytes | None, compression_level: int = 3):
+        if master_key is not None and len(master_key) != MASTER_KEY_SIZE:
+            raise ValueError(f"a master key is {MASTER_KEY_SIZE} bytes, got {len(master_key)}")
+        self.encrypted = master_key is not None
+        self.compression_level = compression_level
+        self._local = threading.local()
+        if self.encrypted:
+            self._pointer_key = _subkey(master_key, b"pointer")
+            self._blob_aead = AESGCM(_subkey(master_key, b"blob"))
+            self._seal_aead = AESGCM(_subkey(master_key, b"seal"))
+
+    @classmethod
+    def from_wrapped_key(cls, wrapped: bytes, passphrase: str | bytes, **kw) -> "Codec":
+        return cls(unwrap_key(wrapped, passphrase), **kw)
+
+    # -- per-thread zstd (a ZstdCompressor must never be shared by threads) ----
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(level=self.compression_level)
+        return c
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        d = getattr(self._local, "d", None)
+        if d is None:
+            d = self._local.d = zstandard.ZstdDecompressor()
+        return d
+
+    def _maybe_compress(self, data) -> tuple[bool, bytes]:
+        n = len(data)
+        if self.compression_level <= 0 or n < MIN_COMPRESS:
+            return False, data
+        packed = self._compressor().compress(data)
+        if len(packed) <= n - (n >> 5):
+            return True, packed
+        return False, data
+
+    # -- blobs -----------------------------------------------------------------
+    def pointer_for(self, plaintext) -> Pointer:
+        if self.encrypted:
+            return Pointer(hmac.digest(self._pointer_key, plaintext, "sha256"))
+        return Pointer(hashlib.sha256(plaintext).digest())
+
+    def encode(self, plaintext) -> tuple[Pointer, bytes]:
+        if len(plaintext) > MAX_BLOB:
+            raise ValueError(f"blob of {len(plaintext)} bytes is over the {MAX_BLOB}-byte limit")
+        pointer = self.pointer_for(plaintext)
+        packed, payload = self._maybe_compress(plaintext)
+        if not self.encrypted:
+            fmt = FMT_PLAIN_ZSTD if packed else FMT_PLAIN
+            return pointer, b"".join((_HEADER.pack(fmt, len(payload)), payload))
+        fmt = FMT_AEAD_ZSTD if packed else FMT_AEAD
+        header = _HEADER.pack(fmt, NONCE_SIZE + len(payload) + TAG_SIZE)
+        nonce = os.urandom(NONCE_SIZE)
+        sealed = self._blob_aead.encrypt(nonce, payload, header + pointer.bytes)
+        return pointer, b"".join((header, nonce, sealed))
+
+    def decode(self, pointer: Pointer, stored) -> bytes:
+        """Plaintext of ``stored``, verified against ``pointer``."""
+        ptr = pointer.hex()
+        what = f"blob {ptr}"
+        fmt, payload = _split(stored, what, ptr)
+        if fmt in (FMT_PLAIN, FMT_PLAIN_ZSTD):
+            if self.encrypted:
+                raise CorruptBlobError(f"{what}: unencrypted blob in an encrypted filesystem",
+                                       ptr)
+            plaintext = self._unpack(payload, what, ptr) if fmt == FMT_PLAIN_ZSTD else bytes(payload)
+            if hashlib.sha256(plaintext).digest() != pointer.bytes:
+                raise CorruptBlobError(f"{what}: content does not match its pointer", ptr)
+            return plaintext
+        if fmt in (FMT_AEAD, FMT_AEAD_ZSTD):
+            self._need_key(what)
+            header = bytes(stored[:HEADER_SIZE])
+            try:
+                payload = self._blob_aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
+                                                  header + pointer.bytes)
+            except (InvalidTag, ValueError):
+                raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
+                                       "under another name)", ptr) from None
+            return self._unpack(payload, what, ptr) if fmt == FMT_AEAD_ZSTD else payload
+        raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
+
+    def _unpack(self, payload, what: str, pointer_hex: str) -> bytes:
+        try:
+            return self._decompressor().decompress(payload)
+        except zstandard.ZstdError as exc:
+            raise CorruptBlobError(f"{what}: bad zstd data: {exc}", pointer_hex) from None
+
+    def _need_key(self, what: str) -> None:
+        if not self.encrypted:
+            raise WrongPassphraseError(f"{what} is encrypted, but no key was given")
+
+    # -- non-blob data (metadata published to the bucket) ----------------------
+    def seal(self, data, context: bytes) -> bytes:
+        """Protect ``data`` bound to ``context`` (e.g. the object's name)."""
+        if self.encrypted:
+            header = _HEADER.pack(FMT_SEAL_AEAD, NONCE_SIZE + len(data) + TAG_SIZE)
+            nonce = os.urandom(NONCE_SIZE)
+            return b"".join((header, nonce, self._seal_aead.encrypt(nonce, data, header + context)))
+        header = _HEADER.pack(FMT_SEAL_PLAIN, len(data) + 32)
+        return b"".join((header, data, _seal_digest(header, data, context)))
+
+    def open(self, sealed, context: bytes) -> bytes:
+        """Inverse of ``seal``; CorruptBlobError / TruncatedBlobError naming ``context``."""
+        what = f"sealed data {context!r}"
+        fmt, payload = _split(sealed, what)
+        header = bytes(sealed[:HEADER_SIZE])
+        if fmt == FMT_SEAL_PLAIN:
+            if self.encrypted:
+                raise CorruptBlobError(f"{what}: unencrypted data in an encrypted filesystem")
+            if len(payload) < 32:
+                raise CorruptBlobError(f"{what}: too short for its digest")
+            data = bytes(payload[:-32])
+            if _seal_digest(header, data, context) != payload[-32:]:
+                raise CorruptBlobError(f"{what}: content does not match its digest")
+            return data
+        if fmt == FMT_SEAL_AEAD:
+            self._need_key(what)
+            try:
+                return self._seal_aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
+                                               header + context)
+            except (InvalidTag, ValueError):
+                raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
+                                       "for another context)") from None
+        raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
+
+
+def _seal_digest(header: bytes, data, context: bytes) -> bytes:
+    h = hashlib.sha256(struct.pack(">I", len(context)))
+    h.update(context)
+    h.update(header)
+    h.update(data)
+    return h.digest()
+
+
+def _split(stored, what: str, pointer_hex: str | None = None) -> tuple[int, memoryview]:
+    """(format, payload) after checking the length field."""
+    view = memoryview(stored).cast("B")
+    if len(view) < HEADER_SIZE:
+        raise TruncatedBlobError(f"{what}: truncated: {len(view)} bytes, not even a header",
+                                 pointer_hex)
+    fmt, length = _HEADER.unpack_from(view)
+    have = len(view) - HEADER_SIZE
+    if have < length:
+        raise TruncatedBlobError(f"{what}: truncated: {have} of {length} payload bytes",
+                                 pointer_hex)
+    if have > length:
+        raise CorruptBlobError(f"{what}: {have - length} stray bytes after the payload",
+                               pointer_hex)
+    return fmt, view[HEADER_SIZE:]

@@ -1,0 +1,150 @@
+"""DiskStore: the fast local store, with an optional size limit and LRU eviction."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+from .errors import NotFoundError, StoreFullError
+from .files import FanOutStore
+from .pointer import Pointer, as_pointer
+from .store import Buffer
+
+# A temp file older than this was left by a crash, not by a writer still at work.
+STALE_TEMP_SECONDS = 600
+
+
+class DiskStore(FanOutStore):
+    """Blobs in fan-out directories on local disk; atomic, durable writes.
+
+    With ``max_bytes`` the store is a cache: when a put would go over the limit
+    it evicts least-recently-used blobs first. A Paired store installs an
+    eviction guard so that a blob not yet safe on the slow store is never
+    evicted; if only such blobs remain, put raises StoreFullError and writes
+    nothing. Recency is tracked in memory and seeded from file mtimes at open,
+    which is good enough for a cache and costs no extra write per read.
+    """
+
+    def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
+        super().__init__(path)
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._guard: Callable[[Pointer], bool] = lambda key: False
+        self._index: OrderedDict[Pointer, int] = OrderedDict()
+        self._used = 0
+        for key, size, _mtime in sorted(self._scan(), key=lambda t: t[2]):
+            self._index[key] = size
+            self._used += size
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def set_eviction_guard(self, keep: Callable[[Pointer], bool]) -> None:
+        """``keep(key)`` true means: never evict this blob (e.g. upload pending)."""
+        self._guard = keep
+
+    def _remove_stale_temp(self, path: str) -> None:
+        try:
+            if time.time() - os.stat(path).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    # -- Store ----------------------------------------------------------------
+    def get(self, key: Pointer) -> bytes:
+        key = as_pointer(key)
+        try:
+            data = super().get(key)
+        except NotFoundError:
+            with self._lock:
+                size = self._index.pop(key, None)
+                if size is not None:
+                    self._used -= size
+            raise
+        with self._lock:
+            if key in self._index:
+                self._index.move_to_end(key)
+        return data
+
+    def contains(self, key: Pointer) -> bool:
+        key = as_pointer(key)
+        with self._lock:
+            if key in self._index:
+                return True
+        return super().contains(key)
+
+    def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        new: dict[Pointer, Buffer] = {}
+        with self._lock:
+            for key, data in items:
+                key = as_pointer(key)
+                if key in self._index:
+                    self._index.move_to_end(key)
+                elif key not in new:
+                    new[key] = data
+            if not new:
+                return
+            need = sum(memoryview(d).nbytes for d in new.values())
+            victims = self._make_room(need, set(new))
+            self._used += need  # reserved until written
+        self._unlink_victims(victims)
+        try:
+            super().put_many(new.items())
+        except BaseException:
+            with self._lock:
+                self._used -= need
+            raise
+        with self._lock:
+            for key, data in new.items():
+                size = memoryview(data).nbytes
+                if key in self._index:      # a concurrent put of the same blob won
+                    self._used -= size
+                else:
+                    self._index[key] = size
+
+    def delete(self, key: Pointer) -> None:
+        key = as_pointer(key)
+        super().delete(key)
+        with self._lock:
+            size = self._index.pop(key, None)
+            if size is not None:
+                self._used -= size
+
+    # -- eviction ---------------------------------------------------------------
+    def _make_room(self, need: int, incoming: set[Pointer]) -> list[Pointer]:
+        """Pick LRU victims so ``need`` more bytes fit; called with the lock held."""
+        if self.max_bytes is None or self._used + need <= self.max_bytes:
+            return []
+        if need > self.max_bytes:
+            raise StoreFullError(
+                f"fast store {self.root}: {need} bytes cannot fit in a {self.max_bytes}-byte limit")
+        victims, freed = [], 0
+        excess = self._used + need - self.max_bytes
+        for key, size in self._index.items():
+            if freed >= excess:
+                break
+            if key in incoming or self._guard(key):
+                continue
+            victims.append(key)
+            freed += size
+        if freed < excess:
+            raise StoreFullError(
+                f"fast store {self.root} is full: {self._used} of {self.max_bytes} bytes used "
+                f"by blobs not yet uploaded; cannot add {need} bytes")
+        for key in victims:
+            self._used -= self._index.pop(key)
+        return victims
+
+    def _unlink_victims(self, victims: list[Pointer]) -> None:
+        # No directory fsync: an eviction lost in a crash just leaves a cached blob.
+        for key in victims:
+            try:
+                os.unlink(self.path_for(key))
+            except FileNotFoundError:
+                pass

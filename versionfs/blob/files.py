@@ -1,0 +1,213 @@
+"""Durable file primitives and the fan-out directory layout shared by the
+local stores (DiskStore, DirectoryStore).
+
+A blob is written to a temporary file in its final directory, fsynced,
+renamed into place and the directory fsynced: after a crash a name either
+holds the whole blob or does not exist. Writing several blobs at once shares
+the directory fsyncs, which is what lets the filesystem batch cheaply.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import NotFoundError, StoreUnavailableError
+from .pointer import Null, Pointer, as_pointer
+from .store import Buffer, Store
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename/create/unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_temp(directory: str, data: Buffer, *, sync: bool = True) -> str:
+    """Write ``data`` to a fresh temporary file in ``directory``; return its path."""
+    temp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    os.close(fd)
+    return temp
+
+
+def atomic_write(path: str, data: Buffer, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` all at once (temp, fsync, rename, dir fsync)."""
+    directory = os.path.dirname(path)
+    temp = write_temp(directory, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    if sync_dir:
+        fsync_dir(directory)
+
+
+def read_file(path: str) -> bytes:
+    """The whole file; NotFoundError if it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"not found: {path}") from None
+    try:
+        size = os.fstat(fd).st_size
+        chunks = []
+        remaining = size
+        while True:
+            chunk = os.read(fd, max(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _is_hex_name(name: str) -> bool:
+    if len(name) != 64:
+        return False
+    try:
+        bytes.fromhex(name)
+    except ValueError:
+        return False
+    return True
+
+
+class FanOutStore(Store):
+    """Blobs as files ``root/ab/abcdef…`` (256 sub-directories, created lazily).
+
+    One level of 256 directories keeps directories small (a million 1 MiB
+    chunks is ~4000 entries each) without a deep tree of fsyncs.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(f"cannot create store directory {self.root}: {exc}") from exc
+        self._root_str = str(self.root)
+        self._made_dirs: set[str] = set()
+
+    # -- layout ---------------------------------------------------------------
+    def _dir_for(self, hexname: str) -> str:
+        return os.path.join(self._root_str, hexname[:2])
+
+    def path_for(self, key: Pointer) -> str:
+        """Where ``key``'s blob lives (useful to tests and repair tools)."""
+        hexname = as_pointer(key).hex()
+        return os.path.join(self._dir_for(hexname), hexname)
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory in self._made_dirs:
+            return
+        try:
+            os.mkdir(directory)
+            fsync_dir(self._root_str)
+        except FileExistsError:
+            pass
+        self._made_dirs.add(directory)
+
+    # -- Store ----------------------------------------------------------------
+    def get(self, key: Pointer) -> bytes:
+        key = as_pointer(key)
+        if not key:
+            raise NotFoundError("not found: Null pointer")
+        try:
+            return read_file(self.path_for(key))
+        except NotFoundError:
+            raise NotFoundError(f"not found: blob {key.hex()} in {self.root}") from None
+
+    def put(self, key: Pointer, data: Buffer) -> None:
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        """Write every blob durably, sharing one fsync per touched directory."""
+        staged: list[tuple[str, str]] = []
+        try:
+            for key, data in items:
+                key = as_pointer(key)
+                if not key:
+                    raise ValueError("cannot store a blob under the Null pointer")
+                final = self.path_for(key)
+                directory = os.path.dirname(final)
+                self._ensure_dir(directory)
+                staged.append((write_temp(directory, data), final))
+            dirs = set()
+            for temp, final in staged:
+                os.replace(temp, final)
+                dirs.add(os.path.dirname(final))
+            staged.clear()
+            for directory in dirs:
+                fsync_dir(directory)
+        finally:
+            for temp, _ in staged:
+                _unlink_quietly(temp)
+
+    def delete(self, key: Pointer) -> None:
+        path = self.path_for(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        fsync_dir(os.path.dirname(path))
+
+    def contains(self, key: Pointer) -> bool:
+        key = as_pointer(key)
+        return bool(key) and os.path.exists(self.path_for(key))
+
+    def enumerate(self) -> Iterator[Pointer]:
+        for key, _size, _mtime in self._scan():
+            yield key
+
+    def _scan(self) -> Iterator[tuple[Pointer, int, float]]:
+        """(key, size, mtime) of every blob; removes temp files left by a crash."""
+        try:
+            subdirs = sorted(os.scandir(self._root_str), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for sub in subdirs:
+            if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(sub.path) as entries:
+                for entry in entries:
+                    if entry.name.startswith(TEMP_PREFIX):
+                        self._remove_stale_temp(entry.path)
+                        continue
+                    if not _is_hex_name(entry.name) or not entry.name.startswith(sub.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield Pointer.from_hex(entry.name), st.st_size, st.st_mtime
+
+    def _remove_stale_temp(self, path: str) -> None:
+        """Hook: a DiskStore owns its directory and cleans temps; others leave them."""
