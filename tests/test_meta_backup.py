@@ -1,0 +1,110 @@
+"""The framed backup stream shared by the record store and MVCC checkpoints (versionfs.meta.backup)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from versionfs.meta.backup import (MAGIC, BackupCorruptError, BackupError,
+                                   BackupFormatError, BackupReader,
+                                   BackupTruncatedError, BackupWriter,
+                                   validate_stream)
+
+
+def backup(payloads, kind="test", meta=None) -> bytes:
+    buf = io.BytesIO()
+    with BackupWriter(buf, kind, meta) as w:
+        for p in payloads:
+            w.write(p)
+    return buf.getvalue()
+
+
+def test_round_trip_meta_and_items():
+    buf = io.BytesIO()
+    with BackupWriter(buf, "mvcc", {"rev": 7}) as w:
+        w.write_item({"k": b"\x00bin", "n": 1})
+        w.write(b"")
+        w.write(b"raw")
+    reader = BackupReader(io.BytesIO(buf.getvalue()), kind="mvcc")
+    assert reader.meta == {"kind": "mvcc", "rev": 7}
+    items = list(reader)
+    assert len(items) == 3 and items[1:] == [b"", b"raw"]
+    info = reader.info()
+    assert info.count == 3 and info.size == len(buf.getvalue())
+    items = BackupReader(io.BytesIO(buf.getvalue())).items()
+    assert next(items) == {"k": b"\x00bin", "n": 1}
+    with pytest.raises(BackupCorruptError, match="frame 1 is not valid msgpack"):
+        next(items)  # b"" was written raw, not with write_item
+
+
+def test_empty_backup_is_valid_and_deterministic():
+    assert validate_stream(io.BytesIO(backup([]))).count == 0
+    assert backup([b"a", b"b"]) == backup([b"a", b"b"])
+
+
+def test_reordered_dropped_and_spliced_frames_are_caught_by_the_chain():
+    a = backup([b"AAAA", b"BBBB"])
+    header_end = len(a) - 2 * (1 + 4 + 4 + 4) - (1 + 8 + 4 + 4)
+    frames = a[header_end:header_end + 26]
+    swapped = a[:header_end] + frames[13:] + frames[:13] + a[header_end + 26:]
+    with pytest.raises(BackupCorruptError, match="chain"):
+        validate_stream(io.BytesIO(swapped))
+    other = backup([b"CCCC", b"BBBB"], kind="test", meta={"other": 1})
+    other_first = other[len(other) - len(a) + header_end:][:13]
+    spliced = a[:header_end] + other_first + frames[13:] + a[header_end + 26:]
+    with pytest.raises(BackupCorruptError, match="chain"):
+        validate_stream(io.BytesIO(spliced))
+
+
+def test_an_interrupted_writer_leaves_a_detectably_incomplete_backup():
+    buf = io.BytesIO()
+    with pytest.raises(RuntimeError):
+        with BackupWriter(buf, "test") as w:
+            w.write(b"one")
+            raise RuntimeError("disk went away")
+    with pytest.raises(BackupTruncatedError, match="1 frames read"):
+        validate_stream(io.BytesIO(buf.getvalue()))
+
+
+def test_format_errors():
+    with pytest.raises(BackupFormatError, match="not a versionfs backup"):
+        validate_stream(io.BytesIO(b"PK\x03\x04" + b"\x00" * 40))
+    data = bytearray(backup([b"x"]))
+    data[len(MAGIC) + 1] = 9  # format version 9
+    with pytest.raises(BackupFormatError, match="version 9"):
+        validate_stream(io.BytesIO(bytes(data)))
+    with pytest.raises(BackupFormatError, match="expected 'records'"):
+        BackupReader(io.BytesIO(backup([])), kind="records")
+    with pytest.raises(BackupTruncatedError):
+        validate_stream(io.BytesIO(b""))
+
+
+def test_oversized_frame_length_is_refused_without_allocating():
+    data = backup([b"x" * 100])
+    with pytest.raises(BackupCorruptError, match="over the 10-byte limit"):
+        validate_stream(io.BytesIO(data), max_payload=10)
+
+
+def test_short_reads_from_a_pipe_like_stream_are_fine():
+    class Trickle(io.RawIOBase):
+        def __init__(self, data):
+            self.data, self.pos = data, 0
+
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            chunk = self.data[self.pos:self.pos + min(n, 3)]
+            self.pos += len(chunk)
+            return chunk
+
+    data = backup([b"a" * 50, b"b" * 7])
+    assert validate_stream(Trickle(data)).count == 2
+
+
+def test_write_after_finish_is_an_error():
+    w = BackupWriter(io.BytesIO(), "t")
+    w.finish()
+    with pytest.raises(BackupError, match="finished"):
+        w.write(b"x")
