@@ -41,7 +41,7 @@ from versionfs import config as configmod
 
 __all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
            "Layout", "State", "init_state", "open_state", "is_state_dir",
-           "get_passphrase", "read_pid", "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT",
+           "get_passphrase", "read_pid", "named_objects", "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT",
            "PASSPHRASE_ENV"]
 
 STATE_FORMAT = 1
@@ -222,22 +222,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def open_named_objects(url: str):
-    """Named-object access (``get/put/put_if_absent``) to a slow store, or None.
+def named_objects(store: Any) -> Any:
+    """The slow store's named-object API (``get/put/put_if_absent``), or None.
 
-    The remote store has no named objects; the filesystem then still works but a
-    new machine cannot recover the key from the slow store alone.
+    DirectoryStore and S3Store carry one as ``.bucket``; a store without it (the
+    remote store) still works, but a new machine cannot then recover the key
+    or the filesystem's identity from the slow store alone.
     """
-    from versionfs.blob import url as blob_url
-    opener = getattr(blob_url, "open_bucket", None)
-    if opener is None:
-        return None
-    try:
-        return opener(url)
-    except (ValueError, NotImplementedError) as e:
-        if "named" in str(e) or isinstance(e, NotImplementedError):
-            return None
-        raise
+    return getattr(store, "bucket", None)
 
 
 def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
@@ -283,15 +275,20 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
         identity = {"format": STATE_FORMAT, "id": fs_id,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "encrypted": bool(encrypt), "cipher": cfg["encryption.cipher"]}
-        bucket = open_named_objects(layout.slow_url(cfg))
-        if bucket is not None:
-            _claim_slow_store(bucket, layout.slow_url(cfg), identity)
-        if encrypt:
-            from versionfs.blob import keys
-            wrapped = keys.wrap_key(keys.new_master_key(), passphrase)
-            _write_atomic(layout.key, wrapped, 0o600)
+        from versionfs.blob.url import open_store
+        slow = open_store(layout.slow_url(cfg))
+        try:
+            bucket = named_objects(slow)
             if bucket is not None:
-                bucket.put(MASTER_KEY_OBJECT, wrapped)
+                _claim_slow_store(bucket, layout.slow_url(cfg), identity)
+            if encrypt:
+                from versionfs.blob import keys
+                wrapped = keys.wrap_key(keys.new_master_key(), passphrase)
+                _write_atomic(layout.key, wrapped, 0o600)
+                if bucket is not None:
+                    bucket.put(MASTER_KEY_OBJECT, wrapped)
+        finally:
+            slow.close()
         _write_atomic(layout.marker, tomli_w.dumps(identity).encode())
         _fsync_dir(root)
     except BaseException:

@@ -1,0 +1,53 @@
+# bash completion for versionfs.  Install: cp to /usr/share/bash-completion/completions/versionfs
+# (contrib/install.sh --system does), or `source` it from ~/.bashrc.
+
+_versionfs_mounts() {
+    # versionfs mountpoints, from /proc/self/mountinfo (type fuse.versionfs)
+    awk '$0 ~ / - fuse\.versionfs / { print $5 }' /proc/self/mountinfo 2>/dev/null
+}
+
+_versionfs() {
+    local cur prev words cword
+    if declare -F _init_completion >/dev/null 2>&1; then
+        _init_completion || return
+    else
+        cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}
+        words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD
+    fi
+    local commands="init mount umount snapshot snapshots status flush serve-store demo"
+
+    if [ "$cword" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "$commands --help --version" -- "$cur"))
+        return
+    fi
+    local cmd=${words[1]}
+    case $prev in
+        --slow) COMPREPLY=($(compgen -W "file:// s3://" -- "$cur")); return ;;
+        --passphrase-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --cipher) COMPREPLY=($(compgen -W "aes-256-gcm chacha20-poly1305" -- "$cur")); return ;;
+        -o) COMPREPLY=($(compgen -W "allow_other allow_root default_permissions ro nonempty passphrase_file=" -- "$cur")); return ;;
+        --timeout) return ;;
+    esac
+    if [[ $cur == -* ]]; then
+        local opts="--help"
+        case $cmd in
+            init) opts="--slow --encrypt --cipher --passphrase-file --help" ;;
+            mount) opts="--foreground -o --read-only --passphrase-file --help" ;;
+            umount|unmount) opts="--timeout --lazy --help" ;;
+            status) opts="--json --help" ;;
+            flush) opts="--timeout --help" ;;
+            demo) opts="--state-dir --mountpoint --help" ;;
+        esac
+        COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+        return
+    fi
+    case $cmd in
+        init|mount|demo) COMPREPLY=($(compgen -d -- "$cur")) ;;
+        umount|unmount|snapshot|snapshots|status|flush)
+            local mounts
+            mounts=$(_versionfs_mounts)
+            COMPREPLY=($(compgen -W "$mounts" -- "$cur"))
+            [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -d -- "$cur")) ;;
+    esac
+}
+complete -F _versionfs versionfs

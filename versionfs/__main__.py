@@ -1,0 +1,8 @@
+"""``python -m versionfs`` is the ``versionfs`` command."""
+
+import sys
+
+from versionfs.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
