@@ -80,6 +80,9 @@ class DiskStore(FanOutStore):
         return super().contains(key)
 
     def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        self._put(items, sync=True)
+
+    def _put(self, items: Iterable[tuple[Pointer, Buffer]], sync: bool) -> None:
         new: dict[Pointer, Buffer] = {}
         with self._lock:
             for key, data in items:
@@ -95,7 +98,7 @@ class DiskStore(FanOutStore):
             self._used += need  # reserved until written
         self._unlink_victims(victims)
         try:
-            super().put_many(new.items())
+            self._write_files(new.items(), sync)
         except BaseException:
             with self._lock:
                 self._used -= need
@@ -107,6 +110,11 @@ class DiskStore(FanOutStore):
                     self._used -= size
                 else:
                     self._index[key] = size
+
+    def cache_put(self, key: Pointer, data: Buffer) -> None:
+        """Put a copy of a blob that is safe elsewhere: no fsync (a torn copy
+        after a crash fails verification and is fetched again)."""
+        self._put(((key, data),), sync=False)
 
     def delete(self, key: Pointer) -> None:
         key = as_pointer(key)

@@ -150,6 +150,9 @@ class FanOutStore(Store):
 
     def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
         """Write every blob durably, sharing one fsync per touched directory."""
+        self._write_files(items, sync=True)
+
+    def _write_files(self, items: Iterable[tuple[Pointer, Buffer]], sync: bool) -> None:
         staged: list[tuple[str, str]] = []
         try:
             for key, data in items:
@@ -159,13 +162,13 @@ class FanOutStore(Store):
                 final = self.path_for(key)
                 directory = os.path.dirname(final)
                 self._ensure_dir(directory)
-                staged.append((write_temp(directory, data), final))
+                staged.append((write_temp(directory, data, sync=sync), final))
             dirs = set()
             for temp, final in staged:
                 os.replace(temp, final)
                 dirs.add(os.path.dirname(final))
             staged.clear()
-            for directory in dirs:
+            for directory in dirs if sync else ():
                 fsync_dir(directory)
         finally:
             for temp, _ in staged:

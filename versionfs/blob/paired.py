@@ -1,0 +1,358 @@
+"""Paired: a write-back cache from a fast local store to a slow (cloud) store.
+
+put writes the fast store, then appends the key to a durable upload journal;
+background threads upload journaled blobs to the slow store, retrying with
+exponential backoff forever, and mark them done. get reads fast, else slow and
+copies the blob back into fast. delete removes from slow first, then fast: in
+the other order a concurrent get could refill fast from slow between the two
+deletions and resurrect the blob (seed 002).
+
+Invariants:
+- A put that returned is listed in the fsynced journal until its upload is
+  done, so kill -9 loses nothing; the journal is replayed on open.
+- A blob is pinned (never evicted from fast) from before it is written to fast
+  until its upload is durable on slow.
+- Memory is bounded: at most ``max_pending`` blobs wait for upload; a put
+  beyond that blocks (back-pressure) instead of growing a queue. A fast store
+  full of not-yet-uploaded blobs makes put wait up to ``full_wait`` seconds
+  for uploads to free space, then raise StoreFullError (ENOSPC to the user).
+- With no journal the pair is read-only: put raises ReadOnlyError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Iterable, Iterator
+
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
+
+from .errors import (BlobError, NotFoundError, ReadOnlyError, StoreFullError,
+                     StoreUnavailableError)
+from .journal import UploadJournal
+from .pointer import Pointer, as_pointer
+from .store import Buffer, Store
+
+log = logging.getLogger(__name__)
+
+
+class _Closed(Exception):
+    """The pair is closing; an upload in progress stays in the journal."""
+
+
+class Paired(Store):
+    """Fast store + slow store + upload journal. Blocking and thread-safe."""
+
+    def __init__(self, fast: Store, slow: Store, journal_path: str | os.PathLike | None, *,
+                 upload_threads: int = 4, max_pending: int = 100_000,
+                 full_wait: float = 10.0, retry_max_wait: float = 30.0):
+        self.fast = fast
+        self.slow = slow
+        self.upload_threads = upload_threads
+        self.max_pending = max_pending
+        self.full_wait = full_wait
+        self.retry_max_wait = retry_max_wait
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._pending: OrderedDict[Pointer, int] = OrderedDict()  # pinned: key -> size
+        self._journaled: set[Pointer] = set()
+        self._queue: deque[Pointer] = deque()
+        self._in_flight: set[Pointer] = set()
+        self._workers: list[threading.Thread] = []
+        self._uploaded = 0
+        self._last_ok: float | None = None
+        self._last_error: str | None = None
+        self._journal: UploadJournal | None = None
+        if journal_path is not None:
+            self._journal = UploadJournal(journal_path)
+            for key, size in self._journal.replay().items():
+                self._pending[key] = size
+                self._journaled.add(key)
+                self._queue.append(key)
+        guard = getattr(fast, "set_eviction_guard", None)
+        if guard is not None:
+            guard(self.is_pending)
+
+    def __repr__(self) -> str:
+        return f"Paired({self.fast!r}, {self.slow!r})"
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Start background uploads (seed: EnsureBackgroundPuts); idempotent."""
+        with self._cond:
+            if self._workers or self._stop.is_set() or self._journal is None:
+                return
+            for i in range(self.upload_threads):
+                t = threading.Thread(target=self._worker, name=f"vfs-upload-{i}", daemon=True)
+                self._workers.append(t)
+                t.start()
+            if self._journal.damaged:
+                t = threading.Thread(target=self._reconcile, name="vfs-reconcile", daemon=True)
+                self._workers.append(t)
+                t.start()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once every put so far is durable on the slow store."""
+        self.start()
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._pending or self._stop.is_set(), timeout):
+                raise TimeoutError(f"flush: {len(self._pending)} uploads still pending after "
+                                   f"{timeout}s (last error: {self._last_error})")
+            if self._pending:
+                raise _closed_error()
+
+    def close(self) -> None:
+        """Stop uploads (unfinished ones stay journaled) and close both stores."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for t in self._workers:
+            t.join(timeout=30)
+        if self._journal is not None:
+            self._journal.close()
+        self.fast.close()
+        self.slow.close()
+
+    # -- state ------------------------------------------------------------------
+    def is_pending(self, key: Pointer) -> bool:
+        """True while ``key`` is not yet known durable on the slow store."""
+        return key in self._pending
+
+    def status(self) -> dict:
+        with self._cond:
+            return {
+                "read_only": self._journal is None,
+                "pending_count": len(self._pending),
+                "pending_bytes": sum(self._pending.values()),
+                "in_flight": len(self._in_flight),
+                "uploaded_count": self._uploaded,
+                "last_upload_ok": self._last_ok,
+                "last_error": self._last_error,
+                "fast_bytes": getattr(self.fast, "used_bytes", None),
+                "fast_limit": getattr(self.fast, "max_bytes", None),
+            }
+
+    # -- Store ------------------------------------------------------------------
+    def put(self, key: Pointer, data: Buffer) -> None:
+        self.put_many([(key, data)])
+
+    def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        """Write to fast, journal, enqueue: one fast-store batch, one journal fsync."""
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        items = [(as_pointer(k), d) for k, d in items]
+        if not items:
+            return
+        pinned = self._pin(items)
+        try:
+            self._fast_put(items)
+            with self._cond:
+                todo = [(k, self._pending[k]) for k in {k: None for k, _ in items}
+                        if k not in self._journaled and k in self._pending]
+            self._journal.add(todo)
+        except BaseException:
+            self._unpin(pinned)
+            raise
+        with self._cond:
+            for key, _ in todo:
+                if key not in self._journaled and key in self._pending:
+                    self._journaled.add(key)
+                    self._queue.append(key)
+            self._cond.notify_all()
+
+    def _pin(self, items: list[tuple[Pointer, Buffer]]) -> list[Pointer]:
+        """Mark new keys pending before they reach fast, waiting for room in the queue."""
+        with self._cond:
+            new = {k for k, _ in items if k not in self._pending}
+            if len(self._pending) + len(new) > self.max_pending and new:
+                if not self._workers:
+                    raise StoreFullError(f"{len(self._pending)} blobs wait for upload and "
+                                         "uploads are not started")
+                self._cond.wait_for(lambda: self._stop.is_set() or
+                                    len(self._pending) + len(new) <= self.max_pending)
+                if self._stop.is_set():
+                    raise _closed_error()
+            for key, data in items:
+                if key in new:
+                    self._pending[key] = memoryview(data).nbytes
+            return list(new)
+
+    def _unpin(self, keys: list[Pointer]) -> None:
+        with self._cond:
+            for key in keys:
+                if key not in self._journaled:
+                    self._pending.pop(key, None)
+            self._cond.notify_all()
+
+    def _fast_put(self, items) -> None:
+        deadline = time.monotonic() + self.full_wait
+        while True:
+            try:
+                self.fast.put_many(items)
+                return
+            except StoreFullError:
+                with self._cond:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._workers or self._stop.is_set():
+                        raise
+                    before = self._uploaded
+                    self._cond.wait_for(lambda: self._uploaded != before or self._stop.is_set(),
+                                        timeout=remaining)
+
+    def get(self, key: Pointer) -> bytes:
+        key = as_pointer(key)
+        try:
+            return self.fast.get(key)
+        except NotFoundError:
+            pass
+        data = self._slow_get(key)
+        self._cache(key, data)
+        return data
+
+    def _slow_get(self, key: Pointer) -> bytes:
+        try:
+            return self.slow.get(key)
+        except (NotFoundError, StoreUnavailableError):
+            raise
+        except (BlobError, OSError) as exc:
+            raise StoreUnavailableError(f"blob {key.hex()}: slow store failed: {exc}") from exc
+
+    def _cache(self, key: Pointer, data: bytes) -> None:
+        """Copy a blob fetched from slow into fast; a cache fill needs no fsync."""
+        put = getattr(self.fast, "cache_put", self.fast.put)
+        try:
+            put(key, data)
+        except (StoreFullError, OSError) as exc:
+            log.debug("not caching %s: %s", key.hex(), exc)
+
+    def refetch(self, key: Pointer) -> bytes:
+        """Replace a fast copy that failed verification with the slow copy."""
+        key = as_pointer(key)
+        data = self._slow_get(key)
+        if not self.is_pending(key):
+            self.fast.delete(key)
+            self._cache(key, data)
+        return data
+
+    def delete(self, key: Pointer) -> None:
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        key = as_pointer(key)
+        with self._cond:
+            self._cond.wait_for(lambda: key not in self._in_flight)
+            if self._pending.pop(key, None) is not None:
+                if key in self._journaled:
+                    self._journaled.discard(key)
+                    self._journal.done(key)
+                self._cond.notify_all()
+        self.slow.delete(key)
+        self.fast.delete(key)
+
+    def contains(self, key: Pointer) -> bool:
+        key = as_pointer(key)
+        return self.is_pending(key) or self.fast.contains(key) or self.slow.contains(key)
+
+    def enumerate(self) -> Iterator[Pointer]:
+        with self._cond:
+            pending = list(self._pending)
+        yield from pending
+        seen = set(pending)
+        for key in self.slow.enumerate():
+            if key not in seen:
+                yield key
+
+    # -- uploads -----------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stop.is_set())
+                if self._stop.is_set():
+                    return
+                key = self._queue.popleft()
+                if key not in self._pending or key in self._in_flight:
+                    continue
+                self._in_flight.add(key)
+            try:
+                self._upload(key)
+            except _Closed:
+                with self._cond:
+                    self._in_flight.discard(key)
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._in_flight.discard(key)
+                if self._pending.pop(key, None) is not None:
+                    self._journaled.discard(key)
+                    self._journal.done(key)
+                self._uploaded += 1
+                self._last_ok = time.time()
+                if self._journal.needs_compaction(len(self._pending)):
+                    # Every pending key, journaled or about to be: a put whose record
+                    # went to the old file must not lose it to the rewrite.
+                    self._journal.compact(self._pending.items())
+                self._cond.notify_all()
+
+    def _upload(self, key: Pointer) -> None:
+        """Copy one blob to slow, retrying with exponential backoff until it works."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self._upload_once(key)
+        except Exception:
+            if self._stop.is_set():
+                raise _Closed() from None
+            raise
+
+    def _retrying(self) -> Retrying:
+        """Retry forever with capped exponential backoff; only closing stops it
+        (the sleep is the stop event's wait, so close() interrupts a backoff)."""
+        return Retrying(retry=retry_if_exception_type(Exception),
+                        wait=wait_exponential_jitter(multiplier=0.05, max=self.retry_max_wait,
+                                                     jitter=0.1),
+                        stop=stop_when_event_set(self._stop), sleep=self._stop.wait,
+                        before_sleep=self._note_error, reraise=True)
+
+    def _upload_once(self, key: Pointer) -> None:
+        try:
+            data = self.fast.get(key)
+        except NotFoundError:
+            if self.slow.contains(key):
+                return
+            self._last_error = (f"blob {key.hex()} was journaled for upload but is missing "
+                                "from the fast store; it cannot be uploaded")
+            log.error(self._last_error)
+            return
+        self.slow.put(key, data)
+
+    def _note_error(self, state) -> None:
+        exc = state.outcome.exception()
+        self._last_error = f"upload failed (attempt {state.attempt_number}), retrying: {exc}"
+        log.warning(self._last_error)
+
+    def _reconcile(self) -> None:
+        """After journal damage, re-queue every fast blob the slow store lacks."""
+        for key in self.fast.enumerate():
+            if self._stop.is_set():
+                return
+            if self.is_pending(key):
+                continue
+            try:
+                if self._slow_lacks(key):
+                    self.put(key, self.fast.get(key))
+            except Exception as exc:  # noqa: BLE001 - closing, or the blob went away
+                if self._stop.is_set():
+                    return
+                self._last_error = f"reconcile {key.hex()}: {exc}"
+
+    def _slow_lacks(self, key: Pointer) -> bool:
+        for attempt in self._retrying():
+                with attempt:
+                    return not self.slow.contains(key)
+        raise _Closed()
+
+
+def _closed_error() -> BlobError:
+    return BlobError("the paired store is closed; pending uploads stay in the journal")
