@@ -1,0 +1,104 @@
+"""Run one versionfs mount: pyfuse3 on trio, until unmounted or signalled.
+
+Shutdown paths, both ending with every dirty file sealed and the metadata
+synced:
+
+* someone unmounts (`fusermount3 -u`, `versionfs umount`): the kernel writes
+  back its dirty pages while the loop still runs, the FUSE session ends,
+  `pyfuse3.main` returns, we seal and sync;
+* SIGTERM/SIGINT (when serving from the main thread): we ask the kernel for
+  its dirty pages (syncfs), seal and sync, end the session and unmount.
+
+The caller owns `meta`, `blobs` and `paired` (opening, starting uploads and
+closing them); `serve` never closes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+from typing import Callable, Iterable
+
+import pyfuse3
+import trio
+
+from .operations import VersionFS
+
+log = logging.getLogger(__name__)
+
+
+def _options(fuse_options: Iterable[str], read_only: bool) -> set[str]:
+    opts = set(pyfuse3.default_options)          # default_permissions
+    given = list(fuse_options)
+    keys = {o.split("=", 1)[0] for o in given}
+    if "fsname" not in keys:
+        opts.add("fsname=versionfs")
+    if "subtype" not in keys:
+        opts.add("subtype=versionfs")
+    if read_only:
+        opts.add("ro")
+    opts.update(given)
+    return opts
+
+
+async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool = False,
+                fuse_options: Iterable[str] = (), ready: Callable[[], None] | None = None,
+                idle_seal_seconds: float = 2.0) -> None:
+    """Mount at `mountpoint` and serve requests until unmounted or signalled."""
+    mountpoint = os.path.abspath(os.fspath(mountpoint))
+    ops = VersionFS(meta, blobs, paired, os.fspath(dirty_dir), mountpoint=mountpoint,
+                    read_only=read_only, idle_seal_seconds=idle_seal_seconds)
+    pyfuse3.init(ops, mountpoint, _options(fuse_options, read_only))
+    unmount = False
+    try:
+        async with trio.open_nursery() as nursery:
+            ops.start(nursery)
+            if ready is not None:
+                nursery.start_soon(_announce_ready, mountpoint, ready)
+            stop = trio.Event()
+            if threading.current_thread() is threading.main_thread():
+                nursery.start_soon(_watch_signals, stop)
+            nursery.start_soon(_stop_on_event, ops, stop)
+            await pyfuse3.main()
+            unmount = stop.is_set()
+            with trio.CancelScope(shield=True):
+                await ops.shutdown()
+            nursery.cancel_scope.cancel()
+    finally:
+        ops.data.close()
+        try:
+            pyfuse3.close(unmount=unmount)
+        except Exception:                # noqa: BLE001 - already gone is fine
+            log.exception("closing the FUSE session failed")
+        log.info("versionfs at %s stopped", mountpoint)
+
+
+async def _announce_ready(mountpoint: str, ready: Callable[[], None]) -> None:
+    # stat() of the root goes through the kernel to our own handlers, so once
+    # it returns, the mount answers.
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    ready()
+
+
+async def _watch_signals(stop: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("signal %d: sealing, syncing and unmounting", signum)
+            stop.set()
+            return
+
+
+async def _stop_on_event(ops: VersionFS, stop: trio.Event) -> None:
+    await stop.wait()
+    with trio.CancelScope(shield=True):
+        await ops._kernel_writeback()
+        await ops.shutdown()
+    pyfuse3.terminate()
+
+
+def run(meta, blobs, paired, mountpoint, **kwargs) -> None:
+    """Blocking `serve` (for the CLI): one trio run per mount."""
+    trio.run(functools.partial(serve, meta, blobs, paired, mountpoint, **kwargs))

@@ -1,0 +1,181 @@
+"""Key layout of the filesystem inside the MVCC store.
+
+Every piece of filesystem metadata is one MVCC key, so a snapshot (which
+freezes the whole key space at a revision) freezes the whole tree at once.
+Keys start with a one-byte table tag followed by big-endian inode numbers, so
+everything belonging to one inode (its extents, its xattrs, a directory's
+entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
+
+    b"I" ino                      -> msgpack inode record (see `Inode`)
+    b"D" parent_ino name          -> child ino (8 bytes, big endian)
+    b"E" ino offset               -> msgpack [length, pointer bytes]
+    b"X" ino name                 -> raw xattr value
+    b"L" ino                      -> symlink target
+    b"O" ino                      -> b"" (inode unlinked while open; deleted
+                                     at the next start if a crash left it)
+    b"C" b"next_ino"              -> 8-byte counter (inode allocation)
+
+Inode numbers are never reused (the counter only grows), so a snapshot's
+inode number always names the same object and `generation` can stay 0.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+import time
+from dataclasses import dataclass
+
+import msgpack
+
+ROOT_INO = 1
+# Inodes 2..15 are the control directory's virtual entries (see control.py).
+FIRST_FREE_INO = 16
+# Inode numbers are reserved from the store in blocks, so creating a file costs
+# no extra write for the counter most of the time.
+INO_RESERVE = 4096
+
+_U64 = struct.Struct(">Q")
+
+NEXT_INO_KEY = b"Cnext_ino"
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def from_u64(b: bytes) -> int:
+    return _U64.unpack(b)[0]
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """Smallest key greater than every key that starts with `prefix`."""
+    p = bytearray(prefix)
+    while p:
+        if p[-1] != 0xFF:
+            p[-1] += 1
+            return bytes(p)
+        p.pop()
+    raise ValueError("prefix has no upper bound")
+
+
+def inode_key(ino: int) -> bytes:
+    return b"I" + u64(ino)
+
+
+def dirent_key(parent: int, name: bytes) -> bytes:
+    return b"D" + u64(parent) + name
+
+
+def dirent_prefix(parent: int) -> bytes:
+    return b"D" + u64(parent)
+
+
+def extent_key(ino: int, offset: int) -> bytes:
+    return b"E" + u64(ino) + u64(offset)
+
+
+def extent_prefix(ino: int) -> bytes:
+    return b"E" + u64(ino)
+
+
+def xattr_key(ino: int, name: bytes) -> bytes:
+    return b"X" + u64(ino) + name
+
+
+def xattr_prefix(ino: int) -> bytes:
+    return b"X" + u64(ino)
+
+
+def symlink_key(ino: int) -> bytes:
+    return b"L" + u64(ino)
+
+
+def orphan_key(ino: int) -> bytes:
+    return b"O" + u64(ino)
+
+
+ORPHAN_PREFIX = b"O"
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(slots=True)
+class Inode:
+    """In-memory inode attributes; `pack`/`unpack` give the stored record.
+
+    `parent` is kept for directories only (to answer lookups of "..").
+    `size` and `stored` of a file with unsealed writes are the live values in
+    memory; the stored record always carries the sealed ones.
+    """
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int = 0
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    parent: int = 0
+    stored: int = 0     # bytes held in extents (for st_blocks of sparse files)
+
+    def pack(self, size: int | None = None, stored: int | None = None) -> bytes:
+        return msgpack.packb(
+            [self.mode, self.nlink, self.uid, self.gid, self.rdev,
+             self.size if size is None else size,
+             self.atime_ns, self.mtime_ns, self.ctime_ns, self.parent,
+             self.stored if stored is None else stored])
+
+    @classmethod
+    def unpack(cls, ino: int, raw: bytes) -> "Inode":
+        f = msgpack.unpackb(raw)
+        return cls(ino, *f[:11])
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+def pack_extent(length: int, pointer: bytes) -> bytes:
+    return msgpack.packb([length, pointer])
+
+
+def unpack_extent(key: bytes, raw: bytes):
+    """(offset, length, pointer bytes) of a stored extent."""
+    length, pointer = msgpack.unpackb(raw)
+    return from_u64(key[9:17]), length, pointer
+
+
+class InodeAllocator:
+    """Hands out never-reused inode numbers, reserving them in blocks.
+
+    A crash loses at most the unused rest of one block of numbers.
+    """
+
+    def __init__(self, meta):
+        self._meta = meta
+        raw = meta.get(NEXT_INO_KEY)
+        self._next = from_u64(raw) if raw else FIRST_FREE_INO
+        self._limit = self._next
+
+    def allocate(self) -> int:
+        """Next inode number; persists a new reserved block when needed."""
+        if self._next >= self._limit:
+            self._meta.put(NEXT_INO_KEY, u64(self._next + INO_RESERVE))
+            self._limit = self._next + INO_RESERVE
+        ino = self._next
+        self._next += 1
+        return ino
