@@ -45,9 +45,9 @@ def test_plain_codec_uses_sha256_and_compresses_only_when_it_pays():
     assert c.decode(p, stored) == b""
 
 
-@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("encrypted", [False, "aes-256-gcm", "chacha20-poly1305"])
 def test_tampered_and_truncated_blobs_fail_naming_the_pointer(encrypted):
-    c = Codec(new_master_key() if encrypted else None)
+    c = Codec(new_master_key(), cipher=encrypted) if encrypted else Codec(None)
     p, stored = c.encode(os.urandom(5000))
     flipped = bytearray(stored)
     flipped[len(flipped) // 2] ^= 1
@@ -79,14 +79,20 @@ def test_encrypted_pointers_are_keyed_and_ciphertext_hides_plaintext():
         Codec(new_master_key()).decode(p, stored)
     with pytest.raises(WrongPassphraseError):
         Codec(None).decode(p, stored)
+    chacha = Codec(key, cipher="chacha20-poly1305")
+    p2, stored2 = chacha.encode(text)
+    assert p2 == p and stored2[0] == codec_mod.FMT_CHACHA_ZSTD
+    assert c.decode(p2, stored2) == text == chacha.decode(p, stored)
+    with pytest.raises(ValueError, match="unknown cipher"):
+        Codec(key, cipher="rot13")
     plain_p, plain_stored = Codec(None).encode(text)
     with pytest.raises(CorruptBlobError, match="unencrypted"):
         c.decode(plain_p, plain_stored)
 
 
-@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("encrypted", [False, "aes-256-gcm", "chacha20-poly1305"])
 def test_seal_and_open_bind_the_context(encrypted):
-    c = Codec(new_master_key() if encrypted else None)
+    c = Codec(new_master_key(), cipher=encrypted) if encrypted else Codec(None)
     sealed = c.seal(b"metadata record", b"meta/000001")
     assert c.open(sealed, b"meta/000001") == b"metadata record"
     assert (b"metadata record" in sealed) is (not encrypted)

@@ -8,8 +8,11 @@ Stored layout (big-endian)::
     0x02 plain+zstd   payload = zstd frame
     0x11 AEAD         payload = nonce[12] | AES-256-GCM(ciphertext | tag)
     0x12 AEAD+zstd    as 0x11, over the zstd frame
+    0x13 AEAD         as 0x11 with ChaCha20-Poly1305
+    0x14 AEAD+zstd    as 0x12 with ChaCha20-Poly1305
     0x21 sealed plain payload = data | SHA-256(context, header, data)
     0x22 sealed AEAD  payload = nonce[12] | AES-256-GCM(data)   (AAD: header, context)
+    0x23 sealed AEAD  as 0x22 with ChaCha20-Poly1305
 
 The format byte lets later versions add formats while old blobs stay readable.
 The length field is what tells a truncated blob from a tampered one.
@@ -35,7 +38,7 @@ import threading
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import CorruptBlobError, TruncatedBlobError, WrongPassphraseError
@@ -46,8 +49,20 @@ FMT_PLAIN = 0x01
 FMT_PLAIN_ZSTD = 0x02
 FMT_AEAD = 0x11
 FMT_AEAD_ZSTD = 0x12
+FMT_CHACHA = 0x13
+FMT_CHACHA_ZSTD = 0x14
 FMT_SEAL_PLAIN = 0x21
 FMT_SEAL_AEAD = 0x22
+FMT_SEAL_CHACHA = 0x23
+
+# cipher name -> (AEAD class, blob format, compressed blob format, seal format)
+CIPHERS = {
+    "aes-256-gcm": (AESGCM, FMT_AEAD, FMT_AEAD_ZSTD, FMT_SEAL_AEAD),
+    "chacha20-poly1305": (ChaCha20Poly1305, FMT_CHACHA, FMT_CHACHA_ZSTD, FMT_SEAL_CHACHA),
+}
+_BLOB_AEAD = {FMT_AEAD: ("aes-256-gcm", False), FMT_AEAD_ZSTD: ("aes-256-gcm", True),
+              FMT_CHACHA: ("chacha20-poly1305", False), FMT_CHACHA_ZSTD: ("chacha20-poly1305", True)}
+_SEAL_AEAD = {FMT_SEAL_AEAD: "aes-256-gcm", FMT_SEAL_CHACHA: "chacha20-poly1305"}
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
@@ -64,18 +79,28 @@ def _subkey(master: bytes, purpose: bytes) -> bytes:
 
 
 class Codec:
-    """Encode/decode blobs; thread-safe (zstd contexts are per thread)."""
+    """Encode/decode blobs; thread-safe (zstd contexts are per thread).
 
-    def __init__(self, master_key: bytes | None, compression_level: int = 3):
+    ``cipher`` chooses what new blobs are written with; blobs of either cipher
+    are read, since the format byte says which one made them.
+    """
+
+    def __init__(self, master_key: bytes | None, compression_level: int = 3,
+                 cipher: str = "aes-256-gcm"):
         if master_key is not None and len(master_key) != MASTER_KEY_SIZE:
             raise ValueError(f"a master key is {MASTER_KEY_SIZE} bytes, got {len(master_key)}")
+        if cipher not in CIPHERS:
+            raise ValueError(f"unknown cipher {cipher!r}: use one of {', '.join(CIPHERS)}")
         self.encrypted = master_key is not None
+        self.cipher = cipher
         self.compression_level = compression_level
         self._local = threading.local()
         if self.encrypted:
             self._pointer_key = _subkey(master_key, b"pointer")
-            self._blob_aead = AESGCM(_subkey(master_key, b"blob"))
-            self._seal_aead = AESGCM(_subkey(master_key, b"seal"))
+            blob_key, seal_key = _subkey(master_key, b"blob"), _subkey(master_key, b"seal")
+            self._blob_aead = {name: c[0](blob_key) for name, c in CIPHERS.items()}
+            self._seal_aead = {name: c[0](seal_key) for name, c in CIPHERS.items()}
+            _, self._fmt_raw, self._fmt_zstd, self._fmt_seal = CIPHERS[cipher]
 
     @classmethod
     def from_wrapped_key(cls, wrapped: bytes, passphrase: str | bytes, **kw) -> "Codec":
@@ -117,10 +142,10 @@ class Codec:
         if not self.encrypted:
             fmt = FMT_PLAIN_ZSTD if packed else FMT_PLAIN
             return pointer, b"".join((_HEADER.pack(fmt, len(payload)), payload))
-        fmt = FMT_AEAD_ZSTD if packed else FMT_AEAD
+        fmt = self._fmt_zstd if packed else self._fmt_raw
         header = _HEADER.pack(fmt, NONCE_SIZE + len(payload) + TAG_SIZE)
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._blob_aead.encrypt(nonce, payload, header + pointer.bytes)
+        sealed = self._blob_aead[self.cipher].encrypt(nonce, payload, header + pointer.bytes)
         return pointer, b"".join((header, nonce, sealed))
 
     def decode(self, pointer: Pointer, stored) -> bytes:
@@ -136,16 +161,17 @@ class Codec:
             if hashlib.sha256(plaintext).digest() != pointer.bytes:
                 raise CorruptBlobError(f"{what}: content does not match its pointer", ptr)
             return plaintext
-        if fmt in (FMT_AEAD, FMT_AEAD_ZSTD):
+        if fmt in _BLOB_AEAD:
             self._need_key(what)
+            cipher, packed = _BLOB_AEAD[fmt]
             header = bytes(stored[:HEADER_SIZE])
             try:
-                payload = self._blob_aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
-                                                  header + pointer.bytes)
+                payload = self._blob_aead[cipher].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
+                                                          header + pointer.bytes)
             except (InvalidTag, ValueError):
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
                                        "under another name)", ptr) from None
-            return self._unpack(payload, what, ptr) if fmt == FMT_AEAD_ZSTD else payload
+            return self._unpack(payload, what, ptr) if packed else payload
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
 
     def _unpack(self, payload, what: str, pointer_hex: str) -> bytes:
@@ -162,9 +188,10 @@ class Codec:
     def seal(self, data, context: bytes) -> bytes:
         """Protect ``data`` bound to ``context`` (e.g. the object's name)."""
         if self.encrypted:
-            header = _HEADER.pack(FMT_SEAL_AEAD, NONCE_SIZE + len(data) + TAG_SIZE)
+            header = _HEADER.pack(self._fmt_seal, NONCE_SIZE + len(data) + TAG_SIZE)
             nonce = os.urandom(NONCE_SIZE)
-            return b"".join((header, nonce, self._seal_aead.encrypt(nonce, data, header + context)))
+            sealed = self._seal_aead[self.cipher].encrypt(nonce, data, header + context)
+            return b"".join((header, nonce, sealed))
         header = _HEADER.pack(FMT_SEAL_PLAIN, len(data) + 32)
         return b"".join((header, data, _seal_digest(header, data, context)))
 
@@ -182,10 +209,10 @@ class Codec:
             if _seal_digest(header, data, context) != payload[-32:]:
                 raise CorruptBlobError(f"{what}: content does not match its digest")
             return data
-        if fmt == FMT_SEAL_AEAD:
+        if fmt in _SEAL_AEAD:
             self._need_key(what)
             try:
-                return self._seal_aead.decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
+                return self._seal_aead[_SEAL_AEAD[fmt]].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
                                                header + context)
             except (InvalidTag, ValueError):
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
