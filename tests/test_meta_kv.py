@@ -105,6 +105,10 @@ def test_bad_keys_and_values(kv):
         kv.put("k" * 2000, b"x")
     with pytest.raises(TypeError, match="bytes"):
         kv.put("k", "text")
+    if not isinstance(kv, LMDBKV):
+        for bad in ("a//b", "a/../b", ".hidden", "dir/"):
+            with pytest.raises(InvalidKeyError, match="segment"):
+                kv.atomic_put(bad, b"x", None)
 
 
 def test_open_kv_unknown_scheme():
@@ -164,8 +168,8 @@ def test_threads_racing_on_one_key_exactly_one_wins_each_round(kind, tmp_path, r
     kv.close()
 
 
-def _process_racer(path: str, barrier, results, worker: int, rounds: int) -> None:
-    kv = LMDBKV(path)
+def _process_racer(url: str, barrier, results, worker: int, rounds: int) -> None:
+    kv = open_kv(url)
     try:
         for r in range(rounds):
             results.put((r, worker, race_round(kv, barrier, "head")))
@@ -182,15 +186,16 @@ def _process_racer(path: str, barrier, results, worker: int, rounds: int) -> Non
         kv.close()
 
 
-def test_lmdb_processes_racing_on_one_key(tmp_path):
+@pytest.mark.parametrize("kind", ["lmdb", "dir"])
+def test_processes_racing_on_one_key(kind, tmp_path):
     ctx = multiprocessing.get_context("spawn")  # LMDB handles must not cross fork()
     writers, rounds = 4, 15
-    path = str(tmp_path / "kv")
-    with LMDBKV(path) as kv:
+    url = f"lmdb://{tmp_path / 'kv'}" if kind == "lmdb" else f"file://{tmp_path / 'slow'}"
+    with open_kv(url) as kv:
         kv.atomic_put("head", b"", None)
         kv.atomic_put("counter", b"0", None)
     barrier, results = ctx.Barrier(writers), ctx.Queue()
-    procs = [ctx.Process(target=_process_racer, args=(path, barrier, results, w, rounds))
+    procs = [ctx.Process(target=_process_racer, args=(url, barrier, results, w, rounds))
              for w in range(writers)]
     for p in procs:
         p.start()
@@ -200,7 +205,7 @@ def test_lmdb_processes_racing_on_one_key(tmp_path):
         assert p.exitcode == 0
     for r in range(rounds):
         assert sum(won for rr, _, won in outcomes if rr == r) == 1, f"round {r}"
-    with LMDBKV(path) as kv:
+    with open_kv(url) as kv:
         assert kv.get("head").value == b"." * rounds
         assert kv.get("counter").value == str(writers * 50).encode()
 
@@ -226,3 +231,46 @@ def test_lmdb_full_store_is_a_clear_error_and_keeps_data(tmp_path):
     kv.close()
     with LMDBKV(tmp_path / "kv", map_size=64 << 10) as again:
         assert again.get("keep").value == b"safe"
+
+
+class ResponseLostBucket:
+    """The real S3 bucket, except that the first conditional put's response is
+    "lost": the write is applied, then the client sees 412 as a retry would.
+    A real server cannot be made to drop one response on demand, hence this wrapper."""
+
+    def __init__(self, bucket):
+        self.bucket, self.tripped = bucket, False
+
+    def __getattr__(self, name):
+        return getattr(self.bucket, name)
+
+    def _lose(self, fn, *args):
+        from versionfs.blob.errors import PreconditionFailedError
+        fn(*args)
+        if not self.tripped:
+            self.tripped = True
+            raise PreconditionFailedError("conditional write lost (simulated retry)")
+
+    def put_if_absent(self, name, data):
+        return self._lose(self.bucket.put_if_absent, name, data)
+
+    def put_if_match(self, name, data, etag):
+        return self._lose(self.bucket.put_if_match, name, data, etag)
+
+
+def test_s3_write_whose_response_was_lost_is_recognised_as_ours(s3_bucket):
+    from versionfs.blob.s3 import S3Bucket
+    from versionfs.meta.kv import S3KV
+
+    real = S3Bucket(s3_bucket, "m/")
+    kv = S3KV(ResponseLostBucket(real))
+    created = kv.atomic_put("head", b"1", None)
+    assert kv.get("head") == created
+    kv.bucket.tripped = False
+    swapped = kv.atomic_put("head", b"2", created)
+    assert kv.get("head") == swapped and swapped.value == b"2"
+    other = S3KV(real)
+    other.put("head", b"3")  # a genuine loss is still reported as one
+    kv.bucket.tripped = False
+    with pytest.raises(KeyModifiedError):
+        kv.atomic_put("head", b"4", swapped)

@@ -326,6 +326,11 @@ class BucketKV(KVStore):
 
     def _name(self, key: str) -> str:
         check_key(key, self.MAX_KEY_BYTES)
+        if any(part in ("", ".", "..") or part.startswith(".") for part in key.split("/")):
+            # Object stores on directories map "/" to directories; keep keys
+            # portable to every bucket kind.
+            raise InvalidKeyError(
+                f"KV key {key!r} has an empty or dot-leading path segment")
         return self.prefix + key
 
     @staticmethod
@@ -359,26 +364,43 @@ class BucketKV(KVStore):
                 continue  # deleted between the listing and the read
         return out
 
-    def _lost(self, key: str, previous: KVPair) -> KVError:
-        """Say why a conditional write with ``previous`` failed: gone or changed."""
-        if not self.exists(key):
-            return KeyNotFoundError(f"key {key!r} no longer exists (it was deleted since it was read)")
-        return KeyModifiedError(
+    def _after_lost_race(self, key: str, body: bytes, previous: KVPair | None) -> KVPair:
+        """A conditional put was refused: find out whether it really lost.
+
+        A client that retries a request whose response was lost sees its own
+        earlier success as a failed precondition.  Our body carries a random
+        nonce, so if the object now holds exactly our body, the write was ours:
+        return its pair.  Otherwise raise the libkv error that fits.
+        """
+        try:
+            current, etag = self.bucket.get(self.prefix + key)
+        except self._not_found:
+            if previous is None:  # created and deleted again since: it existed
+                raise KeyExistsError(f"key {key!r} already exists (create-only atomic_put)") from None
+            raise KeyNotFoundError(
+                f"key {key!r} no longer exists (it was deleted since it was read)") from None
+        if current == body:
+            return self._pair(key, current, etag)
+        if previous is None:
+            raise KeyExistsError(f"key {key!r} already exists (create-only atomic_put)")
+        raise KeyModifiedError(
             f"key {key!r} was modified since version {previous.last_index!r} was read")
 
     def atomic_put(self, key: str, value: bytes, previous: KVPair | None) -> KVPair:
         name, body = self._name(key), self._body(value)
-        if previous is None:
-            try:
+        try:
+            if previous is None:
                 etag = self.bucket.put_if_absent(name, body)
-            except self._precondition as exc:
-                raise KeyExistsError(f"key {key!r} already exists (create-only atomic_put)") from exc
+            else:
+                etag = self.bucket.put_if_match(name, body, previous.last_index)
+        except (self._precondition, self._not_found) as exc:
+            lost = exc
+        else:
             return KVPair(key, bytes(value), etag)
         try:
-            etag = self.bucket.put_if_match(name, body, previous.last_index)
-        except (self._precondition, self._not_found) as exc:
-            raise self._lost(key, previous) from exc
-        return KVPair(key, bytes(value), etag)
+            return self._after_lost_race(key, body, previous)
+        except KVError as err:
+            raise err from lost
 
     def atomic_delete(self, key: str, previous: KVPair | None) -> None:
         name = self._name(key)
@@ -386,7 +408,11 @@ class BucketKV(KVStore):
         try:
             self.bucket.delete_if_match(name, previous.last_index)
         except (self._precondition, self._not_found) as exc:
-            raise self._lost(key, previous) from exc
+            if not self.exists(key):
+                raise KeyNotFoundError(
+                    f"key {key!r} no longer exists (it was deleted since it was read)") from exc
+            raise KeyModifiedError(
+                f"key {key!r} was modified since version {previous.last_index!r} was read") from exc
 
     def delete(self, key: str) -> None:
         try:
@@ -401,11 +427,46 @@ class BucketKV(KVStore):
 
 
 class S3KV(BucketKV):
-    """KV store in an S3 bucket (``versionfs.blob.s3.S3Bucket``) via conditional writes."""
+    """KV store in an S3 bucket (``versionfs.blob.s3.S3Bucket``) via conditional writes.
+
+    A plain ``PUT``/``DELETE`` is atomic on the server, so ``put``/``delete``
+    need no condition.
+    """
 
 
 class DirectoryKV(BucketKV):
-    """KV store in a ``file://`` slow store (``versionfs.blob.directory.DirectoryBucket``)."""
+    """KV store in a ``file://`` slow store (``versionfs.blob.directory.DirectoryBucket``).
+
+    The bucket's conditional operations hold an exclusive ``flock`` across
+    read-compare-write, but its plain ``put``/``delete`` do not take that lock,
+    so an unconditional write landing between a CAS's compare and its write
+    would be silently overwritten.  Here ``put`` and ``delete`` are therefore
+    themselves CAS loops, which keeps every operation on a key atomic with
+    respect to every other, across threads and processes on the machine.
+    """
+
+    def put(self, key: str, value: bytes) -> None:
+        value = check_value(value)
+        while True:
+            try:
+                previous = self.get(key)
+            except KeyNotFoundError:
+                previous = None
+            try:
+                self.atomic_put(key, value, previous)
+                return
+            except (KeyExistsError, KeyModifiedError, KeyNotFoundError):
+                continue
+
+    def delete(self, key: str) -> None:
+        while True:
+            try:
+                self.atomic_delete(key, self.get(key))
+                return
+            except KeyNotFoundError:
+                return
+            except KeyModifiedError:
+                continue
 
 
 # ------------------------------------------------------------------------ factory
@@ -416,8 +477,9 @@ SUPPORTED_SCHEMES = ("lmdb", "s3", "file")
 def open_kv(url: str) -> KVStore:
     """Open the KV store a URL names (libkv's ``NewStore``).
 
-    ``lmdb:///path/to/dir`` — :class:`LMDBKV`; ``s3://bucket/prefix`` —
-    :class:`S3KV`; ``file:///path`` — :class:`DirectoryKV`.  Any other scheme
+    ``lmdb:///path/to/dir`` — :class:`LMDBKV`; ``s3://bucket/prefix`` (with
+    the blob layer's ``?endpoint=``/``?region=`` options) — :class:`S3KV`;
+    ``file:///path`` — :class:`DirectoryKV`.  Any other scheme
     is :class:`BackendNotSupportedError`.
     """
     scheme, sep, rest = url.partition("://")
@@ -430,8 +492,7 @@ def open_kv(url: str) -> KVStore:
     if scheme == "s3":
         from versionfs.blob.s3 import S3Bucket
 
-        bucket_name, _, prefix = rest.partition("/")
-        return S3KV(S3Bucket(bucket_name), prefix)
+        return S3KV(S3Bucket.from_url(url))
     from versionfs.blob.directory import DirectoryBucket
 
     return DirectoryKV(DirectoryBucket(rest))

@@ -425,13 +425,17 @@ class RecordDB:
             self._add_entries(txn, t, type_name, id, json.loads(value_json))
             txn.put(id, _encode_record(type_name, value_json), db=self._records)
 
-    def get_record(self, id: bytes | str) -> Record:
+    def _load(self, id: bytes | str) -> tuple[bytes, str, bytes]:
+        """(id, type name, value JSON) of a record; RecordNotFoundError if absent."""
         id = _norm_id(id)
         with self._txn() as txn:
             raw = txn.get(id, db=self._records)
         if raw is None:
             raise RecordNotFoundError(f"no record {id!r} in {self.path}")
-        type_name, value_json = _decode_record(raw)
+        return (id, *_decode_record(raw))
+
+    def get_record(self, id: bytes | str) -> Record:
+        id, type_name, value_json = self._load(id)
         return Record(id, type_name, json.loads(value_json))
 
     def get(self, id: bytes | str) -> Any:
@@ -440,12 +444,7 @@ class RecordDB:
 
     def get_raw(self, id: bytes | str) -> bytes:
         """The record's value as its stored canonical JSON."""
-        id = _norm_id(id)
-        with self._txn() as txn:
-            raw = txn.get(id, db=self._records)
-        if raw is None:
-            raise RecordNotFoundError(f"no record {id!r} in {self.path}")
-        return _decode_record(raw)[1]
+        return self._load(id)[2]
 
     def has(self, id: bytes | str) -> bool:
         id = _norm_id(id)
