@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import pytest
 
 from versionfs.meta.backup import (MAGIC, BackupCorruptError, BackupError,
                                    BackupFormatError, BackupReader,
                                    BackupTruncatedError, BackupWriter,
-                                   validate_stream)
+                                   framed_copy, validate_stream,
+                                   verified_stream)
 
 
 def backup(payloads, kind="test", meta=None) -> bytes:
@@ -108,3 +110,40 @@ def test_write_after_finish_is_an_error():
     w.finish()
     with pytest.raises(BackupError, match="finished"):
         w.write(b"x")
+
+
+def _lmdb_with(path, n):
+    import lmdb
+    env = lmdb.open(str(path), max_dbs=2)
+    with env.begin(write=True) as txn:
+        for i in range(n):
+            txn.put(b"key%06d" % i, b"value-%d" % i * 10)
+    return env
+
+
+def test_opaque_stream_framed_and_read_back_verified(tmp_path):
+    """An LMDB compact copy (what Backend.backup_to writes) through the framing."""
+    env = _lmdb_with(tmp_path / "src", 3000)
+    copy_path = tmp_path / "copy.mdb"
+    with open(copy_path, "wb") as f:
+        env.copyfd(f.fileno(), compact=True)
+    env.close()
+    original = copy_path.read_bytes()
+    out = io.BytesIO()
+    with BackupWriter(out, "versionfs.mvcc", {"applied_index": 42}) as w:
+        sink = framed_copy(w, frame_size=64 << 10)
+        sink.write(original)  # never flushed or closed by the producer
+    info = validate_stream(io.BytesIO(out.getvalue()), kind="versionfs.mvcc")
+    assert info.count == -(-len(original) // (64 << 10)) and info.meta["applied_index"] == 42
+    back = verified_stream(BackupReader(io.BytesIO(out.getvalue()), "versionfs.mvcc"))
+    restored = b"".join(iter(lambda: back.read(10_000), b""))
+    assert restored == original
+    damaged = bytearray(out.getvalue())
+    damaged[len(damaged) // 2] ^= 1
+    bad = verified_stream(BackupReader(io.BytesIO(bytes(damaged))))
+    with pytest.raises(BackupCorruptError):
+        while bad.read(1 << 20):
+            pass
+    truncated = verified_stream(BackupReader(io.BytesIO(out.getvalue()[:-3])))
+    with pytest.raises(BackupTruncatedError):
+        shutil.copyfileobj(truncated, io.BytesIO())

@@ -29,6 +29,17 @@ Format, version 1 (integers big-endian)::
 
 Nothing in the stream depends on the time or the machine, so the same content
 always produces the same bytes.
+
+Stores whose native backup is an opaque byte stream (the MVCC backend's
+``Backend.backup_to`` writes a compact LMDB copy) get the same protection
+through :func:`framed_copy` (cut the bytes into frames) and
+:func:`verified_stream` (a file-like view of the payload bytes whose reads fail
+with a :class:`BackupError` as soon as damage or truncation shows, including
+at the very end)::
+
+    with BackupWriter(out, "versionfs.mvcc", {"applied_index": n}) as w:
+        backend.backup_to(framed_copy(w))
+    Backend.restore(verified_stream(BackupReader(inp, "versionfs.mvcc")), path)
 """
 
 from __future__ import annotations
@@ -105,6 +116,7 @@ class BackupWriter:
         self._count = 0
         self._size = 0
         self._finished = False
+        self._sinks: list[framed_copy] = []  # flushed before the trailer
         self._emit(head + _U32.pack(header_crc))
 
     def _emit(self, data: bytes) -> None:
@@ -127,6 +139,8 @@ class BackupWriter:
     def finish(self) -> BackupInfo:
         """Write the trailer; the backup is complete only after this."""
         if not self._finished:
+            for sink in self._sinks:
+                sink.flush()
             body = _TRAILER.pack(_END_TAG, self._count, self._chain)
             self._emit(body + _U32.pack(crc32c.crc32c(body)))
             self._finished = True
@@ -244,6 +258,82 @@ class BackupReader:
 
     def info(self) -> BackupInfo:
         return BackupInfo(self.meta, self.count, self._offset)
+
+
+class framed_copy:
+    """A write-only file object that turns the bytes written to it into frames.
+
+    Bytes are cut into ``frame_size`` frames; the last short frame goes out on
+    ``flush``/``close`` or, at the latest, when the writer finishes.
+    """
+
+    def __init__(self, writer: BackupWriter, frame_size: int = 1 << 20):
+        self._writer = writer
+        writer._sinks.append(self)
+        self._frame_size = frame_size
+        self._buf = bytearray()
+        self.closed = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._buf += data
+        while len(self._buf) >= self._frame_size:
+            self._writer.write(bytes(self._buf[:self._frame_size]))
+            del self._buf[:self._frame_size]
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            self._writer.write(bytes(self._buf))
+            self._buf.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.closed = True
+
+    def __enter__(self) -> "framed_copy":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class verified_stream:
+    """A read-only file object over a backup's payload bytes, in order.
+
+    ``read`` raises the reader's :class:`BackupError` when damage shows; the
+    final ``read`` that returns ``b""`` happens only after the trailer (count,
+    chain, end of stream) verified.  A consumer that writes to a temporary
+    file and renames it only after reaching end-of-file therefore never
+    installs a damaged copy.
+    """
+
+    def __init__(self, reader: BackupReader):
+        self._frames = iter(reader)
+        self._buf = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._eof and (n < 0 or len(self._buf) < n):
+            try:
+                self._buf += next(self._frames)
+            except StopIteration:
+                self._eof = True
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
 
 
 def validate_stream(stream: BinaryIO, kind: str | None = None,
