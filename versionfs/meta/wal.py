@@ -1,0 +1,567 @@
+"""Write-ahead log (a Python rendering of etcd's ``wal`` package, seed 004).
+
+A WAL is a directory of segment files named ``%016x-%016x.wal`` (sequence
+number, index of the first entry the segment may hold).  Every segment starts
+with a CRC record (the running checksum carried over from the previous
+segment), the WAL's metadata record and the latest state record, then entry and
+state records are appended.
+
+Record frame (little endian)::
+
+    u32 length   u32 type   u32 crc   u32 header_crc   payload[length]
+
+``crc`` is CRC32C of ``type || payload`` *continued* from the previous
+record's crc, so the chain runs across records and segments and a dropped,
+reordered or altered record breaks it.  ``header_crc`` (CRC32C of the first
+12 header bytes) protects the length: a flipped length bit must read as
+corruption, never as "record runs past the end of file" (which is what a torn
+write looks like and is repaired silently).
+
+Why torn-tail repair is safe only at the end of the last segment: appends only
+ever happen there, and a segment is fsynced before the next one is created, so
+an incomplete frame (short header or short payload), an all-zero tail, or a
+last record with a zeroed 512-byte sector (a page that never reached the disk)
+can only be the remains of an interrupted append.  Anything else that does not
+check out is reported as ``CRCMismatchError``.
+
+Like etcd's WAL, a WAL is in read mode after ``open_at_index`` and in append
+mode after ``create`` or after ``read_all`` has consumed every record.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+import threading
+from typing import NamedTuple
+
+import crc32c
+
+from ..blob.files import fsync_dir
+from .backend import DiskFullError
+
+__all__ = [
+    "WAL",
+    "Entry",
+    "WALError",
+    "MetadataConflictError",
+    "WALFileNotFoundError",
+    "IndexNotFoundError",
+    "CRCMismatchError",
+    "WALModeError",
+    "WALBrokenError",
+    "DEFAULT_SEGMENT_BYTES",
+]
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+SECTOR = 512
+
+_HEADER = struct.Struct("<IIII")  # length, type, crc, header_crc
+_HEADER_PREFIX = struct.Struct("<III")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
+
+TYPE_CRC = 1
+TYPE_METADATA = 2
+TYPE_STATE = 3
+TYPE_ENTRY = 4
+_TYPES = (TYPE_CRC, TYPE_METADATA, TYPE_STATE, TYPE_ENTRY)
+
+
+class WALError(Exception):
+    """Base class of WAL errors."""
+
+
+class MetadataConflictError(WALError):
+    """Segments of one WAL carry different metadata."""
+
+
+class WALFileNotFoundError(WALError, FileNotFoundError):
+    """The directory holds no WAL segment."""
+
+
+class IndexNotFoundError(WALError):
+    """The WAL does not hold the requested index (released, or never written)."""
+
+
+class CRCMismatchError(WALError):
+    """A record failed its checksum somewhere other than a torn tail."""
+
+
+class WALModeError(WALError):
+    """Append attempted before read_all() consumed the log, or after close()."""
+
+
+class WALBrokenError(WALError):
+    """An fsync or write failed in a way that leaves the file state unknown."""
+
+
+class Entry(NamedTuple):
+    index: int
+    data: bytes
+
+
+def segment_name(seq: int, index: int) -> str:
+    return "%016x-%016x.wal" % (seq, index)
+
+
+def _parse_name(name: str) -> tuple[int, int] | None:
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+def _list_segments(dirpath: str) -> list[tuple[int, int, str]]:
+    """(seq, first_index, name) of every segment, in sequence order."""
+    try:
+        names = os.listdir(dirpath)
+    except FileNotFoundError:
+        return []
+    segs = []
+    for name in names:
+        parsed = _parse_name(name)
+        if parsed is not None:
+            segs.append((parsed[0], parsed[1], name))
+    segs.sort()
+    for a, b in zip(segs, segs[1:]):
+        if b[0] != a[0] + 1 or b[1] < a[1]:
+            raise CRCMismatchError(
+                f"wal: segments out of order in {dirpath}: {a[2]} then {b[2]}"
+            )
+    return segs
+
+
+def _frame(rtype: int, payload: bytes, prev_crc: int) -> tuple[bytes, int]:
+    crc = crc32c.crc32c(payload, crc32c.crc32c(_U32.pack(rtype), prev_crc))
+    prefix = _HEADER_PREFIX.pack(len(payload), rtype, crc)
+    return prefix + _U32.pack(crc32c.crc32c(prefix)) + payload, crc
+
+
+def _has_zero_sector(buf: bytes, start: int, end: int) -> bool:
+    """True when a whole file sector inside [start, end) is all zero bytes."""
+    first = (start + SECTOR - 1) // SECTOR * SECTOR
+    zero = bytes(SECTOR)
+    for off in range(first, end - SECTOR + 1, SECTOR):
+        if buf[off : off + SECTOR] == zero:
+            return True
+    return False
+
+
+class _Record(NamedTuple):
+    rtype: int
+    payload: bytes
+    crc: int
+    end: int
+
+
+def _scan(buf: bytes, path: str, running: int | None, is_last: bool):
+    """Decode one segment. Returns (records, valid_end, running_crc).
+
+    ``running`` is None for the first segment read (its CRC record seeds the
+    chain) or the crc the previous segment ended with.  A torn tail is
+    tolerated only when ``is_last``; ``valid_end`` < len(buf) means truncate.
+    """
+    records: list[_Record] = []
+    off = 0
+    n = len(buf)
+    hsize = _HEADER.size
+    while off < n:
+        if off + hsize > n:
+            if is_last:
+                return records, off, running
+            raise CRCMismatchError(f"wal: short header at offset {off} of {path}")
+        length, rtype, crc, hcrc = _HEADER.unpack_from(buf, off)
+        if crc32c.crc32c(buf[off : off + 12]) != hcrc or rtype not in _TYPES:
+            if is_last and buf.count(0, off) == n - off:
+                return records, off, running  # zero-filled tail: never written
+            raise CRCMismatchError(f"wal: bad record header at offset {off} of {path}")
+        end = off + hsize + length
+        if end > n:
+            if is_last:
+                return records, off, running
+            raise CRCMismatchError(f"wal: record at offset {off} of {path} runs past end")
+        payload = buf[off + hsize : end]
+        if not records:
+            if rtype != TYPE_CRC or length != 4:
+                raise CRCMismatchError(f"wal: {path} does not start with a crc record")
+            carried = _U32.unpack(payload)[0]
+            if running is None:
+                running = carried
+            elif carried != running:
+                raise CRCMismatchError(
+                    f"wal: crc chain broken between segments at {path}"
+                )
+        expect = crc32c.crc32c(payload, crc32c.crc32c(_U32.pack(rtype), running))
+        if expect != crc:
+            if is_last and end == n and _has_zero_sector(buf, off, end):
+                return records, off, running  # last record only partly on disk
+            raise CRCMismatchError(f"wal: crc mismatch in record at offset {off} of {path}")
+        running = crc
+        records.append(_Record(rtype, payload, crc, end))
+        off = end
+    return records, off, running
+
+
+class WAL:
+    """Append-only log of (index, bytes) entries plus opaque state and metadata.
+
+    Thread-safe: appends are serialised by an internal lock; ``sync`` fsyncs a
+    duplicate of the segment descriptor outside that lock so appends are not
+    held up by the disk.
+    """
+
+    def __init__(self, dirpath: str, segment_bytes: int):
+        self.dir = dirpath
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._seq = 0
+        self._size = 0  # bytes in the current segment
+        self._crc = 0
+        self._metadata = b""
+        self._state = b""
+        self._last_index: int | None = None
+        self._synced_index: int | None = None
+        self._dirty = False
+        self._mode = "read"
+        self._start_index = 0
+        self._segments: list[tuple[int, int, str]] = []
+        self._broken: str | None = None
+
+    # ------------------------------------------------------------------ open
+
+    @staticmethod
+    def exist(dirpath: str) -> bool:
+        try:
+            return bool(_list_segments(dirpath))
+        except WALError:
+            return True
+
+    @classmethod
+    def create(
+        cls, dirpath: str, metadata: bytes, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> "WAL":
+        """A new WAL in append mode; refuses a directory that already has one."""
+        if cls.exist(dirpath):
+            raise FileExistsError(f"wal: {dirpath} already holds a write-ahead log")
+        os.makedirs(dirpath, exist_ok=True)
+        w = cls(dirpath, segment_bytes)
+        w._metadata = bytes(metadata)
+        w._mode = "append"
+        w._open_new_segment(0, 0)
+        fsync_dir(os.path.dirname(os.path.abspath(dirpath)))
+        return w
+
+    @classmethod
+    def open_at_index(
+        cls, dirpath: str, index: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    ) -> "WAL":
+        """Open for reading from ``index``; call ``read_all`` before appending."""
+        segs = _list_segments(dirpath)
+        if not segs:
+            raise WALFileNotFoundError(f"wal: no segment files in {dirpath}")
+        start = None
+        for i, (_seq, first, _name) in enumerate(segs):
+            if first <= index:
+                start = i
+        if start is None:
+            raise IndexNotFoundError(
+                f"wal: index {index} precedes the oldest segment {segs[0][2]} in {dirpath}"
+            )
+        for name in os.listdir(dirpath):
+            if name.endswith(".wal.tmp"):
+                os.unlink(os.path.join(dirpath, name))
+        w = cls(dirpath, segment_bytes)
+        w._segments = segs[start:]
+        w._start_index = index
+        return w
+
+    def read_all(self) -> tuple[bytes, bytes, list[Entry]]:
+        """(metadata, state, entries with index >= the open index); then append mode."""
+        with self._lock:
+            if self._mode != "read":
+                raise WALModeError("wal: read_all() is only valid right after open_at_index()")
+            entries: list[Entry] = []
+            metadata: bytes | None = None
+            state = b""
+            running: int | None = None
+            last_index: int | None = None
+            index = self._start_index
+            found = False
+            first_in_start = self._segments[0][1]
+            for pos, (seq, _first, name) in enumerate(self._segments):
+                path = os.path.join(self.dir, name)
+                with open(path, "rb") as f:
+                    buf = f.read()
+                is_last = pos == len(self._segments) - 1
+                records, valid_end, running = _scan(buf, path, running, is_last)
+                if is_last and valid_end < len(buf):
+                    self._truncate_file(path, valid_end)
+                if not records:
+                    # Only the last segment can be empty (a torn first write of
+                    # a segment created by a cut is impossible: cut renames a
+                    # complete file into place).
+                    raise CRCMismatchError(f"wal: segment {path} holds no records")
+                for rec in records:
+                    if rec.rtype == TYPE_METADATA:
+                        if metadata is not None and rec.payload != metadata:
+                            raise MetadataConflictError(
+                                f"wal: metadata in {path} differs from earlier segments"
+                            )
+                        metadata = rec.payload
+                    elif rec.rtype == TYPE_STATE:
+                        state = rec.payload
+                    elif rec.rtype == TYPE_ENTRY:
+                        eidx = _U64.unpack_from(rec.payload)[0]
+                        if last_index is not None and eidx != last_index + 1:
+                            raise CRCMismatchError(
+                                f"wal: entry index {eidx} follows {last_index} in {path}"
+                            )
+                        last_index = eidx
+                        if eidx >= index:
+                            if eidx == index:
+                                found = True
+                            entries.append(Entry(eidx, rec.payload[8:]))
+                self._seq = seq
+                self._size = valid_end
+            if not found:
+                ok = (last_index is not None and last_index == index - 1) or (
+                    last_index is None and (first_in_start == index or first_in_start == 0)
+                )
+                if not ok:
+                    raise IndexNotFoundError(
+                        f"wal: index {index} not found in {self.dir} (last index {last_index})"
+                    )
+            if metadata is None:
+                raise CRCMismatchError(f"wal: no metadata record in {self.dir}")
+            self._metadata = metadata
+            self._state = state
+            self._crc = running or 0
+            self._last_index = last_index
+            self._synced_index = last_index
+            path = os.path.join(self.dir, self._segments[-1][2])
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._mode = "append"
+            return metadata, state, entries
+
+    def _truncate_file(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ---------------------------------------------------------------- append
+
+    @property
+    def last_index(self) -> int | None:
+        return self._last_index
+
+    @property
+    def metadata(self) -> bytes:
+        return self._metadata
+
+    def _check_append(self) -> None:
+        if self._broken:
+            raise WALBrokenError(self._broken)
+        if self._mode != "append":
+            raise WALModeError(
+                "wal: read_all() must consume the log before appending"
+                if self._mode == "read"
+                else "wal: closed"
+            )
+
+    def _write(self, data: bytes) -> None:
+        """Append to the current segment; on failure leave it exactly as it was."""
+        start = self._size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError as exc2:
+                self._broken = f"wal: write failed ({exc}) and could not be undone ({exc2})"
+                raise WALBrokenError(self._broken) from exc
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    errno.ENOSPC, f"metadata write-ahead log: no space left on device in {self.dir}"
+                ) from exc
+            raise
+        self._size = start + len(data)
+        self._dirty = True
+
+    def save_entry(self, index: int, data: bytes) -> None:
+        with self._lock:
+            self._check_append()
+            self._save_entries([(index, data)])
+
+    def save_state(self, state: bytes) -> None:
+        with self._lock:
+            self._check_append()
+            self._maybe_cut()
+            frame, crc = _frame(TYPE_STATE, bytes(state), self._crc)
+            self._write(frame)
+            self._crc = crc
+            self._state = bytes(state)
+
+    def save(self, state: bytes | None, entries) -> None:
+        """Append entries (iterable of ``Entry`` or (index, data)) then the state."""
+        with self._lock:
+            self._check_append()
+            self._save_entries(list(entries))
+            if state is not None:
+                frame, crc = _frame(TYPE_STATE, bytes(state), self._crc)
+                self._write(frame)
+                self._crc = crc
+                self._state = bytes(state)
+
+    def _save_entries(self, entries) -> None:
+        if not entries:
+            return
+        self._maybe_cut()
+        parts = []
+        crc = self._crc
+        last = self._last_index
+        for index, data in entries:
+            if last is not None and index != last + 1:
+                raise ValueError(f"wal: entry index {index} does not follow {last}")
+            if len(data) > MAX_RECORD_BYTES:
+                raise ValueError(f"wal: entry of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+            frame, crc = _frame(TYPE_ENTRY, _U64.pack(index) + data, crc)
+            parts.append(frame)
+            last = index
+        self._write(b"".join(parts) if len(parts) > 1 else parts[0])
+        self._crc = crc
+        self._last_index = last
+
+    # ------------------------------------------------------------ durability
+
+    def sync(self) -> int | None:
+        """fsync everything appended so far; returns the last index now durable."""
+        with self._lock:
+            self._check_append()
+            if not self._dirty:
+                return self._synced_index
+            target = self._last_index
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._broken = f"wal: fsync failed: {exc}"
+            raise WALBrokenError(self._broken) from exc
+        finally:
+            os.close(fd)
+        with self._lock:
+            if target is not None and (self._synced_index is None or target > self._synced_index):
+                self._synced_index = target
+            return self._synced_index
+
+    @property
+    def synced_index(self) -> int | None:
+        return self._synced_index
+
+    def _maybe_cut(self) -> None:
+        if self._size >= self.segment_bytes:
+            self._cut()
+
+    def cut(self) -> None:
+        """Close the current segment and start a new one."""
+        with self._lock:
+            self._check_append()
+            self._cut()
+
+    def _cut(self) -> None:
+        # The old segment must be complete on disk before a newer one exists:
+        # torn-tail repair assumes only the last segment can be torn.
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._broken = f"wal: fsync failed: {exc}"
+            raise WALBrokenError(self._broken) from exc
+        first = 0 if self._last_index is None else self._last_index + 1
+        old = self._fd
+        self._open_new_segment(self._seq + 1, first)
+        os.close(old)
+        self._synced_index = self._last_index
+
+    def _open_new_segment(self, seq: int, first_index: int) -> None:
+        """Write a complete segment head under a temporary name, then rename it in."""
+        name = segment_name(seq, first_index)
+        path = os.path.join(self.dir, name)
+        tmp = path + ".tmp"
+        frame1, crc = _frame(TYPE_CRC, _U32.pack(self._crc), self._crc)
+        frame2, crc = _frame(TYPE_METADATA, self._metadata, crc)
+        frame3, crc = _frame(TYPE_STATE, self._state, crc)
+        head = frame1 + frame2 + frame3
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            try:
+                os.write(fd, head)
+                os.fsync(fd)
+            except OSError as exc:
+                os.close(fd)
+                fd = None
+                os.unlink(tmp)
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(
+                        errno.ENOSPC, f"metadata write-ahead log: no space for a new segment in {self.dir}"
+                    ) from exc
+                raise
+            os.rename(tmp, path)
+            fsync_dir(self.dir)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        os.close(fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._seq = seq
+        self._size = len(head)
+        self._crc = crc
+        self._segments.append((seq, first_index, name))
+        self._dirty = False
+
+    def release_to(self, index: int) -> int:
+        """Delete segments holding only entries below ``index`` (never the current one).
+
+        Call only once everything below ``index`` is durably applied elsewhere.
+        Returns the number of segments removed.
+        """
+        with self._lock:
+            segs = _list_segments(self.dir)
+            removed = 0
+            for cur, nxt in zip(segs, segs[1:]):
+                if nxt[1] <= index:
+                    os.unlink(os.path.join(self.dir, cur[2]))
+                    removed += 1
+                else:
+                    break
+            if removed:
+                fsync_dir(self.dir)
+            self._segments = [s for s in self._segments if s in segs[removed:]]
+            return removed
+
+    def segment_count(self) -> int:
+        """Segments on disk from the oldest still needed to the current one."""
+        return len(self._segments)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                try:
+                    if self._dirty and not self._broken:
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+            self._mode = "closed"
