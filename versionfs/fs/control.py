@@ -7,7 +7,7 @@ optional trailing newline); the write returns its length on success. read()
 on the same fd returns the result text, ending in "\\n" (reads are sequential
 from the start of the latest result, whatever the file offset; the fd is not
 seekable; a read after the whole result returns end-of-file). A bad or failed
-command fails the write with EINVAL (ENOSPC/EROFS/EIO for real failures),
+command fails the write with EINVAL (ENOSPC/EROFS/EIO/ETIMEDOUT for real failures),
 changes nothing, and read then returns "error: <message>\\n".
 
 Commands:
@@ -26,7 +26,7 @@ Commands:
     help                this list
 
 NAME: 1-100 characters of [A-Za-z0-9._@+:-], not starting with "." or "-",
-unique, and not itself shaped like a snapshot directory name.
+unique, not all digits, and not itself shaped like a snapshot directory name.
 
 Later issues add commands by registering them in `COMMANDS` with `command()`.
 """
@@ -85,7 +85,7 @@ def snapshot_dirname(info) -> str:
 
 
 def check_snapshot_name(name: str) -> None:
-    if not NAME_RE.match(name) or DIRNAME_RE.match(name):
+    if not NAME_RE.match(name) or DIRNAME_RE.match(name) or name.isdigit():
         raise CommandError(
             f"bad snapshot name {name!r}: use 1-100 characters of letters, digits and ._@+:- "
             "not starting with '.' or '-', and not of the form r<rev>-<time>")
@@ -185,7 +185,7 @@ class CtlHandle:
             raise CommandError("command is not valid UTF-8")
         try:
             out = await run_command(fs, text)
-        except CommandError as e:
+        except Exception as e:          # the caller maps the errno (EINVAL, EIO, ...)
             self._set(f"error: {e}")
             raise
         self._set(out)

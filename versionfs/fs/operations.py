@@ -938,9 +938,10 @@ class VersionFS(pyfuse3.Operations):
             await self.seal_all()
             await trio.to_thread.run_sync(self.meta.sync)
         if self.paired is not None:
-            done = await trio.to_thread.run_sync(self.paired.flush, timeout)
-            if done is False:
-                raise CommandError(f"flush: uploads still pending after {timeout} s", errno.EIO)
+            try:
+                await trio.to_thread.run_sync(self.paired.flush, timeout)
+            except TimeoutError as exc:
+                raise CommandError(str(exc), errno.ETIMEDOUT) from None
 
     def status(self) -> dict:
         revs = self.meta.revisions()

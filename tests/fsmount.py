@@ -1,0 +1,184 @@
+"""Test-only mount launcher for the fs tests: a real FUSE mount in a child process.
+
+`python tests/fsmount.py STATE_DIR MOUNTPOINT` opens the state dir and serves
+it with `versionfs.fs.mount.run`, printing READY once the mount answers. The
+`Mount` class drives that child (start, clean unmount, kill -9) and always
+leaves nothing mounted; the `vfs` fixture gives each test a fresh filesystem.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _child(state_dir: str, mountpoint: str) -> None:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from versionfs.fs import mount
+    meta, blobs, paired = open_layers(Path(state_dir))
+    try:
+        mount.run(meta, blobs, paired, mountpoint, dirty_dir=os.path.join(state_dir, "dirty"),
+                  ready=lambda: print("READY", flush=True),
+                  fuse_options=("allow_other",),   # other uids reach the mount
+                  idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")))
+    finally:
+        meta.close()
+        paired.close()
+
+
+def open_layers(root: Path):
+    """The real layers under a test state dir: MVCC metadata, Paired(fast disk,
+    file:// slow) with an upload journal, and a plain (unencrypted) codec.
+    Built here rather than through versionfs.state so the fs tests exercise the
+    fs layer only."""
+    from versionfs.blob.blobstore import BlobStore
+    from versionfs.blob.codec import Codec
+    from versionfs.blob.disk import DiskStore
+    from versionfs.blob.paired import Paired
+    from versionfs.blob.url import open_store
+    from versionfs.meta.mvcc import MVCCStore
+    (root / "slow").mkdir(parents=True, exist_ok=True)
+    paired = Paired(DiskStore(root / "fast"), open_store(f"file://{root / 'slow'}"),
+                    str(root / "uploads.journal"))
+    paired.start()
+    return MVCCStore.open(root / "meta"), BlobStore(paired, Codec(None)), paired
+
+
+def fusermount(mountpoint, lazy=False) -> None:
+    argv = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
+    subprocess.run(argv, capture_output=True)
+
+
+def is_mounted(mountpoint) -> bool:
+    target = os.path.abspath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+class Mount:
+    """A versionfs mount served by a child process."""
+
+    def __init__(self, state_dir: Path, mountpoint: Path, idle_seal: float = 2.0):
+        self.state_dir = Path(state_dir)
+        self.mountpoint = Path(mountpoint)
+        self.idle_seal = idle_seal
+        self.proc: subprocess.Popen | None = None
+        self.log = self.state_dir.parent / "mount.log"
+
+    def start(self, timeout: float = 30.0) -> "Mount":
+        self.mountpoint.mkdir(exist_ok=True)
+        env = dict(os.environ, VFS_IDLE_SEAL=str(self.idle_seal))
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "fsmount.py"),
+                                      str(self.state_dir), str(self.mountpoint)],
+                                     stdout=subprocess.PIPE, stderr=logf, env=env)
+        logf.close()
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if r:
+                line = self.proc.stdout.readline()
+                if line.strip() == b"READY" or not line:
+                    break
+            if self.proc.poll() is not None:
+                break
+        if line.strip() != b"READY":
+            self.stop()
+            raise RuntimeError(f"mount did not come up; log:\n{self.log.read_text()[-3000:]}")
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """Unmount cleanly and wait for the daemon; force only if it hangs."""
+        if self.proc is None:
+            return None
+        if is_mounted(self.mountpoint):
+            fusermount(self.mountpoint)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        if is_mounted(self.mountpoint):
+            fusermount(self.mountpoint, lazy=True)
+        self.proc.stdout.close()
+        self.proc = None
+        return rc
+
+    def kill9(self) -> None:
+        """Kill the daemon with SIGKILL, as a crash would, and clear the dead mount."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc = None
+        fusermount(self.mountpoint, lazy=True)
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.mountpoint, *parts)
+
+    def ctl(self, command: str | bytes) -> tuple[int, str]:
+        """Run one ctl command: (0 or the write's errno, answer text)."""
+        fd = os.open(self.path(".versionfs", "ctl"), os.O_RDWR)
+        try:
+            data = command.encode() if isinstance(command, str) else command
+            err = 0
+            try:
+                assert os.write(fd, data) == len(data)
+            except OSError as e:
+                err = e.errno
+            chunks = []
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return err, b"".join(chunks).decode()
+        finally:
+            os.close(fd)
+
+    def ok(self, command: str) -> str:
+        err, text = self.ctl(command)
+        assert err == 0, f"{command!r} failed: {errno.errorcode.get(err)} {text}"
+        return text.rstrip("\n")
+
+
+def new_state(tmp_path: Path) -> Path:
+    root = tmp_path / "state"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def vfs(tmp_path):
+    """A fresh filesystem mounted at tmp_path/mnt; unmounted even if the test fails."""
+    mnt = new_mountpoint()
+    m = Mount(new_state(tmp_path), mnt)
+    m.start()
+    try:
+        yield m
+    finally:
+        m.stop()
+        os.rmdir(mnt)
+
+
+def new_mountpoint() -> Path:
+    """A mountpoint other users can reach (pytest's tmp dirs are 0700)."""
+    mnt = Path(tempfile.mkdtemp(prefix="vfs-mnt-"))
+    mnt.chmod(0o755)
+    return mnt
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1], sys.argv[2])
