@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_defaults_are_valid_and_typed():
     cfg = config.Config()
-    assert cfg["store.chunk_size"] == 1 << 20
+    assert cfg["meta.quota_bytes"] == 2 << 30
     assert cfg["store.fast_max_bytes"] == 0
     assert cfg["encryption.enabled"] is False
     assert cfg.mount["idle_seal_seconds"] == 2.0

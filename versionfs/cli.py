@@ -18,11 +18,9 @@ import logging
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,6 +376,8 @@ def _spawn_daemon(state_dir: Path, mountpoint: Path, option_lists: list[str], re
     if message != "ready":
         if proc.poll() is None:
             proc.terminate()
+        if message.startswith(("unexpected ", "the daemon ")):
+            message += f"; see {layout.log}"
         raise UserError(message)
     if not ctlclient.ctl_path(mountpoint).exists():
         raise UserError(f"the daemon reported ready but {mountpoint} does not answer; "
@@ -413,8 +413,7 @@ def _wait_ready(fd: int, proc: subprocess.Popen, timeout: float) -> str:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
-    return f"the daemon exited before the mount was ready (status {proc.returncode}); " \
-           f"see the log in the state dir"
+    return f"the daemon exited before the mount was ready (status {proc.returncode})"
 
 
 class _Readiness:
@@ -466,23 +465,31 @@ def _setup_logging() -> None:
 
 def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: str | None,
             ready_fd: int | None) -> int:
-    """Run the mount in this process until it is unmounted (or signalled)."""
+    """Run the mount in this process until it is unmounted (or signalled).
+
+    SIGTERM/SIGINT are handled by the fs layer's serve(): it seals, syncs and
+    unmounts, so systemd's stop and Ctrl-C in --foreground both end cleanly.
+    """
     _setup_logging()
     readiness = _Readiness(ready_fd)
     try:
         if ready_fd is not None:               # preflight again: the world may have changed
             _mount_preflight(state_dir, mountpoint, opts)
-        st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only)
-    except _user_error_types() as e:
-        readiness.failed(str(e))
+        st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only,
+                                 start_uploads=not opts.read_only)
+    except Exception as e:
+        user_error = isinstance(e, _user_error_types())
+        message = str(e) if user_error else f"unexpected {type(e).__name__}: {e}"
+        readiness.failed(message)
         if ready_fd is None:
             raise
-        log.error("mount failed: %s", e)
+        if user_error:
+            log.error("mount failed: %s", message)
+        else:
+            log.exception("mount failed")
         return EXIT_ERROR
     log.info("versionfs %s mounting %s on %s (pid %d)", __version__, state_dir, mountpoint,
              os.getpid())
-    stopper = _Unmounter(mountpoint)
-    stopper.install()
     try:
         from versionfs.fs import mount as fsmount
         fsmount.run(st.meta, st.blobs, st.paired, str(mountpoint), dirty_dir=st.dirty_dir,
@@ -495,36 +502,11 @@ def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: s
         log.exception("mount failed")
         raise
     finally:
-        stopper.uninstall()
         try:
             st.close()
         finally:
             log.info("versionfs daemon for %s exiting", state_dir)
     return EXIT_OK
-
-
-class _Unmounter:
-    """SIGTERM/SIGINT/SIGHUP unmount the filesystem, so the FUSE loop ends cleanly.
-
-    The handler only starts a thread running ``fusermount3 -u -z``: the loop
-    then sees the session end and returns through the normal shutdown path.
-    """
-
-    def __init__(self, mountpoint: Path):
-        self.mountpoint = mountpoint
-        self.previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.info("signal %d: unmounting %s", signum, self.mountpoint)
-        threading.Thread(target=_fusermount, args=(self.mountpoint, True), daemon=True).start()
 
 
 def _fusermount(mountpoint: Path, lazy: bool = False) -> subprocess.CompletedProcess:

@@ -7,9 +7,11 @@ silently ignored is a setting the user believes is on and is not.  The same
 schema renders ``contrib/config.example.toml`` (``example_toml()``), so the
 documented example can never drift from what the loader accepts.
 
-Later issues add keys with ``register()`` (or by extending ``SCHEMA`` here);
-sections ``cloud``, ``snapshots`` and ``metrics`` are already reserved with the
-keys issues 5 and 6 need.
+Only keys something reads are declared: a setting that does nothing would be
+a lie to the user.  Later issues add theirs with ``register()`` (or by
+extending ``SCHEMA`` here); the sections ``cloud`` (lease TTL, WAL shipping),
+``snapshots`` (schedule, retention) and ``metrics`` (listen address) are
+reserved for issues 5 and 6.
 """
 
 from __future__ import annotations
@@ -96,21 +98,17 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _chunk_range(v: Any) -> str | None:
-    if v < 64 * 1024 or v > 64 * 1024 * 1024:
-        return "must be between 64KiB and 64MiB"
-    return None
-
-
 def _slow_url(v: Any) -> str | None:
-    if v == "" or re.match(r"^(file|s3|vfs|vfss|tcp|http|https)://", v):
+    if v == "" or re.match(r"^(file|s3|http|https)://", v):
         return None
-    return "must be empty (the slow/ directory in the state dir), file:///path, s3://bucket/prefix or a remote store URL"
+    return ("must be empty (the slow/ directory in the state dir), file:///path, "
+            "s3://bucket/prefix or a remote store URL http[s]://host:port")
 
 
 SECTION_DOCS: dict[str, str] = {
     "store": "Where blobs live: the fast local store and the slow (cloud) store behind it.",
-    "encryption": "Set by `versionfs init --encrypt`; cannot be changed after init.",
+    "encryption": "enabled is set by `versionfs init --encrypt` and cannot change later; "
+                  "cipher may (blobs of either cipher stay readable).",
     "mount": "How the mounted filesystem behaves.",
     "meta": "The metadata engine (WAL + LMDB).",
     "cloud": "Sharing the filesystem through the slow store (issue 5: lease, WAL shipping).",
@@ -142,9 +140,6 @@ for _k in [
         "rather than lose data when it is full.", _non_negative),
     Key("store", "upload_concurrency", "int", 8,
         "Parallel uploads to the slow store.", _positive),
-    Key("store", "chunk_size", "size", "1MiB",
-        "Average content-defined chunk size (min = 1/4, max = 4x this).",
-        _chunk_range),
     Key("store", "compression_level", "int", 3,
         "zstd level for blobs (1 fast .. 19 small; 0 = store uncompressed).",
         lambda v: None if 0 <= v <= 22 else "must be between 0 and 22"),
@@ -166,32 +161,13 @@ for _k in [
     Key("meta", "batch_interval", "float", 0.05,
         "Seconds between LMDB commits (the WAL makes each write durable at once).",
         _positive),
-    Key("meta", "batch_limit", "int", 1000,
+    Key("meta", "batch_limit", "int", 10000,
         "Commit to LMDB after this many operations even before batch_interval.",
         _positive),
-    Key("meta", "quota_bytes", "size", 0,
-        "Largest the metadata database may grow (e.g. \"8G\"); 0 = no quota. "
-        "Writes past it fail cleanly (ENOSPC) instead of corrupting anything.",
-        _non_negative),
-    Key("cloud", "lease_ttl_seconds", "float", 60.0,
-        "Single-writer lease in the slow store: expires this long after the "
-        "holder stops renewing it.", _positive),
-    Key("cloud", "wal_ship_interval_seconds", "float", 5.0,
-        "How often metadata (WAL segments) is shipped to the slow store.", _positive),
-    Key("cloud", "checkpoint_interval_seconds", "float", 3600.0,
-        "How often a full metadata checkpoint is published to the slow store.", _positive),
-    Key("snapshots", "schedule", "str", "",
-        "Automatic snapshots: empty = off, or an interval like \"15m\", \"1h\", \"1d\".",
-        lambda v: None if v == "" or re.match(r"^\d+[smhd]$", v) else
-        "must be empty or a number followed by s, m, h or d (e.g. \"1h\")"),
-    Key("snapshots", "keep_hourly", "int", 24, "Retention: hourly snapshots to keep.", _non_negative),
-    Key("snapshots", "keep_daily", "int", 14, "Retention: daily snapshots to keep.", _non_negative),
-    Key("snapshots", "keep_weekly", "int", 8, "Retention: weekly snapshots to keep.", _non_negative),
-    Key("snapshots", "keep_monthly", "int", 12, "Retention: monthly snapshots to keep.", _non_negative),
-    Key("snapshots", "keep_named", "bool", True, "Never expire snapshots that were given a name."),
-    Key("metrics", "listen", "str", "",
-        "Serve Prometheus metrics on this address, e.g. \"127.0.0.1:9464\"; empty = off.",
-        lambda v: None if v == "" or re.match(r"^.+:\d+$", v) else "must be empty or HOST:PORT"),
+    Key("meta", "quota_bytes", "size", "2GiB",
+        "Largest the metadata database may grow (e.g. \"8G\"). Writes past it fail "
+        "cleanly (ENOSPC) instead of corrupting anything; the LMDB map is twice this.",
+        _positive),
 ]:
     register(_k)
 del _k

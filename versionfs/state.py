@@ -9,7 +9,7 @@ Layout of ``STATE_DIR`` (created by ``init_state``)::
                    passphrase (also stored in the slow store as keys/master, so a
                    new machine recovers with the bucket and the passphrase)
     fast/          the fast local blob store (DiskStore)
-    journal/       the durable upload journal of the Paired store
+    upload.journal the durable upload journal of the Paired store
     meta/          metadata: WAL + LMDB + MVCC revisions
     dirty/         file data written but not yet sealed into chunks
     slow/          the default slow store (DirectoryStore) when --slow is not given
@@ -81,7 +81,7 @@ class Layout:
     @property
     def fast(self) -> Path: return self.root / "fast"
     @property
-    def journal(self) -> Path: return self.root / "journal"
+    def journal(self) -> Path: return self.root / "upload.journal"
     @property
     def meta(self) -> Path: return self.root / "meta"
     @property
@@ -266,7 +266,7 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        for d in (layout.fast, layout.journal, layout.meta, layout.dirty):
+        for d in (layout.fast, layout.meta, layout.dirty):
             d.mkdir(mode=0o700)
         if not cfg["store.slow"]:
             layout.slow.mkdir(mode=0o700)
@@ -275,8 +275,7 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
         identity = {"format": STATE_FORMAT, "id": fs_id,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "encrypted": bool(encrypt), "cipher": cfg["encryption.cipher"]}
-        from versionfs.blob.url import open_store
-        slow = open_store(layout.slow_url(cfg))
+        slow = _open_slow(layout.slow_url(cfg))
         try:
             bucket = named_objects(slow)
             if bucket is not None:
@@ -295,6 +294,15 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
         _undo_init(root, created_root)
         raise
     return root
+
+
+def _open_slow(url: str) -> Any:
+    """The slow store; a URL it cannot use is a StateError naming the URL."""
+    from versionfs.blob.url import open_store
+    try:
+        return open_store(url)
+    except ValueError as e:
+        raise StateError(f"slow store {url}: {e}") from None
 
 
 def _claim_slow_store(bucket: Any, url: str, identity: dict[str, Any]) -> None:
@@ -374,7 +382,9 @@ class State:
             return
         self._closed = True
         errors: list[BaseException] = []
-        for obj in (self.meta, self.paired, self.slow, self.fast):
+        # Paired closes the two stores it pairs; close them directly only if it never opened.
+        stores = (self.paired,) if self.paired is not None else (self.slow, self.fast)
+        for obj in (self.meta, *stores):
             if obj is None:
                 continue
             try:
@@ -422,16 +432,9 @@ def _master_key(layout: Layout, passphrase: PassphraseSource) -> bytes:
 
 
 def _make_codec(master: bytes | None, cfg: configmod.Config):
-    """A Codec honouring the configured cipher and compression when the codec takes them."""
-    import inspect
     from versionfs.blob.codec import Codec
-    params = inspect.signature(Codec).parameters
-    kwargs: dict[str, Any] = {}
-    if "compression_level" in params:
-        kwargs["compression_level"] = cfg["store.compression_level"]
-    if "cipher" in params:
-        kwargs["cipher"] = cfg["encryption.cipher"]
-    return Codec(master, **kwargs)
+    return Codec(master, compression_level=cfg["store.compression_level"],
+                 cipher=cfg["encryption.cipher"])
 
 
 def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None, *,
@@ -463,10 +466,9 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
         from versionfs.blob.blobstore import BlobStore
         from versionfs.blob.disk import DiskStore
         from versionfs.blob.paired import Paired
-        from versionfs.blob.url import open_store
         state.codec = _make_codec(master, cfg)
         state.fast = DiskStore(layout.fast, max_bytes=cfg["store.fast_max_bytes"] or None)
-        state.slow = open_store(state.slow_url)
+        state.slow = _open_slow(state.slow_url)
         state.paired = Paired(state.fast, state.slow,
                               None if read_only else layout.journal,
                               **_paired_options(cfg))
@@ -474,7 +476,7 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
             state.paired.start()
         state.blobs = BlobStore(state.paired, state.codec)
         from versionfs.meta.mvcc import MVCCStore
-        state.meta = MVCCStore.open(layout.meta, **_meta_options(cfg, read_only))
+        state.meta = MVCCStore.open(str(layout.meta), **_meta_options(cfg))
     except BaseException:
         try:
             state.close()
@@ -484,28 +486,11 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
     return state
 
 
-def _accepted(callable_: Any, wanted: dict[str, Any]) -> dict[str, Any]:
-    """Only the options a constructor accepts: the layers grow options independently."""
-    import inspect
-    try:
-        params = inspect.signature(callable_).parameters
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(wanted)
-    return {k: v for k, v in wanted.items() if k in params}
-
-
 def _paired_options(cfg: configmod.Config) -> dict[str, Any]:
-    from versionfs.blob.paired import Paired
-    return _accepted(Paired, {"concurrency": cfg["store.upload_concurrency"]})
+    return {"upload_threads": cfg["store.upload_concurrency"]}
 
 
-def _meta_options(cfg: configmod.Config, read_only: bool) -> dict[str, Any]:
-    from versionfs.meta.mvcc import MVCCStore
-    wanted: dict[str, Any] = {"batch_interval": cfg["meta.batch_interval"],
-                              "batch_limit": cfg["meta.batch_limit"],
-                              "quota_bytes": cfg["meta.quota_bytes"] or None}
-    if read_only:
-        wanted["read_only"] = True
-    return _accepted(MVCCStore.open, wanted)
+def _meta_options(cfg: configmod.Config) -> dict[str, Any]:
+    return {"batch_interval": cfg["meta.batch_interval"],
+            "batch_limit": cfg["meta.batch_limit"],
+            "quota_bytes": cfg["meta.quota_bytes"]}

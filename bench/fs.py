@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""The same workloads on a fresh versionfs mount and on a plain directory, side by side.
+
+    .venv/bin/python bench/fs.py [--workdir /var/tmp] [--size-mib 1024] [--skip-100k]
+
+Workloads (issue 4's list): 1 GiB sequential write ending in fsync; sequential
+read of it with the kernel page cache dropped (and, for versionfs, after a
+remount, so nothing of ours is in memory either); create, ``ls -l`` and delete
+10,000 4 KiB files; untar a source tree (the Python stdlib, a few thousand
+files); ``snapshot`` of trees of 1,000 and 100,000 files.
+
+Both sides live on the same local disk (``--workdir``), so the ratio is the
+cost of versionfs itself.  Needs root (FUSE, drop_caches).  Prints a table;
+"speed" is native time / versionfs time (1.0 = as fast as native).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from versionfs import ctlclient  # noqa: E402
+
+VERSIONFS = [sys.executable, "-m", "versionfs"]
+MiB = 1 << 20
+
+
+@dataclass
+class Row:
+    name: str
+    native: float | None        # seconds
+    vfs: float                  # seconds
+    unit_bytes: int = 0         # for throughput rows
+    target: str = ""
+
+
+def drop_caches() -> None:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        print(f"warning: cannot drop the page cache ({e.strerror}); reads may be cached",
+              file=sys.stderr)
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def write_file(path: Path, blocks: list[bytes]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for block in blocks:
+            view = memoryview(block)
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, 4 * MiB):
+            pass
+    finally:
+        os.close(fd)
+
+
+def create_files(d: Path, n: int, data: bytes) -> None:
+    d.mkdir()
+    for i in range(n):
+        fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+
+
+def ls_l(d: Path) -> None:
+    subprocess.run(["ls", "-l", str(d)], stdout=subprocess.DEVNULL, check=True)
+
+
+def delete_files(d: Path) -> None:
+    for entry in os.scandir(d):
+        os.unlink(entry.path)
+    os.rmdir(d)
+
+
+def untar(tarball: Path, dest: Path) -> None:
+    dest.mkdir()
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True)
+
+
+def make_tree(d: Path, n: int) -> None:
+    """n small files in directories of 1,000 (a home directory's shape, roughly)."""
+    d.mkdir()
+    for start in range(0, n, 1000):
+        sub = d / f"d{start // 1000:04d}"
+        sub.mkdir()
+        for i in range(min(1000, n - start)):
+            fd = os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, b"x")
+            os.close(fd)
+
+
+def source_tarball(workdir: Path) -> tuple[Path, int]:
+    """The Python stdlib (no site-packages, no caches) as a tar file; and its file count."""
+    tarball = workdir / "stdlib.tar"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    count = 0
+
+    def keep(info: tarfile.TarInfo):
+        nonlocal count
+        parts = Path(info.name).parts
+        if "site-packages" in parts or "__pycache__" in parts:
+            return None
+        if info.isfile():
+            count += 1
+        return info
+
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(stdlib, arcname="python-stdlib", filter=keep)
+    return tarball, count
+
+
+class Mount:
+    def __init__(self, workdir: Path):
+        self.state = workdir / "vfs-state"
+        self.mnt = workdir / "vfs-mnt"
+        self.mnt.mkdir()
+        subprocess.run([*VERSIONFS, "init", str(self.state)], check=True, stdout=subprocess.DEVNULL)
+
+    def mount(self) -> None:
+        subprocess.run([*VERSIONFS, "mount", str(self.state), str(self.mnt)], check=True,
+                       stdout=subprocess.DEVNULL)
+
+    def umount(self) -> None:
+        subprocess.run([*VERSIONFS, "umount", str(self.mnt)], check=True)
+
+    def remount(self) -> None:
+        self.umount()
+        self.mount()
+
+    def snapshot(self) -> float:
+        return timed(ctlclient.command, self.mnt, "snapshot")
+
+    def cleanup(self) -> None:
+        if ctlclient.find_mount(self.mnt) is not None:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)])
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    workdir = Path(tempfile.mkdtemp(prefix="vfs-bench-", dir=args.workdir))
+    native = workdir / "native"
+    native.mkdir()
+    vfs = Mount(workdir)
+    rows: list[Row] = []
+    try:
+        vfs.mount()
+        size = args.size_mib * MiB
+        print(f"generating {args.size_mib} MiB of random data ...", file=sys.stderr)
+        blocks = [os.urandom(MiB) for _ in range(args.size_mib)]
+
+        print("sequential write ...", file=sys.stderr)
+        t_native = timed(write_file, native / "big", blocks)
+        t_vfs = timed(write_file, vfs.mnt / "big", blocks)
+        rows.append(Row(f"write {args.size_mib} MiB + fsync", t_native, t_vfs, size, ">= 0.8x"))
+        del blocks
+
+        print("sequential read, caches dropped ...", file=sys.stderr)
+        drop_caches()
+        t_native = timed(read_file, native / "big")
+        subprocess.run([*VERSIONFS, "flush", str(vfs.mnt)], check=True, stdout=subprocess.DEVNULL)
+        vfs.remount()
+        drop_caches()
+        t_vfs = timed(read_file, vfs.mnt / "big")
+        rows.append(Row(f"read {args.size_mib} MiB (cold)", t_native, t_vfs, size))
+        os.unlink(native / "big")
+        os.unlink(vfs.mnt / "big")
+
+        n = args.files
+        data = os.urandom(4096)
+        print(f"{n} small files ...", file=sys.stderr)
+        t_native = timed(create_files, native / "small", n, data)
+        t_vfs = timed(create_files, vfs.mnt / "small", n, data)
+        rows.append(Row(f"create {n} x 4 KiB", t_native, t_vfs, target=">= 0.5x"))
+        drop_caches()
+        t_native = timed(ls_l, native / "small")
+        vfs.remount()
+        drop_caches()
+        t_vfs = timed(ls_l, vfs.mnt / "small")
+        rows.append(Row(f"ls -l {n} files (cold)", t_native, t_vfs, target="<= 3x time"))
+        t_native = timed(ls_l, native / "small")
+        t_vfs = timed(ls_l, vfs.mnt / "small")
+        rows.append(Row(f"ls -l {n} files (warm)", t_native, t_vfs))
+        t_native = timed(delete_files, native / "small")
+        t_vfs = timed(delete_files, vfs.mnt / "small")
+        rows.append(Row(f"delete {n} files", t_native, t_vfs))
+
+        tarball, count = source_tarball(workdir)
+        print(f"untar {count} files ...", file=sys.stderr)
+        drop_caches()
+        t_native = timed(untar, tarball, native / "src")
+        t_vfs = timed(untar, tarball, vfs.mnt / "src")
+        rows.append(Row(f"untar stdlib ({count} files)", t_native, t_vfs))
+        shutil.rmtree(native / "src")
+        shutil.rmtree(vfs.mnt / "src")
+
+        sizes = [1000] + ([] if args.skip_100k else [100_000])
+        for n_tree in sizes:
+            print(f"snapshot of {n_tree} files ...", file=sys.stderr)
+            make_tree(vfs.mnt / f"tree{n_tree}", n_tree)
+            make_tree(native / f"tree{n_tree}", n_tree)
+            vfs.snapshot()                       # seal what the tree-building left dirty
+            (vfs.mnt / f"tree{n_tree}" / "d0000" / "f0000").write_bytes(b"changed")
+            t_vfs = vfs.snapshot()
+            # Native has no snapshot; the cheapest copy of a tree is a hard-link farm.
+            t_native = timed(subprocess.run, ["cp", "-al", str(native / f"tree{n_tree}"),
+                                              str(native / f"copy{n_tree}")])
+            rows.append(Row(f"snapshot {n_tree} files (native: cp -al)", t_native, t_vfs,
+                            target="<= 50 ms"))
+        vfs.umount()
+    finally:
+        vfs.cleanup()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
+def fmt_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = f"{'workload':<40} {'native':>16} {'versionfs':>16} {'speed':>8}  target"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        if r.unit_bytes:
+            nat = f"{r.unit_bytes / MiB / r.native:.0f} MiB/s" if r.native else "-"
+            ours = f"{r.unit_bytes / MiB / r.vfs:.0f} MiB/s"
+        else:
+            nat, ours = fmt_time(r.native), fmt_time(r.vfs)
+        speed = f"{r.native / r.vfs:.2f}x" if r.native else "-"
+        print(f"{r.name:<40} {nat:>16} {ours:>16} {speed:>8}  {r.target}")
+    print("\nspeed = native time / versionfs time (1.00x = as fast as the plain directory)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default="/var/tmp", help="where both sides live (same disk)")
+    p.add_argument("--size-mib", type=int, default=1024, help="size of the sequential file")
+    p.add_argument("--files", type=int, default=10_000, help="number of small files")
+    p.add_argument("--skip-100k", action="store_true", help="skip the 100k-file snapshot")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench/fs.py needs root (FUSE mounts, drop_caches)", file=sys.stderr)
+        return 1
+    print_table(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

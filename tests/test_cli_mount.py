@@ -1,0 +1,250 @@
+"""End to end through the real ``versionfs`` command on real FUSE mounts.
+
+init, mount (background daemon), write, snapshot, snapshots, status, flush,
+umount, remount; the shell ctl client; the fstab helper; --foreground with
+SIGTERM; the demo command; an S3 slow store; an encrypted filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_util import (REPO, VERSIONFS, assert_user_error, daemon_pid, force_cleanup, mount_type,
+                      ok, run_cli, wait_gone)
+
+pytestmark = pytest.mark.fuse
+
+VFSCTL = REPO / "ctl" / "vfsctl"
+MOUNT_HELPER = REPO / "contrib" / "mount.versionfs"
+
+
+class Fs:
+    """One state dir and one mountpoint in tmp_path, always cleaned up."""
+
+    def __init__(self, root: Path):
+        self.state = root / "state"
+        self.mnt = root / "mnt"
+        self.mnt.mkdir()
+
+    def init(self, *extra: str, env: dict[str, str] | None = None) -> None:
+        ok(run_cli("init", self.state, *extra, env=env))
+
+    def mount(self, *extra: str, env: dict[str, str] | None = None) -> None:
+        ok(run_cli("mount", self.state, self.mnt, *extra, env=env))
+        assert mount_type(self.mnt) == "fuse.versionfs"
+
+    def umount(self) -> None:
+        pid = daemon_pid(self.state)
+        ok(run_cli("umount", self.mnt))
+        assert mount_type(self.mnt) is None
+        if pid:
+            assert wait_gone(pid, 5), "umount returned before the daemon exited"
+
+
+@pytest.fixture
+def fs(tmp_path):
+    f = Fs(tmp_path)
+    try:
+        yield f
+    finally:
+        force_cleanup(f.mnt, f.state)
+
+
+def test_lifecycle_init_mount_write_snapshot_umount_remount(fs):
+    out = ok(run_cli("init", fs.state))
+    assert str(fs.state) in out and (fs.state / "state.toml").exists()
+    fs.mount()
+    pid = daemon_pid(fs.state)
+    assert pid and pid != os.getpid()
+
+    (fs.mnt / "docs").mkdir()
+    (fs.mnt / "docs" / "a.txt").write_text("version one\n")
+    # The control directory is reachable but not listed.
+    assert ".versionfs" not in os.listdir(fs.mnt)
+    assert (fs.mnt / ".versionfs" / "ctl").exists()
+
+    name = ok(run_cli("snapshot", fs.mnt, "first")).strip()
+    assert "first" in name and "\n" not in name
+    (fs.mnt / "docs" / "a.txt").write_text("version two\n")
+    frozen = fs.mnt / ".versionfs" / "snapshots" / name / "docs" / "a.txt"
+    assert frozen.read_text() == "version one\n"
+
+    listing = ok(run_cli("snapshots", fs.mnt)).splitlines()
+    rows = [line.split("\t") for line in listing]
+    assert any(r[0] == name and r[3] == "first" for r in rows), listing
+
+    status = ok(run_cli("status", fs.mnt))
+    assert status.strip()
+    data = json.loads(ok(run_cli("status", fs.mnt, "--json")))
+    assert isinstance(data, dict)
+
+    ok(run_cli("flush", fs.mnt, "--timeout", "60"))
+    fs.umount()
+
+    fs.mount()
+    assert (fs.mnt / "docs" / "a.txt").read_text() == "version two\n"
+    again = fs.mnt / ".versionfs" / "snapshots" / name / "docs" / "a.txt"
+    assert again.read_text() == "version one\n"
+    fs.umount()
+
+
+def test_already_mounted_and_busy(fs):
+    fs.init()
+    fs.mount()
+    other = fs.mnt.parent / "other"
+    other.mkdir()
+    assert_user_error(run_cli("mount", fs.state, other), "already mounted", str(fs.mnt))
+    # The same mountpoint with another filesystem: it is a mount point already.
+    second = Fs.__new__(Fs)
+    second.state, second.mnt = fs.mnt.parent / "state2", fs.mnt
+    ok(run_cli("init", second.state))
+    assert_user_error(run_cli("mount", second.state, fs.mnt), "already a mount point")
+    # A file held open keeps the mount busy: umount refuses and the mount stays.
+    with open(fs.mnt / "held", "w") as held:
+        held.write("x")
+        held.flush()
+        assert_user_error(run_cli("umount", fs.mnt), "busy")
+        assert mount_type(fs.mnt) == "fuse.versionfs"
+    fs.umount()
+
+
+def test_sh_ctl_client(fs):
+    fs.init()
+    fs.mount()
+    (fs.mnt / "f").write_text("x")
+    r = subprocess.run(["sh", VFSCTL, fs.mnt, "snapshot", "viash"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    name = r.stdout.strip()
+    assert "viash" in name
+    assert (fs.mnt / ".versionfs" / "snapshots" / name / "f").read_text() == "x"
+    r = subprocess.run(["sh", VFSCTL, fs.mnt, "snapshots"], capture_output=True, text=True)
+    assert r.returncode == 0 and name in r.stdout
+    r = subprocess.run(["sh", VFSCTL, fs.mnt, "status"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip()
+    r = subprocess.run(["sh", VFSCTL, fs.mnt, "frobnicate"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("vfsctl: ") and len(r.stderr.strip().splitlines()) == 1
+    r = subprocess.run(["sh", VFSCTL, fs.mnt.parent, "status"], capture_output=True, text=True)
+    assert r.returncode == 1 and "not a versionfs mount" in r.stderr
+    fs.umount()
+
+
+def test_bad_ctl_command_through_cli_is_one_line(fs):
+    fs.init()
+    fs.mount()
+    assert_user_error(run_cli("snapshot", fs.mnt, "two words"), "one word")
+    # Refused by the daemon (names may not start with a dot): its message, one line.
+    line = assert_user_error(run_cli("snapshot", fs.mnt, ".hidden"))
+    assert "name" in line.lower()
+    ok(run_cli("snapshot", fs.mnt, "fine"))
+    assert_user_error(run_cli("snapshot", fs.mnt, "fine"))      # names are unique
+    fs.umount()
+
+
+def test_fstab_helper_mounts_with_fstab_options(fs):
+    fs.init()
+    # mount(8) would run: mount.versionfs SPEC DIR -o OPTIONS
+    env = dict(os.environ, VERSIONFS=str(REPO / ".venv" / "bin" / "versionfs"),
+               MOUNT_VERSIONFS_NO_ENV="1")
+    r = subprocess.run(["sh", MOUNT_HELPER, fs.state, fs.mnt, "-n", "-o",
+                        "defaults,_netdev,noauto,x-systemd.automount,nofail,rw"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert mount_type(fs.mnt) == "fuse.versionfs"
+    (fs.mnt / "f").write_text("via fstab")
+    fs.umount()
+    # ro from fstab gives a read-only mount.
+    r = subprocess.run(["sh", MOUNT_HELPER, fs.state, fs.mnt, "-o", "ro,_netdev"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (fs.mnt / "f").read_text() == "via fstab"
+    with pytest.raises(OSError):
+        (fs.mnt / "g").write_text("no")
+    fs.umount()
+
+
+def test_foreground_mount_stops_cleanly_on_sigterm(fs):
+    fs.init()
+    proc = subprocess.Popen([*VERSIONFS, "mount", "--foreground", str(fs.state), str(fs.mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while mount_type(fs.mnt) != "fuse.versionfs":
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while not (fs.mnt / ".versionfs" / "ctl").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (fs.mnt / "kept").write_text("kept")
+        os.fsync(os.open(fs.mnt / "kept", os.O_RDONLY))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert mount_type(fs.mnt) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    fs.mount()
+    assert (fs.mnt / "kept").read_text() == "kept"
+    fs.umount()
+
+
+def test_demo_creates_and_mounts(tmp_path):
+    state, mnt = tmp_path / "demo-state", tmp_path / "demo-mnt"
+    try:
+        out = ok(run_cli("demo", "--state-dir", state, "--mountpoint", mnt))
+        assert "versionfs snapshot" in out
+        assert mount_type(mnt) == "fuse.versionfs"
+        assert (state / "slow").is_dir()
+        # Running it again is harmless.
+        assert "already mounted" in ok(run_cli("demo", "--state-dir", state, "--mountpoint", mnt))
+        ok(run_cli("umount", mnt))
+    finally:
+        force_cleanup(mnt, state)
+
+
+@pytest.mark.s3
+def test_s3_slow_store(fs, s3_server, s3_url):
+    env = s3_server.env()
+    fs.init("--slow", s3_url, env=env)
+    fs.mount(env=env)
+    payload = os.urandom(3 << 20)
+    (fs.mnt / "big").write_bytes(payload)
+    ok(run_cli("flush", fs.mnt, "--timeout", "60"))
+    bucket, prefix = s3_url[len("s3://"):].split("/", 1)
+    keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+    assert any("blobs/" in k for k in keys), keys
+    fs.umount()
+    # A second filesystem may not claim the same place in the bucket.
+    assert_user_error(run_cli("init", fs.state.parent / "again", "--slow", s3_url, env=env),
+                      "already holds")
+
+
+def test_encrypted_filesystem(fs):
+    secret = fs.mnt.parent / "pass"
+    secret.write_text("correct horse\n")
+    fs.init("--encrypt", "--passphrase-file", secret)
+    assert (fs.state / "key").exists()
+    assert (fs.state / "slow" / "keys" / "master").read_bytes() == (fs.state / "key").read_bytes()
+    fs.mount("--passphrase-file", secret)
+    (fs.mnt / "f").write_text("plain words here")
+    ok(run_cli("flush", fs.mnt))
+    fs.umount()
+    for path in (fs.state / "slow").rglob("*"):
+        if path.is_file():
+            assert b"plain words here" not in path.read_bytes()
+    # The environment variable works too, and the data comes back.
+    fs.mount(env={"VERSIONFS_PASSPHRASE": "correct horse"})
+    assert (fs.mnt / "f").read_text() == "plain words here"
+    fs.umount()
