@@ -130,7 +130,7 @@ def race_round(kv, barrier: threading.Barrier, key: str) -> bool:
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_threads_racing_on_one_key_exactly_one_wins_each_round(kind, tmp_path, request):
-    writers, rounds = 6, 8 if kind != "lmdb" else 30
+    writers, rounds = 6, 6 if kind == "s3" else 30
     kv = make_kv(kind, tmp_path, request)
     kv.atomic_put("head", b"", None)
     barrier = threading.Barrier(writers)

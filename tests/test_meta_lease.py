@@ -23,10 +23,12 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["lmdb", "s3"])
+@pytest.fixture(params=["lmdb", "dir", "s3"])
 def kv(request, tmp_path):
     if request.param == "lmdb":
         store = LMDBKV(tmp_path / "kv")
+    elif request.param == "dir":
+        store = open_kv(f"file://{tmp_path / 'slow'}")
     else:
         store = open_kv(f"s3://{request.getfixturevalue('s3_bucket')}/vfs/")
     yield store

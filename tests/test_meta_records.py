@@ -305,3 +305,61 @@ def test_full_store_is_a_clear_error_and_keeps_data(tmp_path):
         assert db.validate() == []
     with RecordDB(tmp_path / "db", map_size=256 << 10) as db:
         assert db.get(b"keep") == {"v": 1}
+
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import (RuleBasedStateMachine, invariant,  # noqa: E402
+                                 rule)
+
+
+class RecordsAgainstModel(RuleBasedStateMachine):
+    """Random sets/deletes against a dict model: searches, conflicts and
+    validate() must always agree with what the model says."""
+
+    def __init__(self):
+        super().__init__()
+        import tempfile
+        self.dir = tempfile.TemporaryDirectory()
+        register_type(USER)
+        self.db = RecordDB(self.dir.name)
+        self.model: dict[bytes, dict] = {}
+
+    @rule(id=st.sampled_from([b"a", b"b", b"c", b"d"]),
+          email=st.sampled_from(["p@x", "q@x", "r@x", None]),
+          team=st.sampled_from(["t1", "t2"]))
+    def set(self, id, email, team):
+        value = {"team": team} if email is None else {"email": email, "team": team}
+        taken = email is not None and any(
+            v.get("email") == email for k, v in self.model.items() if k != id)
+        if taken:
+            with pytest.raises(KeyConflictError):
+                self.db.set(id, value, type="user")
+        else:
+            self.db.set(id, value, type="user")
+            self.model[id] = value
+
+    @rule(id=st.sampled_from([b"a", b"b", b"c", b"d"]))
+    def delete(self, id):
+        assert self.db.delete(id) == (self.model.pop(id, None) is not None)
+
+    @invariant()
+    def agrees(self):
+        for team in ("t1", "t2"):
+            assert ids(self.db.search("user", {"team": team})) == sorted(
+                k for k, v in self.model.items() if v["team"] == team)
+        for email in ("p@x", "q@x", "r@x"):
+            assert ids(self.db.search("user", {"email": email})) == sorted(
+                k for k, v in self.model.items() if v.get("email") == email)
+        assert {r.id: r.value for r in self.db.iterate()} == self.model
+        assert self.db.validate() == []
+
+    def teardown(self):
+        self.db.close()
+        self.dir.cleanup()
+
+
+RecordsAgainstModel.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture])
+test_records_against_model = RecordsAgainstModel.TestCase
