@@ -1,1 +1,22 @@
-"""Content-addressed blobs: pointers, codec, and the stores that keep them."""
+"""Content-addressed blobs: pointers, codec, and the stores that keep them.
+
+Modules, bottom up: ``pointer`` (Pointer, Null), ``errors``, ``store`` (the
+Store ABC over raw stored bytes), ``files``/``disk``/``directory`` (local
+stores), ``s3`` (S3Bucket named objects with conditional writes, S3Store),
+``remote`` (RemoteStore + StoreService over HTTP), ``journal`` + ``paired``
+(the fast/slow write-back pair), ``keys`` + ``codec`` (format byte, zstd,
+AEAD, keyed pointers), ``blobstore`` (plaintext in, verified plaintext out),
+``url`` (open_store). Nothing here imports ``versionfs.meta`` or ``versionfs.fs``.
+"""
+
+from .errors import (BlobError, CorruptBlobError, NotFoundError, NotHashPointerError,
+                     NotImplementedStoreError, PreconditionFailedError, ReadOnlyError,
+                     StoreFullError, StoreUnavailableError, TruncatedBlobError,
+                     WrongPassphraseError)
+from .pointer import Null, Pointer
+
+__all__ = [
+    "BlobError", "CorruptBlobError", "NotFoundError", "NotHashPointerError",
+    "NotImplementedStoreError", "PreconditionFailedError", "ReadOnlyError", "StoreFullError",
+    "StoreUnavailableError", "TruncatedBlobError", "WrongPassphraseError", "Null", "Pointer",
+]

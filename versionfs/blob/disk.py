@@ -26,6 +26,10 @@ class DiskStore(FanOutStore):
     evicted; if only such blobs remain, put raises StoreFullError and writes
     nothing. Recency is tracked in memory and seeded from file mtimes at open,
     which is good enough for a cache and costs no extra write per read.
+
+    The store keeps raw codec output and does not know the codec, so a read is
+    verified one level up: BlobStore.get decodes against the pointer (hash or
+    AEAD tag) and, under a Paired store, replaces a bad fast copy from slow.
     """
 
     def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
