@@ -248,3 +248,42 @@ def test_encrypted_filesystem(fs):
     fs.mount(env={"VERSIONFS_PASSPHRASE": "correct horse"})
     assert (fs.mnt / "f").read_text() == "plain words here"
     fs.umount()
+
+
+def test_remount_after_kill_9_needs_no_manual_step(fs):
+    fs.init()
+    fs.mount()
+    fd = os.open(fs.mnt / "durable", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"fsynced before the crash")
+    os.fsync(fd)
+    os.close(fd)
+    pid = daemon_pid(fs.state)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid, 10)
+    # The kernel still has the (dead) mount; mount clears it and starts afresh.
+    fs.mount()
+    assert (fs.mnt / "durable").read_bytes() == b"fsynced before the crash"
+    fs.umount()
+
+
+@pytest.mark.s3
+def test_umount_with_slow_store_down_warns_and_keeps_uploads(fs, s3_server, s3_url):
+    env = s3_server.env()
+    fs.init("--slow", s3_url, env=env)
+    fs.mount(env=env)
+    s3_server.stop()
+    try:
+        (fs.mnt / "late").write_bytes(os.urandom(1 << 20))
+        r = run_cli("umount", fs.mnt, "--timeout", "2")
+        assert r.returncode == 0, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("versionfs: warning: "), r.stderr
+        assert "Traceback" not in r.stderr
+        assert mount_type(fs.mnt) is None
+    finally:
+        s3_server.start()
+    # The upload journal kept the blob; the next mount uploads it.
+    fs.mount(env=env)
+    ok(run_cli("flush", fs.mnt, "--timeout", "60"))
+    assert len((fs.mnt / "late").read_bytes()) == 1 << 20
+    fs.umount()

@@ -12,6 +12,7 @@ unexpected prints one line too and the traceback only with VERSIONFS_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -271,10 +272,10 @@ def _check_mountpoint(mountpoint: Path, nonempty: bool) -> None:
 
 
 def _is_stale_mount(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone answers everything with ENOTCONN."""
     try:
         os.stat(path)
     except OSError as e:
-        import errno
         return e.errno == errno.ENOTCONN
     return False
 
@@ -290,9 +291,25 @@ def _mount_preflight(state_dir: Path, mountpoint: Path, opts: MountOptions) -> c
         where = _mountpoint_of(state_dir)
         raise UserError(f"{state_dir} is already mounted" + (f" on {where}" if where else "")
                         + (f" (versionfs pid {pid})" if pid > 0 else ""))
+    _clear_stale_mount(state_dir, mountpoint)
     _check_mountpoint(mountpoint, opts.nonempty)
     _check_fuse_access()
     return cfg
+
+
+def _clear_stale_mount(state_dir: Path, mountpoint: Path) -> None:
+    """After a crash (kill -9, OOM) the kernel keeps a dead mount; clear ours, so a
+    remount needs no manual step.  Only when it is this state dir's mount and no
+    daemon holds the state dir (checked by the caller just before)."""
+    found = ctlclient.find_mount(mountpoint)
+    if (found is None or not found.is_versionfs or found.source != str(state_dir)
+            or not _is_stale_mount(mountpoint)):
+        return
+    log.warning("clearing the stale mount left on %s by a daemon that died", mountpoint)
+    result = _fusermount(mountpoint, lazy=True)
+    if result.returncode != 0:
+        raise UserError(f"{mountpoint} is a stale mount (its daemon died) and clearing it "
+                        f"failed: {result.stderr.strip() or result.returncode}")
 
 
 def _mountpoint_of(state_dir: Path) -> str | None:
