@@ -463,7 +463,7 @@ class VersionFS(pyfuse3.Operations):
         self._touch_dir(pinode, now, 1 if is_dir else 0)
         with self.meta.write() as b:
             b.put(schema.inode_key(ino), inode.pack())
-            b.put(schema.dirent_key(parent, name), schema.u64(ino))
+            schema.put_dirent(b, parent, name, ino)
             if target is not None:
                 b.put(schema.symlink_key(ino), target)
             self._store_inode(pinode, b)
@@ -514,7 +514,7 @@ class VersionFS(pyfuse3.Operations):
         inode.ctime_ns = now
         self._touch_dir(pinode, now)
         with self.meta.write() as b:
-            b.put(schema.dirent_key(new_parent, new_name), schema.u64(ino))
+            schema.put_dirent(b, new_parent, new_name, ino)
             b.delete(schema.orphan_key(ino))
             self._store_inode(inode, b)
             self._store_inode(pinode, b)
@@ -552,7 +552,7 @@ class VersionFS(pyfuse3.Operations):
         now = schema.now_ns()
         self._touch_dir(pinode, now, -1 if want_dir else 0)
         with self.meta.write() as b:
-            b.delete(schema.dirent_key(parent, name))
+            schema.delete_dirent(b, parent, name, ino)
             self._store_inode(pinode, b)
             self._drop_link(inode, now, b)
         self._meta_changed = True
@@ -593,16 +593,20 @@ class VersionFS(pyfuse3.Operations):
         now = schema.now_ns()
         with self.meta.write() as b:
             if exchange:
-                b.put(schema.dirent_key(p_old, n_old), schema.u64(dst))
-                b.put(schema.dirent_key(p_new, n_new), schema.u64(src))
+                b.delete(schema.link_key(src, p_old, n_old))
+                b.delete(schema.link_key(dst, p_new, n_new))
+                schema.put_dirent(b, p_old, n_old, dst)
+                schema.put_dirent(b, p_new, n_new, src)
                 if p_old != p_new:
                     self._reparent(sinode, pold, pnew)
                     self._reparent(dinode, pnew, pold)
                 dinode.ctime_ns = now
                 self._store_inode(dinode, b)
             else:
-                b.delete(schema.dirent_key(p_old, n_old))
-                b.put(schema.dirent_key(p_new, n_new), schema.u64(src))
+                schema.delete_dirent(b, p_old, n_old, src)
+                if dst is not None:
+                    b.delete(schema.link_key(dst, p_new, n_new))
+                schema.put_dirent(b, p_new, n_new, src)
                 if p_old != p_new:
                     self._reparent(sinode, pold, pnew)
                 if dinode is not None:

@@ -13,6 +13,9 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
     b"L" ino                      -> symlink target
     b"O" ino                      -> b"" (inode unlinked while open; deleted
                                      at the next start if a crash left it)
+    b"P" ino parent_ino name      -> b"" (one per directory entry naming ino:
+                                     the reverse of b"D", so `diff`/`log`
+                                     find an inode's path without a tree walk)
     b"C" b"next_ino"              -> 8-byte counter (inode allocation)
 
 Inode numbers are never reused (the counter only grows), so a snapshot's
@@ -77,6 +80,26 @@ def extent_key(ino: int, offset: int) -> bytes:
 
 def extent_prefix(ino: int) -> bytes:
     return b"E" + u64(ino)
+
+
+def link_key(ino: int, parent: int, name: bytes) -> bytes:
+    return b"P" + u64(ino) + u64(parent) + name
+
+
+def link_prefix(ino: int) -> bytes:
+    return b"P" + u64(ino)
+
+
+def put_dirent(batch, parent: int, name: bytes, ino: int) -> None:
+    """Name `ino` as `parent`/`name`: the entry and its reverse link, in one batch."""
+    batch.put(dirent_key(parent, name), u64(ino))
+    batch.put(link_key(ino, parent, name), b"")
+
+
+def delete_dirent(batch, parent: int, name: bytes, ino: int) -> None:
+    """Remove the entry `parent`/`name` (which names `ino`) and its reverse link."""
+    batch.delete(dirent_key(parent, name))
+    batch.delete(link_key(ino, parent, name))
 
 
 def xattr_key(ino: int, name: bytes) -> bytes:
