@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import io
+import logging
 import os
 import shutil
 import struct
@@ -71,6 +71,7 @@ DEFAULT_BATCH_LIMIT = 10000
 META_BUCKET = b"_backend"
 APPLIED_KEY = b"applied_index"
 _U64 = struct.Struct(">Q")
+log = logging.getLogger(__name__)
 _OP_OVERHEAD = 16  # bytes of LMDB node header per stored item, for accounting
 
 
@@ -380,7 +381,7 @@ class Backend:
                         try:
                             self.after_commit(index)
                         except Exception:  # housekeeping only; the commit stands
-                            pass
+                            log.exception("after-commit hook failed for %s", self.path)
             for fn, fut, with_txn in jobs:
                 if fn is None:
                     fut.event.set()
@@ -433,10 +434,17 @@ class Backend:
                 "compact and defrag, or raise the quota"
             )
         if isinstance(exc, (lmdb.Error, OSError)) and (
-            getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc)
+            getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+            or "No space left" in str(exc)
+            # LMDB turns a short write (the disk filled mid-commit) into EIO.
+            or ("Input/output error" in str(exc) and self._disk_nearly_full())
         ):
             return DiskFullError(f"no space left on device for metadata database {self.path}")
         return exc
+
+    def _disk_nearly_full(self) -> bool:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize < max(4 << 20, len(self._pending) * 256)
 
     # ----------------------------------------------------------------- reads
 

@@ -53,6 +53,7 @@ __all__ = [
     "WALModeError",
     "WALBrokenError",
     "DEFAULT_SEGMENT_BYTES",
+    "read_entries",
 ]
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -207,6 +208,52 @@ def _scan(buf: bytes, path: str, running: int | None, is_last: bool):
     return records, off, running
 
 
+def read_entries(dirpath: str, first_index: int, last_index: int) -> list[Entry]:
+    """Entries ``first_index..last_index`` of a WAL that may be open for appending elsewhere.
+
+    Read-only: nothing is truncated or repaired, so it is safe beside a live
+    writer as long as ``last_index`` was already appended when this is called
+    (a record is complete in the page cache before ``last_index`` moves past
+    it).  Used to ship the log to a bucket.  ``IndexNotFoundError`` when the
+    segments no longer (or do not yet) hold the whole range — a segment the
+    writer released meanwhile counts as that.
+    """
+    if last_index < first_index:
+        return []
+    segs = _list_segments(dirpath)
+    start = None
+    for i, (_seq, first, _name) in enumerate(segs):
+        if first <= first_index:
+            start = i
+    if start is None:
+        raise IndexNotFoundError(f"wal: index {first_index} is no longer in {dirpath}")
+    out: list[Entry] = []
+    running: int | None = None
+    want = first_index
+    for pos, (_seq, _first, name) in enumerate(segs[start:], start):
+        path = os.path.join(dirpath, name)
+        try:
+            with open(path, "rb") as f:
+                buf = f.read()
+        except FileNotFoundError:
+            raise IndexNotFoundError(f"wal: segment {name} was released while reading") from None
+        records, _end, running = _scan(buf, path, running, pos == len(segs) - 1)
+        for rec in records:
+            if rec.rtype != TYPE_ENTRY:
+                continue
+            eidx = _U64.unpack_from(rec.payload)[0]
+            if eidx < want:
+                continue
+            if eidx != want:
+                raise CRCMismatchError(f"wal: entry {eidx} where {want} was expected in {path}")
+            out.append(Entry(eidx, rec.payload[8:]))
+            want += 1
+            if eidx == last_index:
+                return out
+    raise IndexNotFoundError(f"wal: {dirpath} holds entries only up to {want - 1}, "
+                             f"not {last_index}")
+
+
 class WAL:
     """Append-only log of (index, bytes) entries plus opaque state and metadata.
 
@@ -291,6 +338,7 @@ class WAL:
             state = b""
             running: int | None = None
             last_index: int | None = None
+            first_entry: int | None = None
             index = self._start_index
             found = False
             first_in_start = self._segments[0][1]
@@ -323,6 +371,8 @@ class WAL:
                                 f"wal: entry index {eidx} follows {last_index} in {path}"
                             )
                         last_index = eidx
+                        if first_entry is None:
+                            first_entry = eidx
                         if eidx >= index:
                             if eidx == index:
                                 found = True
@@ -330,9 +380,11 @@ class WAL:
                 self._seq = seq
                 self._size = valid_end
             if not found:
+                # Fine when the log simply ends just before ``index``, or when
+                # it is the original first segment and begins after ``index``.
                 ok = (last_index is not None and last_index == index - 1) or (
-                    last_index is None and (first_in_start == index or first_in_start == 0)
-                )
+                    first_in_start == 0 and (first_entry is None or first_entry > index)
+                ) or (last_index is None and first_in_start == index)
                 if not ok:
                     raise IndexNotFoundError(
                         f"wal: index {index} not found in {self.dir} (last index {last_index})"
@@ -392,7 +444,7 @@ class WAL:
                 raise WALBrokenError(self._broken) from exc
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFullError(
-                    errno.ENOSPC, f"metadata write-ahead log: no space left on device in {self.dir}"
+                    f"metadata write-ahead log: no space left on device in {self.dir}"
                 ) from exc
             raise
         self._size = start + len(data)
@@ -514,7 +566,7 @@ class WAL:
                 os.unlink(tmp)
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise DiskFullError(
-                        errno.ENOSPC, f"metadata write-ahead log: no space for a new segment in {self.dir}"
+                        f"metadata write-ahead log: no space left on device for a new segment in {self.dir}"
                     ) from exc
                 raise
             os.rename(tmp, path)
