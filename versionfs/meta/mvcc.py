@@ -134,7 +134,7 @@ class RevisionInfo(NamedTuple):
 class _Gen:
     """One overlay generation: key -> [(rev, value|None), ...] ascending by rev."""
 
-    __slots__ = ("data", "keys", "sorted_upto", "min_index", "max_index")
+    __slots__ = ("data", "keys", "sorted_upto", "min_index", "max_index", "min_rev", "max_rev")
 
     def __init__(self):
         self.data: dict[bytes, list] = {}
@@ -142,6 +142,8 @@ class _Gen:
         self.sorted_upto = 0
         self.min_index: int | None = None
         self.max_index: int | None = None
+        self.min_rev: int | None = None   # revisions written here, so changed_keys
+        self.max_rev: int | None = None   # can skip a generation outside its range
 
     def sorted_keys(self) -> list[bytes]:
         if self.sorted_upto < len(self.keys):
@@ -389,6 +391,9 @@ class MVCCStore:
         if gen.min_index is None:
             gen.min_index = index
         gen.max_index = index
+        if gen.min_rev is None:
+            gen.min_rev = rev
+        gen.max_rev = rev
         rinv = _inv(rev)
         rbe = _U64.pack(rev)
         with self._backend.batch_tx() as tx:
@@ -623,8 +628,10 @@ class MVCCStore:
         with self._lock:
             self._check_open()
             self._refresh()
+            gens = [g for g in self._gens()
+                    if g.max_rev is not None and g.max_rev > rev_from and g.min_rev <= rev_to]
             mem = sorted(
-                {k for g in self._gens() for k, vers in g.data.items() if any(rev_from < r <= rev_to for r, _ in vers)}
+                {k for g in gens for k, vers in g.data.items() if any(rev_from < r <= rev_to for r, _ in vers)}
             )
         for k in mem:
             seen.add(k)
