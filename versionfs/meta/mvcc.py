@@ -195,6 +195,31 @@ def _check_key(key) -> tuple[bytes, bytes]:
     return key, ek
 
 
+def _split_visible(versions: list, retained: list[int], h0: int) -> tuple[list, list]:
+    """Split one key's versions (``(rev, x)`` newest first; ``x[:1] == TOMB`` or
+    ``x is True`` marks a tombstone) into (kept, dropped): a version is kept if
+    it is at or above h0 or some revision in ``retained`` (which must include
+    the head) sees it."""
+    keep = []
+    drop = []
+    upper = None
+    for rev, x in versions:
+        if rev >= h0:
+            keep.append((rev, x))
+        else:
+            i = bisect_left(retained, rev)
+            visible = i < len(retained) and (upper is None or retained[i] < upper)
+            (keep if visible else drop).append((rev, x))
+        upper = rev
+    while keep and _is_tomb(keep[-1][1]):  # a tombstone with nothing beneath it hides nothing
+        drop.append(keep.pop())
+    return keep, drop
+
+
+def _is_tomb(x) -> bool:
+    return x is True or (isinstance(x, bytes) and x[:1] == TOMB)
+
+
 class MVCCStore:
     """Revisioned metadata store. Open with ``MVCCStore.open(dir)``."""
 
@@ -662,14 +687,19 @@ class MVCCStore:
 
     # ------------------------------------------------------------- compaction
 
-    def compact(self) -> int:
-        """Drop versions no retained revision can see. Returns how many were dropped."""
+    def _retained_and_commit(self) -> tuple[list[int], int]:
+        """(retained revisions + the head, head), with every queued write in LMDB."""
         with self._lock:
             self._check_open()
             retained = sorted(self._revs)
             h0 = self._head
         retained.append(h0)
         self._backend.commit()
+        return retained, h0
+
+    def compact(self) -> int:
+        """Drop versions no retained revision can see. Returns how many were dropped."""
+        retained, h0 = self._retained_and_commit()
         dropped = 0
         pos = b""
         while pos is not None:
@@ -698,19 +728,7 @@ class MVCCStore:
                     break
             next_sk = cur.key() if more else None
             seen += len(versions)
-            keep = []
-            drop = []
-            upper = None
-            for rev, tomb in versions:
-                if rev >= h0:
-                    keep.append((rev, tomb))
-                else:
-                    i = bisect_left(retained, rev)
-                    visible = i < len(retained) and (upper is None or retained[i] < upper)
-                    (keep if visible else drop).append((rev, tomb))
-                upper = rev
-            while keep and keep[-1][1]:  # a tombstone with nothing beneath it hides nothing
-                drop.append(keep.pop())
+            keep, drop = _split_visible(versions, retained, h0)
             if drop:
                 key = decode_key(ek)
                 for rev, _tomb in drop:
@@ -720,6 +738,108 @@ class MVCCStore:
                 if more:
                     cur.set_range(next_sk)
         return (cur.key() if more else None), dropped
+
+    def versions(self, start: bytes, end: bytes | None = None, *,
+                 retained_only: bool = False) -> Iterator[tuple[bytes, int, bytes | None]]:
+        """Every stored version ``(key, rev, value or None for a tombstone)`` of the
+        keys in [start, end), key by key, newest version first, streaming.
+
+        This is what garbage collection and fsck need: the union of what every
+        retained revision and the head can see, without reading the tree once per
+        revision.  With ``retained_only`` it yields only versions some retained
+        revision or the head can see (exactly what ``compact()`` would keep);
+        otherwise also versions only forgotten revisions saw.
+
+        Everything written before the call is included (queued writes are
+        committed first); versions written while the iteration runs may or may
+        not appear, so a caller racing with writers must cover them itself.
+        """
+        if not isinstance(start, bytes) or (end is not None and not isinstance(end, bytes)):
+            raise TypeError("versions bounds must be bytes")
+        retained, h0 = self._retained_and_commit()
+        return self._versions_iter(start, end, retained, h0, retained_only)
+
+    def _versions_iter(self, start, end, retained, h0, retained_only):
+        pos = encode_key(start)
+        end_ek = None if end is None else encode_key(end)
+        while pos is not None:
+            with self._lock:
+                self._check_open()
+                groups, pos = self._versions_chunk(pos, end_ek)
+            for ek, versions in groups:
+                key = decode_key(ek)
+                if retained_only:
+                    versions, _ = _split_visible(versions, retained, h0)
+                for rev, raw in versions:
+                    yield key, rev, (raw[1:] if raw[:1] == PUT else None)
+
+    def _versions_chunk(self, pos: bytes, end_ek: bytes | None, budget: int = 4096):
+        """Whole version groups from ``pos`` (an encoded key) on; (groups, next pos)."""
+        groups = []
+        n = 0
+        with self._backend.env.begin() as txn:
+            cur = txn.cursor(self._kvdb)
+            if not cur.set_range(pos):
+                return groups, None
+            while True:
+                ek = cur.key()[:-8]
+                if end_ek is not None and ek >= end_ek:
+                    return groups, None
+                if n >= budget:
+                    return groups, ek
+                versions = []
+                more = True
+                while True:
+                    sk = cur.key()
+                    if sk[:-8] != ek:
+                        break
+                    raw = cur.value()
+                    versions.append((_MASK - _U64.unpack(sk[-8:])[0], raw if raw[:1] == PUT else TOMB))
+                    if not cur.next():
+                        more = False
+                        break
+                groups.append((ek, versions))
+                n += len(versions)
+                if not more:
+                    return groups, None
+
+    def check_indexes(self, repair: bool = False) -> list[str]:
+        """Check the ``changes`` index against the versions in ``kv``.
+
+        Every stored version must have its ``changes`` item (or ``changed_keys``
+        misses it) and every ``changes`` item must name a stored version.
+        Returns one line per problem.  ``repair`` rebuilds the wrong items from
+        ``kv``, which is the source of truth, so repairing loses nothing.
+        """
+        with self._lock:
+            self._check_open()
+        self._backend.commit()
+        return self._backend.run(lambda txn, dbs: self._check_indexes_txn(txn, dbs, repair))
+
+    @staticmethod
+    def _check_indexes_txn(txn, dbs, repair: bool) -> list[str]:
+        kvdb, chdb = dbs[KV], dbs[CHANGES]
+        problems = []
+        missing = []
+        for sk in txn.cursor(kvdb).iternext(keys=True, values=False):
+            rev = _MASK - _U64.unpack(sk[-8:])[0]
+            ch = _U64.pack(rev) + decode_key(sk[:-8])
+            if txn.get(ch, db=chdb) is None:
+                missing.append(ch)
+                problems.append(f"changes index lacks revision {rev} of key {decode_key(sk[:-8])!r}")
+        stale = []
+        for ch in txn.cursor(chdb).iternext(keys=True, values=False):
+            rev = _U64.unpack(ch[:8])[0]
+            if txn.get(encode_key(ch[8:]) + _inv(rev), db=kvdb) is None:
+                stale.append(ch)
+                problems.append(f"changes index names revision {rev} of key {ch[8:]!r}, "
+                                "which is not stored")
+        if repair:
+            for ch in missing:
+                txn.put(ch, b"", db=chdb)
+            for ch in stale:
+                txn.delete(ch, db=chdb)
+        return problems
 
     def defrag(self) -> None:
         """Compact the LMDB file itself (after ``compact()``, to return space to the disk)."""
@@ -744,6 +864,49 @@ class MVCCStore:
                 "applied_index": self._backend.applied_index,
                 "next_index": self._next_index,
             }
+
+    # ------------------------------------------------------- checkpoints (publish)
+
+    @property
+    def wal_dir(self) -> str:
+        """The write-ahead log's directory (``wal.read_entries`` ships from it)."""
+        return os.path.join(self.dir, "wal")
+
+    @property
+    def last_index(self) -> int:
+        """The index of the newest WAL entry written (0 before the first)."""
+        return self._next_index - 1
+
+    def backup_to(self, stream) -> int:
+        """Write a compact, consistent copy of the database to ``stream``.
+
+        Returns a WAL index the copy covers at least: replaying the entries
+        after it onto the restored copy (``restore``) gives the state as of
+        any later index.  The copy may cover a little more (commits go on
+        while it is taken); replay skips what it already holds.
+        """
+        self._check_open()
+        self._backend.commit()
+        index = self._backend.applied_index
+        self._backend.backup_to(stream)
+        return index
+
+    @staticmethod
+    def restore(dirpath: str, stream, entries) -> None:
+        """Create a store in the new directory ``dirpath`` from a ``backup_to`` copy
+        plus the WAL entries (``wal.Entry`` or (index, data), contiguous) that
+        follow the index it returned.  ``open`` then replays them."""
+        dirpath = os.path.abspath(dirpath)
+        if os.path.exists(os.path.join(dirpath, "db")) or WAL.exist(os.path.join(dirpath, "wal")):
+            raise FileExistsError(f"refusing to restore over the metadata store in {dirpath}")
+        os.makedirs(dirpath, exist_ok=True)
+        Backend.restore(stream, os.path.join(dirpath, "db"))
+        wal = WAL.create(os.path.join(dirpath, "wal"), WAL_METADATA)
+        try:
+            wal.save(None, entries)
+            wal.sync()
+        finally:
+            wal.close()
 
     def flush(self) -> None:
         """Commit everything queued to LMDB now (tests, benchmarks, before backups)."""
