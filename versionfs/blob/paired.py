@@ -121,6 +121,29 @@ class Paired(Store):
         """True while ``key`` is not yet known durable on the slow store."""
         return key in self._pending
 
+    def pending_keys(self) -> list[Pointer]:
+        """The blobs not yet durable on slow, now (a barrier for publishing metadata)."""
+        with self._cond:
+            return list(self._pending)
+
+    def wait_durable(self, keys: Iterable[Pointer], timeout: float | None = None) -> bool:
+        """Wait until none of ``keys`` is pending; False on timeout or close.
+
+        Unlike ``flush`` this does not wait for puts made after ``keys`` were
+        taken, so a writer that never pauses cannot hold it up forever.
+        """
+        keys = list(keys)
+        pos = 0
+
+        def done() -> bool:           # each key is looked at once it is done: O(n + wakeups)
+            nonlocal pos
+            while pos < len(keys) and keys[pos] not in self._pending:
+                pos += 1
+            return pos == len(keys)
+
+        with self._cond:
+            return self._cond.wait_for(lambda: done() or self._stop.is_set(), timeout) and done()
+
     def status(self) -> dict:
         with self._cond:
             return {
