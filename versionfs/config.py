@@ -105,6 +105,17 @@ def _slow_url(v: Any) -> str | None:
             "s3://bucket/prefix or a remote store URL http[s]://host:port")
 
 
+def _duration(v: Any) -> str | None:
+    if v == "":
+        return None
+    from versionfs.retention import PolicyError, parse_duration
+    try:
+        parse_duration(v)
+    except PolicyError as e:
+        return str(e)
+    return None
+
+
 SECTION_DOCS: dict[str, str] = {
     "store": "Where blobs live: the fast local store and the slow (cloud) store behind it.",
     "encryption": "enabled is set by `versionfs init --encrypt` and cannot change later; "
@@ -168,9 +179,38 @@ for _k in [
         "Largest the metadata database may grow (e.g. \"8G\"). Writes past it fail "
         "cleanly (ENOSPC) instead of corrupting anything; the LMDB map is twice this.",
         _positive),
+    *[Key("snapshots", f"keep_{rule}", "int", 0,
+          f"Retention: {what} (0 = rule off, -1 = no limit). Used by `versionfs forget "
+          f"MOUNTPOINT` without arguments and by automatic snapshots.",
+          lambda v: None if v >= -1 else "must be -1, 0 or more")
+      for rule, what in (
+          ("last", "keep the N newest snapshots"),
+          ("hourly", "keep the newest snapshot of each of the last N hours that have one"),
+          ("daily", "keep the newest snapshot of each of the last N days that have one"),
+          ("weekly", "keep the newest snapshot of each of the last N ISO weeks that have one"),
+          ("monthly", "keep the newest snapshot of each of the last N months that have one"),
+          ("yearly", "keep the newest snapshot of each of the last N years that have one"))],
+    Key("snapshots", "keep_within", "str", "",
+        "Retention: keep every snapshot younger than this (e.g. \"2d\", \"1d12h\"); "
+        "empty = rule off.", _duration, example="7d"),
+    Key("snapshots", "keep_named", "bool", False,
+        "Retention: keep every snapshot that was given a name."),
 ]:
     register(_k)
 del _k
+
+# Issue 5: publishing to the slow store and the writer lease (versionfs.cloud).
+register(Key("cloud", "wal_ship_interval_seconds", "float", 15.0,
+             "How often metadata changes are published to the slow store between "
+             "flushes and snapshots: the most a lost or dead machine can lose.",
+             lambda v: None if 0 < v <= 60 else "must be more than 0 and at most 60"))
+register(Key("cloud", "checkpoint_interval_seconds", "float", 3600.0,
+             "How often a full metadata checkpoint is published (WAL objects in between).",
+             _positive))
+register(Key("cloud", "lease_ttl_seconds", "float", 120.0,
+             "The read-write mount's lease in the slow store expires this long after its "
+             "holder stops renewing it (e.g. it died); keep it well above clock skew.",
+             lambda v: None if v >= 1 else "must be at least 1"))
 
 
 _KIND_NAMES = {"bool": "true or false", "int": "an integer", "float": "a number",
