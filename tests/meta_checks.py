@@ -11,6 +11,7 @@ def abandon(store):
     b = store._backend
     with b._cond:
         b._pending.clear()
+        b._pending_count = 0
         b._pending_index = None
         b._jobs.clear()
         b._closing = True

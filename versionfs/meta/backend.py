@@ -128,21 +128,40 @@ class BatchTx:
     def __init__(self, backend: "Backend"):
         self._b = backend
 
-    def put(self, bucket: bytes, key: bytes, value: bytes) -> None:
+    def _ops(self, bucket: bytes) -> list:
         b = self._b
-        b._pending.append((b._dbs[bucket], key, value))
+        ops = b._pending.get(bucket)
+        if ops is None:
+            if bucket not in b._dbs:
+                raise KeyError(f"no bucket {bucket!r} in metadata database {b.path}")
+            ops = b._pending[bucket] = []
+        return ops
+
+    def put(self, bucket: bytes, key: bytes, value: bytes) -> None:
+        self._ops(bucket).append((key, value))
+        b = self._b
+        b._pending_count += 1
         b._pending_bytes += len(key) + len(value) + _OP_OVERHEAD
 
-    def delete(self, bucket: bytes, key: bytes) -> None:
+    def put_many(self, bucket: bytes, items: list[tuple[bytes, bytes]], nbytes: int | None = None) -> None:
+        """Queue many puts at once (``nbytes``: their size, if the caller knows it)."""
+        self._ops(bucket).extend(items)
         b = self._b
-        b._pending.append((b._dbs[bucket], key, None))
+        b._pending_count += len(items)
+        if nbytes is None:
+            nbytes = sum(len(k) + len(v) for k, v in items)
+        b._pending_bytes += nbytes + _OP_OVERHEAD * len(items)
+
+    def delete(self, bucket: bytes, key: bytes) -> None:
+        self._ops(bucket).append((key, None))
+        self._b._pending_count += 1
 
     def set_applied_index(self, index: int) -> None:
         """Record that this batch includes the WAL entry ``index``."""
         self._b._pending_index = index
 
     def __len__(self) -> int:
-        return len(self._b._pending)
+        return self._b._pending_count
 
 
 class ReadSnapshot:
@@ -228,7 +247,8 @@ class Backend:
             os.close(self._lockfd)
             raise
         self._cond = threading.Condition()
-        self._pending: list = []
+        self._pending: dict[bytes, list] = {}  # bucket -> [(key, value or None for delete)]
+        self._pending_count = 0
         self._pending_bytes = 0
         self._pending_index: int | None = None
         self._pending_since: float | None = None
@@ -329,7 +349,7 @@ class Backend:
                         self._force
                         or self._jobs
                         or self._closing
-                        or len(self._pending) >= self.batch_limit
+                        or self._pending_count >= self.batch_limit
                         or now - self._pending_since >= self.batch_interval
                     )
                     if self._failure is not None and due and now < self._retry_at and not self._closing:
@@ -348,7 +368,8 @@ class Backend:
                 ops = None
                 if due:
                     ops, index, nbytes = self._pending, self._pending_index, self._pending_bytes
-                    self._pending, self._pending_index = [], None
+                    count = self._pending_count
+                    self._pending, self._pending_index, self._pending_count = {}, None, 0
                     self._pending_since = None
                 jobs = list(self._jobs)
                 self._jobs.clear()
@@ -360,7 +381,10 @@ class Backend:
                     self._commit(ops, index)
                 except BaseException as exc:  # keep the batch: the WAL still covers it
                     with self._cond:
-                        self._pending[:0] = ops
+                        for bucket, newer in self._pending.items():
+                            ops.setdefault(bucket, []).extend(newer)
+                        self._pending = ops
+                        self._pending_count += count
                         if self._pending_index is None:
                             self._pending_index = index
                         self._pending_since = self._pending_since or time.monotonic()
@@ -405,20 +429,27 @@ class Backend:
             fut.error = exc
             fut.event.set()
 
-    def _commit(self, ops: list, index: int | None) -> None:
+    def _commit(self, ops: dict, index: int | None) -> None:
         if index is not None and self.before_commit is not None:
             self.before_commit(index)
         try:
             with self._env.begin(write=True) as txn:
-                put = txn.put
-                delete = txn.delete
-                for db, key, value in ops:
-                    if value is None:
-                        delete(key, db=db)
-                    else:
-                        put(key, value, db=db)
+                for bucket, items in ops.items():
+                    db = self._dbs[bucket]
+                    cur = txn.cursor(db)
+                    run = []  # consecutive puts go to LMDB in one C-level call
+                    for item in items:
+                        if item[1] is None:
+                            if run:
+                                cur.putmulti(run)
+                                run = []
+                            txn.delete(item[0], db=db)
+                        else:
+                            run.append(item)
+                    if run:
+                        cur.putmulti(run)
                 if index is not None:
-                    put(APPLIED_KEY, _U64.pack(index), db=self._dbs[META_BUCKET])
+                    txn.put(APPLIED_KEY, _U64.pack(index), db=self._dbs[META_BUCKET])
         except BaseException as exc:
             raise self._translate(exc) from exc
         self._published_commit(self.state[1] if index is None else index)
@@ -444,7 +475,7 @@ class Backend:
 
     def _disk_nearly_full(self) -> bool:
         st = os.statvfs(self.path)
-        return st.f_bavail * st.f_frsize < max(4 << 20, len(self._pending) * 256)
+        return st.f_bavail * st.f_frsize < max(4 << 20, self._pending_count * 256)
 
     # ----------------------------------------------------------------- reads
 
@@ -615,11 +646,11 @@ class _BatchContext:
     def __exit__(self, *exc) -> None:
         b = self._b
         try:
-            if b._pending:
+            if b._pending_count:
                 if b._pending_since is None:
                     b._pending_since = time.monotonic()
                     b._cond.notify_all()
-                elif len(b._pending) >= b.batch_limit:
+                elif b._pending_count >= b.batch_limit:
                     b._cond.notify_all()
         finally:
             b._cond.release()

@@ -421,10 +421,11 @@ class MVCCStore:
         gen.max_rev = rev
         rinv = _inv(rev)
         rbe = _U64.pack(rev)
+        versions = [(ek + rinv, TOMB if value is None else PUT + value) for _k, ek, value in ops]
+        changes = [(rbe + key, b"") for key, _ek, _v in ops]
         with self._backend.batch_tx() as tx:
-            for key, ek, value in ops:
-                tx.put(KV, ek + rinv, TOMB if value is None else PUT + value)
-                tx.put(CHANGES, rbe + key, b"")
+            tx.put_many(KV, versions)
+            tx.put_many(CHANGES, changes)
             tx.set_applied_index(index)
 
     def sync(self) -> None:
