@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 import pyfuse3
 import trio
 
+from . import history_ctl  # noqa: F401  (registers the log/diff/restore ctl commands)
 from .operations import VersionFS
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,14 @@ def _options(fuse_options: Iterable[str], read_only: bool) -> set[str]:
 
 async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool = False,
                 fuse_options: Iterable[str] = (), ready: Callable[[], None] | None = None,
-                idle_seal_seconds: float = 2.0) -> None:
-    """Mount at `mountpoint` and serve requests until unmounted or signalled."""
+                idle_seal_seconds: float = 2.0,
+                services: Iterable[Callable[[VersionFS, trio.Nursery], None]] = ()) -> None:
+    """Mount at `mountpoint` and serve requests until unmounted or signalled.
+
+    Each of `services` is called once with the operations object and the
+    mount's nursery, to start what runs beside it (automatic snapshots, the
+    metrics endpoint); their tasks end with the mount.
+    """
     mountpoint = os.path.abspath(os.fspath(mountpoint))
     ops = VersionFS(meta, blobs, paired, os.fspath(dirty_dir), mountpoint=mountpoint,
                     read_only=read_only, idle_seal_seconds=idle_seal_seconds)
@@ -56,6 +63,8 @@ async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool =
     try:
         async with trio.open_nursery() as nursery:
             ops.start(nursery)
+            for start_service in services:
+                start_service(ops, nursery)
             if ready is not None:
                 nursery.start_soon(_announce_ready, mountpoint, ready)
             stop = trio.Event()

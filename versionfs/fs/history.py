@@ -1,0 +1,587 @@
+"""History over the MVCC store: `log`, `diff` and `restore`.
+
+Everything here reads the store through the fs key layout (schema.py) at a
+revision, never through the kernel, so the cost of `diff` and `log` follows the
+size of the change, not of the tree:
+
+* `MVCCStore.changed_keys(a, b)` lists only the keys written between the two
+  revisions (one LMDB seek into the per-revision change index);
+* each changed key is read at both ends (two O(log n) lookups) so writes that
+  were undone again drop out;
+* a changed inode's path comes from the reverse links (`b"P" ino parent name`),
+  one lookup per directory level, instead of a walk of the tree.
+
+Inode numbers are never reused, so one number means one object at every
+revision: an entry that disappears at one path and appears at another with the
+same inode is a rename, whatever happened in between.
+
+`restore` copies metadata only. The restored objects get fresh inode numbers
+(the old ones may still be live elsewhere) but their extents point at the very
+same blobs, so no file data is read, copied or uploaded. It runs inside the
+daemon (ctl command), which alone may write the store.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import posixpath
+import stat
+import weakref
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from . import schema
+from .schema import ROOT_INO, Inode
+
+log = logging.getLogger(__name__)
+
+EMPTY_REV = 0              # "before the first revision": nothing exists
+WRITE_BATCH_KEYS = 2000    # keys per MVCC batch while restoring a big tree
+_CONTENT_TAGS = (b"I", b"E", b"X", b"L")
+
+
+class HistoryError(Exception):
+    """A history request that cannot be served; `errno` is what ctl returns."""
+
+    def __init__(self, message: str, err: int = errno.EINVAL):
+        super().__init__(message)
+        self.errno = err
+
+
+# --------------------------------------------------------------------- reading
+
+def show_name(name: bytes) -> str:
+    """A file name for people and JSON: UTF-8, undecodable bytes as \\xNN."""
+    return name.decode("utf-8", errors="backslashreplace")
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "other"
+
+
+class TreeAt:
+    """Read-only view of the tree at one revision (`rev` None = the live head).
+
+    Caches what it resolved, so resolving many paths in one directory costs
+    one lookup per directory, once.
+    """
+
+    def __init__(self, meta, rev: int | None):
+        self.meta = meta
+        self.rev = rev
+        self._paths: dict[int, str | None] = {ROOT_INO: ""}
+        self._fallback: dict[int, tuple[int, bytes]] | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        if self.rev == EMPTY_REV:
+            return None
+        return self.meta.get(key, self.rev)
+
+    def range(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if self.rev == EMPTY_REV:
+            return iter(())
+        return self.meta.range(prefix, schema.prefix_end(prefix), self.rev, limit)
+
+    def inode(self, ino: int) -> Inode | None:
+        raw = self.get(schema.inode_key(ino))
+        return None if raw is None else Inode.unpack(ino, raw)
+
+    def child(self, parent: int, name: bytes) -> int | None:
+        raw = self.get(schema.dirent_key(parent, name))
+        return None if raw is None else schema.from_u64(raw)
+
+    def links(self, ino: int) -> list[tuple[int, bytes]]:
+        """(parent, name) of every entry naming `ino`, from the reverse links."""
+        prefix = schema.link_prefix(ino)
+        out = [(schema.from_u64(k[9:17]), k[17:]) for k, _ in self.range(prefix)]
+        if not out and ino != ROOT_INO:
+            found = self._reverse_map().get(ino)
+            if found is not None:
+                out = [found]
+        return out
+
+    def _reverse_map(self) -> dict[int, tuple[int, bytes]]:
+        """Walk the whole tree once: only for revisions written before the
+        reverse links existed (none of them has a b"P" key)."""
+        if self._fallback is None:
+            log.warning("revision %s has no reverse links; walking the tree to find paths", self.rev)
+            self._fallback = {}
+            todo = [ROOT_INO]
+            while todo:
+                d = todo.pop()
+                prefix = schema.dirent_prefix(d)
+                for k, v in self.range(prefix):
+                    child = schema.from_u64(v)
+                    self._fallback.setdefault(child, (d, k[len(prefix):]))
+                    inode = self.inode(child)
+                    if inode is not None and inode.is_dir:
+                        todo.append(child)
+        return self._fallback
+
+    def dir_path(self, ino: int) -> str | None:
+        """Path of a directory (or any object, through its first link), "" for the root."""
+        if ino in self._paths:
+            return self._paths[ino]
+        chain = []
+        cur = ino
+        while cur not in self._paths:
+            links = self.links(cur)
+            if not links:
+                path = None
+                break
+            parent, name = min(links)
+            chain.append((cur, name))
+            cur = parent
+            if len(chain) > 4096:
+                raise HistoryError(f"inode {ino}: directory chain too deep or looping at revision {self.rev}",
+                                   errno.ELOOP)
+        else:
+            path = self._paths[cur]
+        for node, name in reversed(chain):
+            path = None if path is None else posixpath.join(path, show_name(name)) if path else show_name(name)
+            self._paths[node] = path
+        return self._paths.get(ino, path)
+
+    def entry_path(self, parent: int, name: bytes) -> str | None:
+        base = self.dir_path(parent)
+        if base is None:
+            return None
+        return posixpath.join(base, show_name(name)) if base else show_name(name)
+
+    def paths(self, ino: int) -> list[str]:
+        """Every path naming `ino` (hard links give several)."""
+        out = []
+        for parent, name in self.links(ino):
+            p = self.entry_path(parent, name)
+            if p is not None:
+                out.append(p)
+        return sorted(out)
+
+    def lookup(self, path: str) -> int | None:
+        """Inode of a mount-relative path ("" or "/" is the root), or None."""
+        ino = ROOT_INO
+        if self.rev == EMPTY_REV:
+            return None
+        for part in split_path(path):
+            if part == b"..":
+                inode = self.inode(ino)
+                ino = inode.parent if inode is not None and inode.parent else ROOT_INO
+                continue
+            inode = self.inode(ino)
+            if inode is None or not inode.is_dir:
+                return None
+            child = self.child(ino, part)
+            if child is None:
+                return None
+            ino = child
+        return ino if self.inode(ino) is not None else None
+
+
+def split_path(path: str) -> list[bytes]:
+    """Mount-relative path -> name components (bytes), "." dropped."""
+    return [p.encode("utf-8", "surrogateescape") for p in path.split("/") if p not in ("", ".")]
+
+
+def norm_path(path: str) -> str:
+    parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
+    return "/".join(parts)
+
+
+# ----------------------------------------------------------------------- diff
+
+@dataclass
+class Change:
+    """One line of a diff. `kind`: A added, D removed, M modified, R renamed."""
+
+    kind: str
+    path: str
+    type: str
+    old_path: str | None = None
+    bytes: int = 0              # new data (A, M) or data no longer in the tree (D)
+    content_changed: bool = False   # for R: the object was also modified
+
+    def as_dict(self) -> dict:
+        d = {"kind": self.kind, "path": self.path, "type": self.type, "bytes": self.bytes}
+        if self.old_path is not None:
+            d["old_path"] = self.old_path
+        if self.kind == "R":
+            d["modified"] = self.content_changed
+        return d
+
+    def line(self) -> str:
+        slash = "/" if self.type == "dir" else ""
+        if self.kind == "R":
+            mark = "R*" if self.content_changed else "R"
+            return f"{mark}\t{self.old_path}{slash} -> {self.path}{slash}"
+        return f"{self.kind}\t{self.path}{slash}"
+
+
+@dataclass
+class Diff:
+    changes: list[Change] = field(default_factory=list)
+    keys_examined: int = 0
+
+    def summary(self) -> dict:
+        count = {k: 0 for k in "ADMR"}
+        for c in self.changes:
+            count[c.kind] += 1
+        return {
+            "added": count["A"], "removed": count["D"], "modified": count["M"],
+            "renamed": count["R"],
+            "bytes_added": sum(c.bytes for c in self.changes if c.kind in "AM"),
+            "bytes_removed": sum(c.bytes for c in self.changes if c.kind == "D"),
+            "keys_examined": self.keys_examined,
+        }
+
+    def filtered(self, path: str) -> "Diff":
+        """Only changes at `path` or below it (either end of a rename counts)."""
+        path = norm_path(path)
+        if not path:
+            return self
+        def under(p: str | None) -> bool:
+            return p is not None and (p == path or p.startswith(path + "/"))
+        return Diff([c for c in self.changes if under(c.path) or under(c.old_path)], self.keys_examined)
+
+
+def _file_bytes(tree: TreeAt, ino: int) -> int:
+    inode = tree.inode(ino)
+    return inode.size if inode is not None and inode.is_reg else 0
+
+
+def _attrs_differ(a: Inode, b: Inode) -> bool:
+    """Did what a user sees change? (directory size/mtime/nlink move with their entries)"""
+    if a.is_dir:
+        return (a.mode, a.uid, a.gid) != (b.mode, b.uid, b.gid)
+    return ((a.mode, a.uid, a.gid, a.rdev, a.size, a.mtime_ns)
+            != (b.mode, b.uid, b.gid, b.rdev, b.size, b.mtime_ns))
+
+
+def _owned(tree: TreeAt, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    return [(k[len(prefix):], v) for k, v in tree.range(prefix)]
+
+
+def same_object(ta: TreeAt, ia: Inode, tb: TreeAt, ib: Inode) -> bool:
+    """Do two objects (different inodes) look the same to a user? Compares
+    attributes, xattrs, symlink target and extents (blob pointers, not bytes)."""
+    if _attrs_differ(ia, ib):
+        return False
+    if _owned(ta, schema.xattr_prefix(ia.ino)) != _owned(tb, schema.xattr_prefix(ib.ino)):
+        return False
+    if ia.is_lnk:
+        return ta.get(schema.symlink_key(ia.ino)) == tb.get(schema.symlink_key(ib.ino))
+    if ia.is_reg:
+        return _owned(ta, schema.extent_prefix(ia.ino)) == _owned(tb, schema.extent_prefix(ib.ino))
+    return True
+
+
+def diff(meta, rev_a: int, rev_b: int | None) -> Diff:
+    """What changed from revision `rev_a` to `rev_b` (None: the live head).
+
+    `rev_a` may be EMPTY_REV (diff against nothing). Either order works.
+    """
+    head = meta.head
+    ra = head if rev_a is None else rev_a
+    rb = head if rev_b is None else rev_b
+    ta, tb = TreeAt(meta, rev_a), TreeAt(meta, rev_b)
+    result = Diff()
+    if ra == rb:
+        return result
+    lo, hi = min(ra, rb), max(ra, rb)
+    removed: dict[tuple[int, bytes], int] = {}
+    added: dict[tuple[int, bytes], int] = {}
+    touched: dict[int, set[bytes]] = {}
+    for key in meta.changed_keys(lo, hi):
+        result.keys_examined += 1
+        tag = key[:1]
+        if tag == b"D":
+            va, vb = ta.get(key), tb.get(key)
+            if va == vb:
+                continue
+            where = (schema.from_u64(key[1:9]), key[9:])
+            if va is not None:
+                removed[where] = schema.from_u64(va)
+            if vb is not None:
+                added[where] = schema.from_u64(vb)
+        elif tag in _CONTENT_TAGS:
+            touched.setdefault(schema.from_u64(key[1:9]), set()).add(key)
+    changes = result.changes
+
+    def content_change(ino: int) -> tuple[bool, int]:
+        """(changed, bytes of new extents) for an object present at both ends."""
+        keys = touched.get(ino)
+        if not keys:
+            return False, 0
+        ia, ib = ta.inode(ino), tb.inode(ino)
+        if ia is None or ib is None:
+            return False, 0
+        changed = _attrs_differ(ia, ib)
+        new_bytes = 0
+        for key in keys:
+            if key[:1] == b"I":
+                continue
+            va, vb = ta.get(key), tb.get(key)
+            if va == vb:
+                continue
+            changed = True
+            if key[:1] == b"E" and vb is not None:
+                new_bytes += schema.unpack_extent(key, vb)[1]
+        return changed, new_bytes
+
+    # Renames: the same object left one entry and appeared at another.
+    by_ino_removed: dict[int, list[tuple[int, bytes]]] = {}
+    for where, ino in removed.items():
+        by_ino_removed.setdefault(ino, []).append(where)
+    renamed_inos = set()
+    for where_b, ino in sorted(added.items()):
+        olds = by_ino_removed.get(ino)
+        if not olds:
+            continue
+        where_a = olds.pop(0)
+        del removed[where_a]
+        del added[where_b]
+        renamed_inos.add(ino)
+        inode = tb.inode(ino) or ta.inode(ino)
+        changed, nbytes = content_change(ino)
+        changes.append(Change("R", tb.entry_path(*where_b) or "?", kind_of(inode.mode) if inode else "other",
+                              old_path=ta.entry_path(*where_a) or "?", bytes=nbytes,
+                              content_changed=changed))
+    # The same path removed and added with another object (an editor's
+    # write-to-temp-and-rename save, or a restore): one modification of that
+    # path, or none at all when the new object equals the old one.
+    removed_at = {ta.entry_path(*w) or "?": (w, ino) for w, ino in removed.items()}
+    added_at = {tb.entry_path(*w) or "?": (w, ino) for w, ino in added.items()}
+    for path in sorted(set(removed_at) & set(added_at)):
+        (_, old_ino), (_, new_ino) = removed_at[path], added_at[path]
+        ia, ib = ta.inode(old_ino), tb.inode(new_ino)
+        if ia is None or ib is None or ia.is_dir != ib.is_dir:
+            continue
+        del removed_at[path], added_at[path]
+        if not same_object(ta, ia, tb, ib):
+            changes.append(Change("M", path, kind_of(ib.mode), bytes=_file_bytes(tb, new_ino)))
+    for path, (_, ino) in removed_at.items():
+        inode = ta.inode(ino)
+        gone = tb.inode(ino) is None
+        changes.append(Change("D", path, kind_of(inode.mode) if inode else "other",
+                              bytes=_file_bytes(ta, ino) if gone else 0))
+    for path, (_, ino) in added_at.items():
+        inode = tb.inode(ino)
+        new = ta.inode(ino) is None
+        changes.append(Change("A", path, kind_of(inode.mode) if inode else "other",
+                              bytes=_file_bytes(tb, ino) if new else 0))
+    # In-place modifications of objects that exist at both ends.
+    for ino in sorted(touched):
+        if ino == ROOT_INO or ino in renamed_inos:
+            continue
+        changed, nbytes = content_change(ino)
+        if not changed:
+            continue
+        inode = tb.inode(ino)
+        for path in tb.paths(ino):
+            changes.append(Change("M", path, kind_of(inode.mode), bytes=nbytes))
+    changes.sort(key=lambda c: (c.path, c.kind))
+    return result
+
+
+# ------------------------------------------------------------------------ log
+
+@dataclass
+class LogEntry:
+    rev: int | None            # None: the live tree's changes since the last snapshot
+    name: str | None
+    time: float | None
+    dirname: str
+    diff: Diff
+
+    def as_dict(self) -> dict:
+        return {"rev": self.rev, "name": self.name, "time": self.time, "dirname": self.dirname,
+                **self.diff.summary()}
+
+
+def log_entries(meta, path: str | None = None, *, include_live: bool = True,
+                dirname=lambda info: str(info.rev)) -> list[LogEntry]:
+    """Newest first: every retained revision with what changed since the one before.
+
+    With `path`, only revisions where something at or below it changed.
+    """
+    revs = meta.revisions()
+    steps: list[tuple[int, int | None, object]] = []
+    prev = EMPTY_REV
+    for info in revs:
+        steps.append((prev, info.rev, info))
+        prev = info.rev
+    if include_live:
+        steps.append((prev, None, None))
+    out = []
+    for a, b, info in reversed(steps):
+        d = diff(meta, a, b)
+        if path is not None:
+            d = d.filtered(path)
+        if info is None:
+            if not d.changes:
+                continue
+            out.append(LogEntry(None, None, None, "live", d))
+        elif path is None or d.changes:
+            out.append(LogEntry(info.rev, info.name, info.time, dirname(info), d))
+    return out
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def summary_text(s: dict) -> str:
+    parts = [f"{s[k]} {k}" for k in ("added", "removed", "modified", "renamed") if s[k]]
+    text = ", ".join(parts) if parts else "no changes"
+    if s["bytes_added"]:
+        text += f"; {human_size(s['bytes_added'])} new data"
+    if s["bytes_removed"]:
+        text += f"; {human_size(s['bytes_removed'])} removed"
+    return text
+
+
+# -------------------------------------------------------------------- restore
+
+@dataclass
+class RestorePlan:
+    """The source subtree, read at a frozen revision, ready to be written live."""
+
+    root: int
+    objects: dict[int, Inode] = field(default_factory=dict)     # old ino -> record
+    entries: list[tuple[int, bytes, int]] = field(default_factory=list)  # (old parent, name, old child)
+    links_inside: dict[int, int] = field(default_factory=dict)  # old ino -> entries naming it
+
+    @property
+    def total(self) -> int:
+        return len(self.objects)
+
+
+def plan_restore(tree: TreeAt, root: int) -> RestorePlan:
+    """Walk the subtree at a frozen revision (blocking; safe in a worker thread)."""
+    plan = RestorePlan(root)
+    inode = tree.inode(root)
+    if inode is None:
+        raise HistoryError("the object to restore does not exist at that revision", errno.ENOENT)
+    plan.objects[root] = inode
+    todo = [root] if inode.is_dir else []
+    while todo:
+        d = todo.pop()
+        prefix = schema.dirent_prefix(d)
+        for k, v in tree.range(prefix):
+            child = schema.from_u64(v)
+            plan.entries.append((d, k[len(prefix):], child))
+            plan.links_inside[child] = plan.links_inside.get(child, 0) + 1
+            if child not in plan.objects:
+                ci = tree.inode(child)
+                if ci is None:
+                    raise HistoryError(f"revision {tree.rev} is inconsistent: entry "
+                                       f"{show_name(k[len(prefix):])!r} names missing inode {child}", errno.EIO)
+                plan.objects[child] = ci
+                if ci.is_dir:
+                    todo.append(child)
+    return plan
+
+
+def write_restored(meta, tree: TreeAt, plan: RestorePlan, new_ino: dict[int, int], new_parent: int,
+                   now_ns: int, progress=None) -> None:
+    """Write fresh copies of every object of `plan` (blocking; worker thread is fine).
+
+    The copies are unreachable until the caller links the root in: a reader of
+    the live tree never sees a half-restored subtree.
+    """
+    subdirs: dict[int, int] = {}
+    for parent, _name, child in plan.entries:
+        if plan.objects[child].is_dir:
+            subdirs[parent] = subdirs.get(parent, 0) + 1
+    parent_of = {child: parent for parent, _n, child in plan.entries if plan.objects[child].is_dir}
+    pending: list[tuple[bytes, bytes | None]] = []
+
+    def flush():
+        if pending:
+            with meta.write() as b:
+                for k, v in pending:
+                    b.put(k, v)
+            pending.clear()
+
+    done = 0
+    for old, inode in plan.objects.items():
+        ino = new_ino[old]
+        rec = Inode(ino, inode.mode, 0, inode.uid, inode.gid, inode.rdev, inode.size,
+                    inode.atime_ns, inode.mtime_ns, now_ns, 0, inode.stored)
+        if inode.is_dir:
+            rec.nlink = 2 + subdirs.get(old, 0)
+            rec.parent = new_parent if old == plan.root else new_ino[parent_of[old]]
+        else:
+            rec.nlink = max(1, plan.links_inside.get(old, 0)) if old != plan.root else 1
+        pending.append((schema.inode_key(ino), rec.pack()))
+        for tag_prefix, make in ((schema.extent_prefix(old), lambda k: schema.extent_key(ino, schema.from_u64(k[9:17]))),
+                                 (schema.xattr_prefix(old), lambda k: schema.xattr_key(ino, k[9:]))):
+            for k, v in tree.range(tag_prefix):
+                pending.append((make(k), v))
+        if inode.is_lnk:
+            target = tree.get(schema.symlink_key(old))
+            if target is not None:
+                pending.append((schema.symlink_key(ino), target))
+        done += 1
+        if len(pending) >= WRITE_BATCH_KEYS:
+            flush()
+            if progress is not None:
+                progress(done)
+    for parent, name, child in plan.entries:
+        pending.append((schema.dirent_key(new_ino[parent], name), schema.u64(new_ino[child])))
+        pending.append((schema.link_key(new_ino[child], new_ino[parent], name), b""))
+        if len(pending) >= WRITE_BATCH_KEYS:
+            flush()
+    flush()
+    if progress is not None:
+        progress(done)
+
+
+def subtree_entries(meta, root: int, is_dir) -> list[tuple[int, bytes, int]]:
+    """(parent, name, child) of the live subtree below `root`, children before parents."""
+    out: list[tuple[int, bytes, int]] = []
+    todo = [root]
+    order = []
+    while todo:
+        d = todo.pop()
+        order.append(d)
+        prefix = schema.dirent_prefix(d)
+        for k, v in meta.range(prefix, schema.prefix_end(prefix)):
+            child = schema.from_u64(v)
+            out.append((d, k[len(prefix):], child))
+            if is_dir(child):
+                todo.append(child)
+    depth = {root: 0}
+    for parent, _n, child in out:
+        depth[child] = depth[parent] + 1
+    out.sort(key=lambda e: -depth[e[2]])
+    return out
+
+
+def iter_chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class Progress:
+    """What a long job has done so far, for the `progress` ctl command."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total, self.done = what, total, 0
+
+    def as_dict(self) -> dict:
+        return {"job": self.what, "done": self.done, "total": self.total}
+
+
+JOBS: "weakref.WeakKeyDictionary[object, Progress]" = weakref.WeakKeyDictionary()
