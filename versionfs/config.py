@@ -372,3 +372,34 @@ def example_toml() -> str:
             if key.example is not None:
                 lines.append("# e.g. " + tomli_w.dumps({key.name: key.example}).rstrip("\n"))
     return "\n".join(lines) + "\n"
+
+# Issue 6: automatic snapshots, the metrics endpoint, log verbosity (versionfs.fs.scheduler,
+# versionfs.metrics, versionfs.logsetup).
+def _interval(v: Any) -> str | None:
+    problem = _duration(v)
+    if problem or v == "":
+        return problem
+    from versionfs.retention import parse_duration
+    return None if parse_duration(v) >= 1 else "must be at least 1s (or \"\" for off)"
+
+
+def _listen(v: Any) -> str | None:
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, e.g. \"127.0.0.1:9108\" (or \"\" for off)"
+    return None
+
+
+register(Key("snapshots", "interval", "str", "",
+             "Take a snapshot automatically this often (e.g. \"1h\", \"30m\", \"1d\"), "
+             "skipped when nothing changed, then forget what the keep_* rules do not keep. "
+             "Empty = no automatic snapshots.", _interval, example="1h"))
+register(Key("metrics", "listen", "str", "",
+             "Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. \"127.0.0.1:9108\"). "
+             "Empty = off. The endpoint has no authentication: keep it on localhost.",
+             _listen, example="127.0.0.1:9108"))
+register(Key("mount", "log_level", "str", "info",
+             "Daemon log level: debug, info, warning or error (VERSIONFS_LOG_LEVEL overrides).",
+             _one_of("debug", "info", "warning", "error")))
