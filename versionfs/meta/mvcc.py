@@ -249,6 +249,7 @@ class MVCCStore:
         self._wal: WAL | None = None
         self._gen = _Gen()
         self._frozen: list[_Gen] = []
+        self._seen_state = None
         self._backend = Backend(
             os.path.join(self.dir, "db"),
             batch_interval=batch_interval,
@@ -266,7 +267,6 @@ class MVCCStore:
             if self._wal is not None:
                 self._wal.close()
             raise
-        self._seen_state = None
 
     def _load(self, segment_bytes: int) -> None:
         b = self._backend
@@ -402,6 +402,7 @@ class MVCCStore:
             self._apply_write(ops, index, rev)
 
     def _apply_write(self, ops: list, index: int, rev: int) -> None:
+        self._refresh()  # write-only workloads must shed committed generations too
         gen = self._gen
         data = gen.data
         for key, _ek, value in ops:
