@@ -422,11 +422,17 @@ class MVCCStore:
         gen.max_rev = rev
         rinv = _inv(rev)
         rbe = _U64.pack(rev)
-        versions = [(ek + rinv, TOMB if value is None else PUT + value) for _k, ek, value in ops]
-        changes = [(rbe + key, b"") for key, _ek, _v in ops]
+        versions = []
+        changes = []
+        nbytes = 0
+        for key, ek, value in ops:
+            stored = TOMB if value is None else PUT + value
+            versions.append((ek + rinv, stored))
+            changes.append((rbe + key, b""))
+            nbytes += 2 * len(ek) + len(stored) + 16
         with self._backend.batch_tx() as tx:
-            tx.put_many(KV, versions)
-            tx.put_many(CHANGES, changes)
+            tx.put_many(KV, versions, nbytes)
+            tx.put_many(CHANGES, changes, 0)  # counted with the versions above
             tx.set_applied_index(index)
 
     def sync(self) -> None:
