@@ -55,6 +55,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 EXTENSION_MODULES: list[str] = []     # e.g. "versionfs.cloud.cli" (issue 5) registering more
+EXTENSION_MODULES.append("versionfs.history_cli")    # issue 6: log, diff, restore
 
 
 def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None] | None = None,
@@ -473,11 +474,8 @@ def _sd_notify(message: str) -> None:
 
 
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("VERSIONFS_LOG_LEVEL", "INFO").upper())
+    from versionfs import logsetup        # journal-aware under systemd (issue 6)
+    logsetup.setup_logging()
 
 
 def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: str | None,
@@ -505,15 +503,19 @@ def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: s
         else:
             log.exception("mount failed")
         return EXIT_ERROR
+    from versionfs import logsetup
+    logsetup.set_level(st.config["mount.log_level"])
     log.info("versionfs %s mounting %s on %s (pid %d)", __version__, state_dir, mountpoint,
              os.getpid())
     try:
         from versionfs.fs import mount as fsmount
+        from versionfs.fs.services import daemon_services
         fsmount.run(st.meta, st.blobs, st.paired, str(mountpoint), dirty_dir=st.dirty_dir,
                     read_only=opts.read_only,
                     fuse_options=tuple(_fuse_options(state_dir, st.config, opts)),
                     ready=readiness.ready,
-                    idle_seal_seconds=st.config["mount.idle_seal_seconds"])
+                    idle_seal_seconds=st.config["mount.idle_seal_seconds"],
+                    services=daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")
         log.exception("mount failed")

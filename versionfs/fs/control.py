@@ -62,6 +62,8 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {}
+# Callables fs -> dict whose items `status` adds (scheduler, metrics, jobs; issue 6).
+STATUS_EXTRAS: list[Callable[[object], dict]] = []
 
 
 def command(name: str, usage: str, summary: str):
@@ -142,6 +144,8 @@ async def _status(fs, args):
     if args not in ([], ["--json"]):
         raise CommandError("usage: status [--json]")
     st = fs.status()
+    for extra in STATUS_EXTRAS:
+        st.update(extra(fs))
     if args:
         return json.dumps(st, sort_keys=False)
     return "\n".join(f"{k.replace('_', ' ')}: {'-' if v is None else v}" for k, v in st.items())

@@ -67,12 +67,19 @@ def _describe_rev(meta, rev: int | None) -> dict:
 
 
 def _take_flags(args: list[str], *flags: str) -> tuple[set[str], list[str]]:
-    found = {a for a in args if a in flags}
-    rest = [a for a in args if a not in flags]
-    for a in rest:
-        if a.startswith("--") and a != "--":
+    """Split options from operands; after "--" everything is an operand."""
+    found, rest = set(), []
+    for i, a in enumerate(args):
+        if a == "--":
+            rest += args[i + 1:]
+            break
+        if a in flags:
+            found.add(a)
+        elif a.startswith("--"):
             raise CommandError(f"unknown option {a}")
-    return found, [a for a in rest if a != "--"]
+        else:
+            rest.append(a)
+    return found, rest
 
 
 async def _settle_live(fs) -> None:
@@ -144,6 +151,9 @@ async def _restore(fs, args):
     rest = []
     it = iter(args)
     for a in it:
+        if a == "--":
+            rest += list(it)
+            break
         if a == "--to":
             dest = next(it, None)
             if dest is None:
@@ -152,7 +162,7 @@ async def _restore(fs, args):
             dest = a[len("--to="):]
         elif a.startswith("--") and a != "--":
             raise CommandError(f"restore: unknown option {a}")
-        elif a != "--":
+        else:
             rest.append(a)
     if len(rest) != 2:
         raise CommandError("usage: restore [--to DEST] REV PATH")

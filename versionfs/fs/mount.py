@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import pyfuse3
 import trio
 
-from . import history_ctl  # noqa: F401  (registers the log/diff/restore ctl commands)
+from . import history_ctl, services  # noqa: F401  (register ctl commands and status lines)
 from .operations import VersionFS
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,8 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from versionfs import metrics
+
 from . import schema
 from .control import CommandError, CtlHandle, snapshot_dirname
 from .data import STREAM_SEAL_BYTES, DataManager, Extent, FileData, SealResult
@@ -71,11 +73,17 @@ def _errno_for(exc: BaseException) -> int | None:
 
 
 def _guard(fn):
+    op = fn.__name__
+
     @functools.wraps(fn)
     async def handler(self, *args):
+        start = time.perf_counter()
         try:
-            return await fn(self, *args)
+            result = await fn(self, *args)
+            metrics.request_done(op, time.perf_counter() - start, True, result)
+            return result
         except FUSEError:
+            metrics.request_done(op, time.perf_counter() - start, False)
             raise
         except Exception as exc:        # noqa: BLE001 - the mount must stay up
             err = _errno_for(exc)
@@ -83,6 +91,7 @@ def _guard(fn):
                 log.exception("%s%r failed unexpectedly; returning EIO", fn.__name__, args[:2])
                 self.last_error = f"{fn.__name__}: {exc!r}"
                 err = errno.EIO
+            metrics.request_done(op, time.perf_counter() - start, False)
             raise FUSEError(err) from None
     return handler
 

@@ -1,0 +1,149 @@
+"""Prometheus metrics of a mount (`[metrics] listen = "127.0.0.1:9108"`).
+
+Counters are process-wide and cost nothing until `serve()` enables them: the
+FUSE handlers call `request_done` on every request, which returns at once when
+metrics are off. Gauges (upload backlog, snapshots, revision) are read from
+the live objects at scrape time by a collector, from the HTTP server's thread,
+so it only touches thread-safe things (the MVCC store, the Paired store, the
+scheduler's counters).
+
+Exported (all prefixed `versionfs_`):
+  fuse_requests_total{op,result}    requests by FUSE operation, ok or error
+  fuse_request_seconds{op}          latency histogram by operation
+  bytes_read_total, bytes_written_total   file data through read()/write()
+  chunk_cache_hits_total, chunk_cache_misses_total   decoded-chunk cache
+  slow_store_fetches_total          blobs read from the slow store (fast-store misses)
+  upload_backlog_blobs, upload_backlog_bytes, uploads_total
+  snapshots, head_revision, auto_snapshots_taken_total, auto_snapshots_skipped_total
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+ENABLED = False
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter("versionfs_fuse_requests", "FUSE requests by operation and result",
+                   ["op", "result"], registry=REGISTRY)
+LATENCY = Histogram("versionfs_fuse_request_seconds", "FUSE request latency by operation", ["op"],
+                    buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                             1, 2.5, 5, 10), registry=REGISTRY)
+BYTES_READ = Counter("versionfs_bytes_read", "file bytes returned by read()", registry=REGISTRY)
+BYTES_WRITTEN = Counter("versionfs_bytes_written", "file bytes accepted by write()", registry=REGISTRY)
+CACHE_HITS = Counter("versionfs_chunk_cache_hits", "reads served by the decoded-chunk cache",
+                     registry=REGISTRY)
+CACHE_MISSES = Counter("versionfs_chunk_cache_misses", "chunk reads that went to the blob store",
+                       registry=REGISTRY)
+SLOW_FETCHES = Counter("versionfs_slow_store_fetches",
+                       "blobs fetched from the slow store because the fast store lacked them",
+                       registry=REGISTRY)
+
+
+def request_done(op: str, seconds: float, ok: bool, result: Any = None) -> None:
+    """Called by every FUSE handler when it finishes."""
+    if not ENABLED:
+        return
+    REQUESTS.labels(op, "ok" if ok else "error").inc()
+    LATENCY.labels(op).observe(seconds)
+    if ok:
+        if op == "read" and isinstance(result, (bytes, bytearray, memoryview)):
+            BYTES_READ.inc(len(result))
+        elif op == "write" and isinstance(result, int):
+            BYTES_WRITTEN.inc(result)
+
+
+class _MountCollector:
+    """Gauges read from the mount's objects when Prometheus scrapes."""
+
+    def __init__(self, fs, scheduler=None):
+        self.fs = fs
+        self.scheduler = scheduler
+
+    def collect(self):
+        meta, paired = self.fs.meta, self.fs.paired
+        try:
+            revs = meta.revisions()
+            head = meta.head
+        except Exception:                     # noqa: BLE001 - the store is closing
+            return
+        yield GaugeMetricFamily("versionfs_snapshots", "retained snapshots", value=len(revs))
+        yield GaugeMetricFamily("versionfs_head_revision", "the live tree's revision", value=head)
+        if paired is not None:
+            st = paired.status()
+            yield GaugeMetricFamily("versionfs_upload_backlog_blobs", "blobs waiting for upload",
+                                    value=st.get("pending_count") or 0)
+            yield GaugeMetricFamily("versionfs_upload_backlog_bytes", "bytes waiting for upload",
+                                    value=st.get("pending_bytes") or 0)
+            yield CounterMetricFamily("versionfs_uploads", "blobs uploaded to the slow store",
+                                      value=st.get("uploaded_count") or 0)
+            if st.get("fast_bytes") is not None:
+                yield GaugeMetricFamily("versionfs_fast_store_bytes", "bytes in the fast store",
+                                        value=st["fast_bytes"])
+        if self.scheduler is not None:
+            yield CounterMetricFamily("versionfs_auto_snapshots_taken", "automatic snapshots taken",
+                                      value=self.scheduler.taken)
+            yield CounterMetricFamily("versionfs_auto_snapshots_skipped",
+                                      "automatic snapshots skipped because nothing changed",
+                                      value=self.scheduler.skipped)
+
+
+def _count_cache(fs) -> None:
+    """Count hits of the decoded-chunk cache and slow-store fetches by wrapping
+    the two lookups on this mount's objects (no change to the data path)."""
+    cache = getattr(getattr(fs, "data", None), "cache", None)
+    if cache is not None and not getattr(cache, "_counted", False):
+        lookup = cache.get
+
+        def counted_get(key):
+            data = lookup(key)
+            (CACHE_HITS if data is not None else CACHE_MISSES).inc()
+            return data
+        cache.get = counted_get
+        cache._counted = True
+    paired = fs.paired
+    slow_get = getattr(paired, "_slow_get", None)
+    if slow_get is not None and not getattr(paired, "_counted", False):
+        def counted_slow_get(key):
+            SLOW_FETCHES.inc()
+            return slow_get(key)
+        paired._slow_get = counted_slow_get
+        paired._counted = True
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """The HTTP endpoint for one mount; `close()` stops it."""
+
+    def __init__(self, fs, listen: str, scheduler=None):
+        from prometheus_client import start_http_server
+        global ENABLED
+        host, port = parse_listen(listen)
+        self.collector = _MountCollector(fs, scheduler)
+        REGISTRY.register(self.collector)
+        try:
+            self.server, self.thread = start_http_server(port, host, registry=REGISTRY)
+        except OSError as e:
+            REGISTRY.unregister(self.collector)
+            raise OSError(e.errno, f"metrics endpoint {listen}: {e.strerror}") from None
+        _count_cache(fs)
+        ENABLED = True
+        self.address = f"{host}:{self.server.server_port}"
+        log.info("Prometheus metrics at http://%s/metrics", self.address)
+
+    def close(self) -> None:
+        global ENABLED
+        ENABLED = False
+        self.server.shutdown()
+        self.server.server_close()
+        REGISTRY.unregister(self.collector)
