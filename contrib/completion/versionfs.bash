@@ -14,7 +14,7 @@ _versionfs() {
         cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}
         words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD
     fi
-    local commands="init mount umount snapshot snapshots status flush serve-store demo"
+    local commands="init mount umount snapshot snapshots status flush serve-store demo log diff restore"
 
     if [ "$cword" -eq 1 ]; then
         COMPREPLY=($(compgen -W "$commands --help --version" -- "$cur"))
@@ -27,6 +27,7 @@ _versionfs() {
         --cipher) COMPREPLY=($(compgen -W "aes-256-gcm chacha20-poly1305" -- "$cur")); return ;;
         -o) COMPREPLY=($(compgen -W "allow_other allow_root default_permissions ro nonempty passphrase_file=" -- "$cur")); return ;;
         --timeout) return ;;
+        --to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     esac
     if [[ $cur == -* ]]; then
         local opts="--help"
@@ -37,6 +38,9 @@ _versionfs() {
             status) opts="--json --help" ;;
             flush) opts="--timeout --help" ;;
             demo) opts="--state-dir --mountpoint --help" ;;
+            log) opts="--json --help" ;;
+            diff) opts="--stat --json --help" ;;
+            restore) opts="--to --no-progress --help" ;;
         esac
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
         return
@@ -48,6 +52,18 @@ _versionfs() {
             mounts=$(_versionfs_mounts)
             COMPREPLY=($(compgen -W "$mounts" -- "$cur"))
             [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -d -- "$cur")) ;;
+        log|diff|restore)
+            # MOUNTPOINT first, then snapshot names (diff, restore) or paths in the mount.
+            local mnt=${words[2]} snaps
+            if [ "$cword" -eq 2 ]; then
+                COMPREPLY=($(compgen -W "$(_versionfs_mounts)" -- "$cur"))
+                [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -d -- "$cur"))
+            elif [ "$cmd" = log ] || { [ "$cmd" = restore ] && [ "$cword" -ge 4 ]; }; then
+                COMPREPLY=($(compgen -f -- "$cur"))
+            else
+                snaps=$(ls "$mnt/.versionfs/snapshots" 2>/dev/null)
+                COMPREPLY=($(compgen -W "$snaps latest live" -- "$cur"))
+            fi ;;
     esac
 }
 complete -F _versionfs versionfs
