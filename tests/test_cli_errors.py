@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_util import REPO, VERSIONFS, assert_user_error, force_cleanup, mount_type, ok, run_cli
+from cli_util import VERSIONFS, assert_user_error, force_cleanup, mount_type, ok, run_cli
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from versionfs import __version__
 from versionfs import config as configmod
@@ -33,7 +33,7 @@ from versionfs import ctlclient, state as statemod
 
 log = logging.getLogger("versionfs")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1
 READY_TIMEOUT_SECONDS = 300.0       # WAL replay after a crash may take a while
 DAEMON_EXIT_TIMEOUT_SECONDS = 120.0
 
@@ -88,14 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [UserError, statemod.StateError, configmod.ConfigError,
-                                        ctlclient.CtlError]
-    try:
-        from versionfs.blob.errors import BlobError
-        types.append(BlobError)
-    except ImportError:
-        pass
-    return tuple(types)
+    from versionfs.blob.errors import BlobError
+    return (UserError, statemod.StateError, configmod.ConfigError, ctlclient.CtlError, BlobError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+    except OSError as e:
+        # Permissions, a full disk, a vanished path: the environment, said plainly.
+        if os.environ.get("VERSIONFS_DEBUG"):
+            raise
+        _error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        return EXIT_ERROR
     except Exception as e:
         if os.environ.get("VERSIONFS_DEBUG"):
             raise
@@ -681,6 +681,17 @@ def _default_demo_dirs() -> tuple[Path, Path]:
     return data_home / "versionfs" / "demo", Path.home() / "versionfs-demo"
 
 
+def _self_command() -> str:
+    """How the user can run this same versionfs again: plain ``versionfs`` if that is on PATH."""
+    me = Path(sys.argv[0]).absolute() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("versionfs")
+    if me is not None and me.name == "versionfs":
+        if on_path and Path(on_path).resolve() == me.resolve():
+            return "versionfs"
+        return str(me)
+    return "versionfs" if on_path else f"{sys.executable} -m versionfs"
+
+
 def _setup_demo(p: argparse.ArgumentParser) -> None:
     state, mnt = _default_demo_dirs()
     p.add_argument("--state-dir", default=str(state), help=f"(default {state})")
@@ -704,13 +715,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cmd_mount(argparse.Namespace(state_dir=str(state_dir), mountpoint=str(mountpoint),
                                      foreground=False, options=[], read_only=False,
                                      passphrase_file=None, ready_fd=None, passphrase_fd=None))
-    m = mountpoint
+    m, vfs = mountpoint, _self_command()
     print(f"""
 Try it:
   echo hello > {m}/hello.txt
-  versionfs snapshot {m} first
+  {vfs} snapshot {m} first
   echo changed > {m}/hello.txt
   cat {m}/.versionfs/snapshots/*first*/hello.txt
-  versionfs status {m}
-  versionfs umount {m}""")
+  {vfs} status {m}
+  {vfs} umount {m}""")
     return EXIT_OK

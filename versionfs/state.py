@@ -23,7 +23,6 @@ tests use nothing else to get at the layers underneath.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import getpass
 import os
