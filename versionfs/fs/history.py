@@ -389,6 +389,55 @@ def diff(meta, rev_a: int, rev_b: int | None) -> Diff:
     return result
 
 
+def _new_extent_bytes(ta: TreeAt, tb: TreeAt, ino_a: int, ino_b: int) -> int:
+    before = set(_owned(ta, schema.extent_prefix(ino_a)))
+    return sum(schema.unpack_extent(schema.extent_prefix(ino_b) + k, v)[1]
+               for k, v in _owned(tb, schema.extent_prefix(ino_b)) if (k, v) not in before)
+
+
+def path_diff(meta, rev_a: int, rev_b: int | None, path: str) -> Diff | None:
+    """What happened to the non-directory at `path` between two revisions,
+    comparing just that object (cost: its own extents, not the revision's
+    change). None when `path` is a directory at either end: then changes below
+    it count, and the caller filters a full diff."""
+    path = norm_path(path)
+    ta, tb = TreeAt(meta, rev_a), TreeAt(meta, rev_b)
+    ino_a, ino_b = ta.lookup(path), tb.lookup(path)
+    ia = ta.inode(ino_a) if ino_a is not None else None
+    ib = tb.inode(ino_b) if ino_b is not None else None
+    if (ia is not None and ia.is_dir) or (ib is not None and ib.is_dir) or not path:
+        return None
+    d = Diff()
+    if ia is None and ib is None:
+        return d
+    if ib is None:
+        later = tb.inode(ino_a)
+        new_paths = tb.paths(ino_a) if later is not None else []
+        if new_paths:                                 # moved away from here
+            changed = not same_object(ta, ia, tb, later)
+            d.changes.append(Change("R", new_paths[0], kind_of(later.mode), old_path=path,
+                                    bytes=_new_extent_bytes(ta, tb, ino_a, ino_a) if changed else 0,
+                                    content_changed=changed))
+        else:
+            d.changes.append(Change("D", path, kind_of(ia.mode),
+                                    bytes=ia.size if later is None and ia.is_reg else 0))
+    elif ia is None or ino_a != ino_b:
+        earlier = ta.inode(ino_b)
+        if earlier is not None and ia is None:      # moved here from elsewhere
+            old = ta.paths(ino_b)
+            changed = not same_object(ta, earlier, tb, ib)
+            d.changes.append(Change("R", path, kind_of(ib.mode), old_path=old[0] if old else "?",
+                                    bytes=_new_extent_bytes(ta, tb, ino_b, ino_b) if changed else 0,
+                                    content_changed=changed))
+        elif ia is None:
+            d.changes.append(Change("A", path, kind_of(ib.mode), bytes=_file_bytes(tb, ino_b)))
+        elif not same_object(ta, ia, tb, ib):
+            d.changes.append(Change("M", path, kind_of(ib.mode), bytes=_file_bytes(tb, ino_b)))
+    elif not same_object(ta, ia, tb, ib):
+        d.changes.append(Change("M", path, kind_of(ib.mode), bytes=_new_extent_bytes(ta, tb, ino_a, ino_b)))
+    return d
+
+
 # ------------------------------------------------------------------------ log
 
 @dataclass
@@ -408,7 +457,8 @@ def log_entries(meta, path: str | None = None, *, include_live: bool = True,
                 dirname=lambda info: str(info.rev)) -> list[LogEntry]:
     """Newest first: every retained revision with what changed since the one before.
 
-    With `path`, only revisions where something at or below it changed.
+    With `path`, only revisions where something at or below it changed; for a
+    file that costs a comparison of the file at each step, not a diff.
     """
     revs = meta.revisions()
     steps: list[tuple[int, int | None, object]] = []
@@ -420,9 +470,11 @@ def log_entries(meta, path: str | None = None, *, include_live: bool = True,
         steps.append((prev, None, None))
     out = []
     for a, b, info in reversed(steps):
-        d = diff(meta, a, b)
-        if path is not None:
-            d = d.filtered(path)
+        d = path_diff(meta, a, b, path) if path is not None else None
+        if d is None:
+            d = diff(meta, a, b)
+            if path is not None:
+                d = d.filtered(path)
         if info is None:
             if not d.changes:
                 continue
