@@ -55,6 +55,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 EXTENSION_MODULES: list[str] = []     # e.g. "versionfs.cloud.cli" (issue 5) registering more
+EXTENSION_MODULES.append("versionfs.maint_cli")    # issue 5: forget, gc, fsck
 EXTENSION_MODULES.append("versionfs.history_cli")    # issue 6: log, diff, restore
 
 
