@@ -153,6 +153,7 @@ async def _status(fs, args):
 
 @command("help", "help", "this list")
 async def _help(fs, args):
+    _no_args(args, "help")
     return "\n".join(f"{c.usage:<20} {c.summary}" for c in COMMANDS.values())
 
 

@@ -16,6 +16,7 @@ anything unexpected is logged and becomes EIO; the mount stays up.
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import functools
 import logging
@@ -928,10 +929,17 @@ class VersionFS(pyfuse3.Operations):
     # -- control operations (used by control.py) ------------------------------
 
     async def _kernel_writeback(self) -> None:
-        """Make the kernel send us the dirty pages it holds for this mount."""
+        """Make the kernel send us the dirty pages it holds for this mount.
+
+        With the writeback cache, data an application wrote may still sit in
+        the kernel; syncfs() makes the kernel write it to us (our loop keeps
+        serving meanwhile). It runs in a thread through ctypes, which drops
+        the GIL; pyfuse3.syncfs keeps the GIL while blocked and would
+        deadlock against our own handlers.
+        """
         try:
             with trio.move_on_after(60):
-                await trio.to_thread.run_sync(pyfuse3.syncfs, self.mountpoint, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(_syncfs, self.mountpoint, abandon_on_cancel=True)
         except OSError as exc:
             log.warning("syncfs(%s) failed: %s", self.mountpoint, exc)
 
@@ -985,6 +993,19 @@ class VersionFS(pyfuse3.Operations):
         if not self.read_only:
             await self.seal_all()
             await trio.to_thread.run_sync(self.meta.sync)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
 
 
 class _NoUmask:
