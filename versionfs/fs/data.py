@@ -4,8 +4,9 @@ A regular file's sealed content is a sorted list of `Extent`s, each one whole
 content-defined chunk (pyfastcdc, average ~1 MiB) stored as a blob; gaps
 between extents are holes and read as zeros, so sparse files cost nothing.
 
-Writes never touch blobs. They land in a *layer*: a sparse local file under the
-dirty directory plus the set of byte ranges written (`Intervals`) and the
+Writes never touch blobs. They land in a *layer*: memory for small layers, a
+sparse local file under the dirty directory for big ones, plus the set of byte
+ranges written (`Intervals`) and the
 lowest size the file was truncated to while the layer was live. Reading walks
 the layers newest first, then the extents. Sealing freezes the layers (new
 writes open a fresh layer on top, so writers never wait for a seal), re-chunks
@@ -57,6 +58,8 @@ CDC_WINDOW = 16 << 20
 # A live layer with this many dirty bytes is sealed in the background while
 # the writer keeps going.
 STREAM_SEAL_BYTES = 64 << 20
+# Layers are kept in memory up to this size (see Layer).
+MEMORY_LAYER_BYTES = 1 << 20
 # Decoded chunks kept in memory for reads.
 CHUNK_CACHE_BYTES = 96 << 20
 # Chunk uploads (hash + compress + encrypt + store) in flight per seal.
@@ -144,26 +147,61 @@ class Intervals:
 
 
 class Layer:
-    """Unsealed writes of one file since a point in time (see module doc)."""
+    """Unsealed writes of one file since a point in time (see module doc).
 
-    __slots__ = ("path", "fd", "dirty", "trunc", "size", "frozen")
+    The bytes live in memory while the layer spans at most MEMORY_LAYER_BYTES
+    (small files never cost a file create and unlink), and in a sparse file
+    under the dirty directory beyond that.
+    """
+
+    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen")
 
     def __init__(self, path: str, size: int):
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.fd = -1
+        self.mem: bytearray | None = bytearray()
         self.dirty = Intervals()
         self.trunc: int | None = None
         self.size = size
         self.frozen = False
 
+    def pwrite(self, buf: bytes, offset: int) -> int:
+        end = offset + len(buf)
+        if self.mem is not None and end > MEMORY_LAYER_BYTES:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.pwrite(self.fd, self.mem, 0)
+            self.mem = None
+        if self.mem is None:
+            return os.pwrite(self.fd, buf, offset)
+        if end > len(self.mem):
+            self.mem.extend(bytes(end - len(self.mem)))
+        self.mem[offset:end] = buf
+        return len(buf)
+
+    def pread(self, n: int, offset: int) -> bytes:
+        if self.mem is None:
+            data = os.pread(self.fd, n, offset)
+        else:
+            data = bytes(self.mem[offset:offset + n])
+        if len(data) < n:                 # sparse tail
+            data += bytes(n - len(data))
+        return data
+
+    def truncate(self, size: int) -> None:
+        if self.mem is None:
+            os.ftruncate(self.fd, size)
+        elif len(self.mem) > size:
+            del self.mem[size:]
+
     def close(self) -> None:
+        self.mem = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
 class FileData:
@@ -281,7 +319,7 @@ class DataManager:
 
     def write(self, f: FileData, offset: int, buf: bytes) -> int:
         layer = self._live_layer(f)
-        n = os.pwrite(layer.fd, buf, offset)
+        n = layer.pwrite(buf, offset)
         layer.dirty.add(offset, offset + n)
         f.size = max(f.size, offset + n)
         layer.size = f.size
@@ -308,7 +346,7 @@ class DataManager:
         layer = self._live_layer(f)
         layer.dirty.clip(size)
         layer.trunc = size if layer.trunc is None else min(layer.trunc, size)
-        os.ftruncate(layer.fd, size)
+        layer.truncate(size)
         f.size = layer.size = size
         f.last_write = time.monotonic()
         return None
@@ -370,10 +408,7 @@ class DataManager:
             elif src == "base":
                 self._read_extents_sync(extents, s, e, parts)
             else:
-                data = os.pread(src.fd, e - s, s)
-                if len(data) < e - s:      # sparse layer file ends early
-                    data += bytes(e - s - len(data))
-                parts.append(data)
+                parts.append(src.pread(e - s, s))
         return b"".join(parts)
 
     def _cached(self, extents: list[Extent], a: int, b: int) -> bool:
@@ -434,6 +469,62 @@ class DataManager:
             for layer in layers:
                 layer.close()
             return True
+
+    async def seal_small(self, files: list[FileData],
+                         persist: Callable[[list[tuple[FileData, SealResult]]], None]) -> int:
+        """Seal many small files (each at most one chunk) in one go.
+
+        A file no bigger than CHUNK_MIN is exactly one CDC chunk, so no cut is
+        needed: the contents of all files are stored with one `put_many` (one
+        round of fsyncs) and `persist` writes all results in one MVCC batch.
+        Files that are busy or too big are left for `seal`. Returns how many
+        files were sealed.
+        """
+        taken: list[FileData] = []
+        for f in files:
+            if f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.seal_lock.locked():
+                f.seal_lock.acquire_nowait()
+                taken.append(f)
+        if not taken:
+            return 0
+        try:
+            frozen = []
+            for f in taken:
+                layers = list(f.layers)
+                for layer in layers:
+                    layer.frozen = True
+                frozen.append((f, f.extents, layers))
+            results = await trio.to_thread.run_sync(self._seal_small_sync, frozen)
+            persist([(f, r) for (f, _, _), r in zip(frozen, results) if not f.deleted])
+            for (f, _, layers), r in zip(frozen, results):
+                if not f.deleted:
+                    f.extents = r.extents
+                    f.sealed_size = r.size
+                del f.layers[:len(layers)]
+                for layer in layers:
+                    layer.close()
+        finally:
+            for f in taken:
+                f.seal_lock.release()
+        return len(taken)
+
+    def _seal_small_sync(self, frozen) -> list[SealResult]:
+        contents = []
+        for _, extents, layers in frozen:
+            size = layers[-1].size
+            data = self._read_sync(extents, layers, 0, size) if size else b""
+            contents.append(None if not data or data == bytes(len(data)) else data)
+        pointers = iter(self.blobs.put_many([c for c in contents if c is not None]))
+        results = []
+        for (_, extents, layers), data in zip(frozen, contents):
+            new = [] if data is None else [Extent(0, len(data), next(pointers).bytes)]
+            if data is not None:
+                self.cache.put(new[0].pointer, data)
+            old = set(extents)
+            results.append(SealResult(layers[-1].size, new, [e for e in extents if e not in set(new)],
+                                      [e for e in new if e not in old],
+                                      len({e.pointer for e in new} - {e.pointer for e in extents})))
+        return results
 
     def drop(self, f: FileData) -> None:
         """Forget a deleted file's layers."""

@@ -32,7 +32,7 @@ from versionfs import metrics
 
 from . import schema
 from .control import CommandError, CtlHandle, snapshot_dirname
-from .data import STREAM_SEAL_BYTES, DataManager, Extent, FileData, SealResult
+from .data import CHUNK_MIN, STREAM_SEAL_BYTES, DataManager, Extent, FileData, SealResult
 from .schema import ROOT_INO, Inode
 from .snapshots import SnapshotViews, is_snap_ino, snap_ino
 
@@ -153,6 +153,8 @@ class VersionFS(pyfuse3.Operations):
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
+        self._small_due: set[int] = set()
+        self._small_wakeup = trio.Event()
         self._meta_changed = False
         self.last_error: str | None = None
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -187,6 +189,7 @@ class VersionFS(pyfuse3.Operations):
         self._nursery = nursery
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
+            nursery.start_soon(self._small_sealer)
 
     # -- helpers --------------------------------------------------------------
 
@@ -711,7 +714,7 @@ class VersionFS(pyfuse3.Operations):
         self.open_count[h.ino] -= 1
         f = self.files.get(h.ino)
         if f is not None and f.dirty:
-            self._schedule_seal(h.ino)
+            self._queue_seal(f)
         self._maybe_delete(h.ino)
         self._maybe_unload(h.ino)
 
@@ -728,6 +731,42 @@ class VersionFS(pyfuse3.Operations):
         await trio.to_thread.run_sync(self.meta.sync)
 
     # -- sealing --------------------------------------------------------------
+
+    def _queue_seal(self, f: FileData) -> None:
+        """Seal soon: small files in batches, others on their own."""
+        if f.size <= CHUNK_MIN:
+            self._small_due.add(f.ino)
+            self._small_wakeup.set()
+        else:
+            self._schedule_seal(f.ino)
+
+    async def _small_sealer(self) -> None:
+        """Seal small files shortly after release, many per store round trip."""
+        while True:
+            await self._small_wakeup.wait()
+            self._small_wakeup = trio.Event()
+            await trio.sleep(0.05)            # let a burst of small files gather
+            try:
+                await self._seal_small_now()
+            except Exception as exc:          # noqa: BLE001 - retried by the idle sealer
+                log.exception("sealing small files failed; will retry")
+                self.last_error = f"seal of small files: {exc!r}"
+
+    async def _seal_small_now(self) -> None:
+        due, self._small_due = self._small_due, set()
+        files = [self.files[i] for i in due if i in self.files]
+        await self.data.seal_small(files, self._persist_many)
+        for f in files:
+            if f.dirty:                        # busy or grown meanwhile
+                self._schedule_seal(f.ino)
+            else:
+                self._maybe_unload(f.ino)
+
+    def _persist_many(self, results: list) -> None:
+        with self.meta.write() as b:
+            for f, r in results:
+                self._persist_into(b, f, r)
+        self._meta_changed = True
 
     def _schedule_seal(self, ino: int) -> None:
         if ino in self._seal_scheduled or self._nursery is None:
@@ -752,18 +791,24 @@ class VersionFS(pyfuse3.Operations):
         return await self.data.seal(f, self._persist_seal)
 
     def _persist_seal(self, f: FileData, r: SealResult) -> None:
-        inode = self._inode(f.ino)
-        stored = sum(e.length for e in r.extents)
         with self.meta.write() as b:
-            for e in r.removed:
-                b.delete(schema.extent_key(f.ino, e.offset))
-            for e in r.added:
-                b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
-            b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
-        inode.stored = stored
+            self._persist_into(b, f, r)
         self._meta_changed = True
 
+    def _persist_into(self, b, f: FileData, r: SealResult) -> None:
+        """New extents, size and inode record of a sealed file, in batch `b`."""
+        inode = self._inode(f.ino)
+        stored = sum(e.length for e in r.extents)
+        for e in r.removed:
+            b.delete(schema.extent_key(f.ino, e.offset))
+        for e in r.added:
+            b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
+        b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
+        inode.stored = stored
+
     async def seal_all(self) -> None:
+        self._small_due.update(i for i, f in self.files.items() if f.dirty)
+        await self._seal_small_now()
         for ino in list(self.files):
             await self.seal_file(ino)
             self._maybe_unload(ino)
@@ -775,7 +820,7 @@ class VersionFS(pyfuse3.Operations):
             now = time.monotonic()
             for ino, f in list(self.files.items()):
                 if f.dirty and now - f.last_write >= self.idle_seal_seconds:
-                    self._schedule_seal(ino)
+                    self._queue_seal(f)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
