@@ -24,10 +24,10 @@ class GatedSlow(DirectoryStore):
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def delete(self, key):
+    def delete_many(self, keys):
         self.entered.set()
         assert self.gate.wait(10)
-        super().delete(key)
+        super().delete_many(keys)
 
 
 @pytest.fixture
@@ -60,13 +60,13 @@ def test_a_put_during_the_epoch_protects_its_blob(stores):
     with pytest.raises(GCError, match="already running"):
         guard.begin()
     assert blobs.put(b"old content") == p          # a dedup put: no bytes written
-    assert guard.delete_unless_recent(p) is False
+    assert guard.delete_unless_recent([p]) == []
     assert blobs.get(p) == b"old content"
     q = blobs.put(b"other")
     paired.flush(10)
     guard.end()
     guard.begin()                                  # a new epoch starts with nothing recent
-    assert guard.delete_unless_recent(q) is True
+    assert guard.delete_unless_recent([q]) == [q]
     assert not paired.contains(q)
     guard.end()
 
@@ -80,7 +80,7 @@ def test_note_live_protects_without_a_put(stores):
     note_live(blobs, [p])                          # no epoch: costs nothing, keeps nothing
     guard.begin()
     note_live(blobs, [p])
-    assert guard.delete_unless_recent(p) is False
+    assert guard.delete_unless_recent([p]) == []
     guard.end()
 
 
@@ -90,7 +90,7 @@ def test_a_put_waits_for_a_delete_in_progress_and_then_rewrites_the_blob(stores)
     p = blobs.put(b"contended")
     paired.flush(10)
     guard.begin()
-    deleter = threading.Thread(target=guard.delete_unless_recent, args=(p,))
+    deleter = threading.Thread(target=guard.delete_unless_recent, args=([p],))
     deleter.start()
     assert slow.entered.wait(10)                   # the delete has started
     done = threading.Event()
@@ -118,3 +118,41 @@ def test_known_index_round_trip_and_damage(tmp_path):
     assert idx.load() is None                      # damaged: gc lists the slow store instead
     idx.path.write_bytes(b"junk")
     assert idx.load() is None
+
+
+def test_s3_delete_many_batches_past_a_thousand_and_ignores_missing(s3_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from versionfs.blob.pointer import Pointer
+    from versionfs.blob.s3 import S3Store
+    store = S3Store(s3_url)
+    try:
+        keys = [Pointer.random() for _ in range(1005)]
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda k: store.put(k, b"x"), keys))
+        missing = Pointer.random()
+        store.delete_many(keys[:1003] + [missing])
+        assert set(store.enumerate()) == set(keys[1003:])
+    finally:
+        store.close()
+
+
+def test_paired_delete_many_removes_from_both_stores_and_the_upload_queue(tmp_path):
+    from versionfs.blob.pointer import Pointer
+    fast = DiskStore(tmp_path / "fast")
+    paired = Paired(fast, DirectoryStore(tmp_path / "slow"), tmp_path / "journal")
+    try:
+        blobs = BlobStore(paired, Codec(None))
+        uploaded = [blobs.put(b"u%d" % i) for i in range(20)]
+        paired.start()
+        paired.flush(10)
+        pending = blobs.put(b"maybe not uploaded yet")
+        used = fast.used_bytes
+        paired.delete_many(uploaded + [pending, Pointer.random()])
+        for p in uploaded + [pending]:
+            assert not fast.contains(p) and not paired.slow.contains(p)
+            assert not paired.is_pending(p)
+        assert fast.used_bytes < used
+        paired.flush(10)                             # nothing left to upload, nothing stuck
+    finally:
+        paired.close()

@@ -76,7 +76,8 @@ __all__ = ["GCGuard", "KnownBlobIndex", "GCResult", "GCError", "collect_garbage"
 log = logging.getLogger(__name__)
 
 EXTENTS_START, EXTENTS_END = b"E", b"F"       # schema: b"E" ino offset -> [length, pointer]
-DELETE_WORKERS = 16
+DELETE_WORKERS = 4          # batches in flight
+DELETE_BATCH = 250          # blobs per batch (S3 DeleteObjects takes up to 1000)
 
 
 class GCError(Exception):
@@ -155,20 +156,19 @@ class GCGuard(Store):
         with self._cond:
             return set(self._recent)
 
-    def delete_unless_recent(self, key: Pointer) -> bool:
-        """Delete ``key`` unless it was put or noted live this epoch; True if deleted."""
-        raw = key.bytes
+    def delete_unless_recent(self, keys: Iterable[Pointer]) -> list[Pointer]:
+        """Delete the keys not put or noted live this epoch (one batch); returns those."""
         with self._cond:
-            if raw in self._recent:
-                return False
-            self._deleting.add(raw)
+            doomed = [k for k in keys if k.bytes not in self._recent]
+            self._deleting.update(k.bytes for k in doomed)
         try:
-            self.inner.delete(key)
+            if doomed:
+                self.inner.delete_many(doomed)
         finally:
             with self._cond:
-                self._deleting.discard(raw)
+                self._deleting.difference_update(k.bytes for k in doomed)
                 self._cond.notify_all()
-        return True
+        return doomed
 
     # Store
     def _record(self, keys: list[bytes]) -> None:
@@ -348,40 +348,43 @@ def collect_garbage(meta: Any, paired: Any, index_path: str | os.PathLike[str], 
 
 def _sweep(paired: Any, guard: GCGuard | None, candidates: list[bytes], result: GCResult,
            progress: bool, workers: int) -> set[bytes]:
+    """Delete in batches (one S3 DeleteObjects request each), a few batches at a time."""
     from tqdm import tqdm
     fast_path = getattr(paired.fast, "path_for", None)
 
-    def delete_one(raw: bytes) -> tuple[bool, int]:
-        key = Pointer.from_bytes(raw)
-        size = 0
-        if fast_path is not None:
-            try:
-                size = os.stat(fast_path(key)).st_size
-            except OSError:
-                pass
+    def fast_size(key: Pointer) -> int:
+        try:
+            return os.stat(fast_path(key)).st_size if fast_path is not None else 0
+        except OSError:
+            return 0
+
+    def delete_batch(raws: list[bytes]) -> tuple[list[bytes], int]:
+        keys = [Pointer.from_bytes(raw) for raw in raws]
+        sizes = {k.bytes: fast_size(k) for k in keys}
         if guard is not None:
-            return guard.delete_unless_recent(key), size
-        paired.delete(key)
-        return True, size
+            done = guard.delete_unless_recent(keys)
+        else:
+            paired.delete_many(keys)
+            done = keys
+        return [k.bytes for k in done], sum(sizes[k.bytes] for k in done)
 
     deleted: set[bytes] = set()
+    batches = [candidates[i:i + DELETE_BATCH] for i in range(0, len(candidates), DELETE_BATCH)]
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="vfs-gc") as pool, \
             tqdm(total=len(candidates), desc="gc: deleting", unit=" blobs",
                  disable=not progress) as bar:
-        futures = {pool.submit(delete_one, raw): raw for raw in candidates}
+        futures = {pool.submit(delete_batch, raws): raws for raws in batches}
         for fut in as_completed(futures):
-            bar.update()
-            raw = futures[fut]
+            raws = futures[fut]
+            bar.update(len(raws))
             try:
-                done, size = fut.result()
+                done, freed = fut.result()
             except Exception as exc:        # noqa: BLE001 - counted, reported, retried next time
-                result.failed += 1
-                result.first_error = result.first_error or f"{raw.hex()}: {exc}"
+                result.failed += len(raws)
+                result.first_error = result.first_error or f"{raws[0].hex()}...: {exc}"
                 continue
-            if done:
-                deleted.add(raw)
-                result.fast_bytes_freed += size
-            else:
-                result.kept_recent += 1
+            deleted.update(done)
+            result.fast_bytes_freed += freed
+            result.kept_recent += len(raws) - len(done)
     result.deleted = len(deleted)
     return deleted

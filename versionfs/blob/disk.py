@@ -128,6 +128,15 @@ class DiskStore(FanOutStore):
             if size is not None:
                 self._used -= size
 
+    def delete_many(self, keys: Iterable[Pointer]) -> None:
+        keys = [as_pointer(k) for k in keys]
+        super().delete_many(keys)
+        with self._lock:
+            for key in keys:
+                size = self._index.pop(key, None)
+                if size is not None:
+                    self._used -= size
+
     # -- eviction ---------------------------------------------------------------
     def _make_room(self, need: int, incoming: set[Pointer]) -> list[Pointer]:
         """Pick LRU victims so ``need`` more bytes fit; called with the lock held."""

@@ -218,6 +218,19 @@ class FanOutStore(Store):
             return
         fsync_dir(os.path.dirname(path))
 
+    def delete_many(self, keys: Iterable[Pointer]) -> None:
+        """Unlink several blobs, one fsync per directory touched instead of per blob."""
+        dirs = set()
+        for key in keys:
+            path = self.path_for(key)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            dirs.add(os.path.dirname(path))
+        for d in dirs:
+            fsync_dir(d)
+
     def contains(self, key: Pointer) -> bool:
         key = as_pointer(key)
         return bool(key) and os.path.exists(self.path_for(key))

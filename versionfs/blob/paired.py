@@ -261,18 +261,23 @@ class Paired(Store):
         return data
 
     def delete(self, key: Pointer) -> None:
+        self.delete_many([key])
+
+    def delete_many(self, keys: Iterable[Pointer]) -> None:
+        """Delete from slow first (one batch where the slow store has a batch API), then fast."""
         if self._journal is None:
             raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
-        key = as_pointer(key)
+        keys = [as_pointer(k) for k in keys]
         with self._cond:
-            self._cond.wait_for(lambda: key not in self._in_flight)
-            if self._pending.pop(key, None) is not None:
-                if key in self._journaled:
-                    self._journaled.discard(key)
-                    self._journal.done(key)
-                self._cond.notify_all()
-        self.slow.delete(key)
-        self.fast.delete(key)
+            for key in keys:
+                self._cond.wait_for(lambda: key not in self._in_flight)
+                if self._pending.pop(key, None) is not None:
+                    if key in self._journaled:
+                        self._journaled.discard(key)
+                        self._journal.done(key)
+                    self._cond.notify_all()
+        self.slow.delete_many(keys)
+        self.fast.delete_many(keys)
 
     def contains(self, key: Pointer) -> bool:
         key = as_pointer(key)

@@ -176,6 +176,23 @@ class S3Bucket:
     def delete(self, name: str) -> None:
         self._call(self._what(name), self.client.delete_object, Key=self._key(name))
 
+    def delete_many(self, names: list[str]) -> None:
+        """Delete up to any number of objects, 1000 per DeleteObjects request
+        (garbage collection deletes tens of thousands). A per-object error fails
+        the call naming the object; missing objects are not errors."""
+        names = list(names)
+        for i in range(0, len(names), 1000):
+            part = names[i:i + 1000]
+            resp = self._call(self._what(part[0]) + " (batch delete)", self.client.delete_objects,
+                              Delete={"Objects": [{"Key": self._key(n)} for n in part],
+                                      "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                e = errors[0]
+                raise StoreUnavailableError(
+                    f"deleting s3://{self.bucket_name}/{e.get('Key')} failed: "
+                    f"{e.get('Code')} {e.get('Message')} ({len(errors)} object(s) not deleted)")
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Names (without this bucket's prefix) that start with ``prefix``, sorted."""
         what = self._what(prefix + "*")
@@ -225,6 +242,9 @@ class S3Store(Store):
 
     def delete(self, key: Pointer) -> None:
         self._blobs.delete(as_pointer(key).hex())
+
+    def delete_many(self, keys) -> None:
+        self._blobs.delete_many([as_pointer(k).hex() for k in keys])
 
     def contains(self, key: Pointer) -> bool:
         try:

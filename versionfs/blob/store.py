@@ -44,6 +44,11 @@ class Store(abc.ABC):
         for key, data in items:
             self.put(key, data)
 
+    def delete_many(self, keys: Iterable[Pointer]) -> None:
+        """Remove several keys (missing ones are fine); stores with a batch API override it."""
+        for key in keys:
+            self.delete(key)
+
     def close(self) -> None:
         """Release resources; the default has none."""
 
