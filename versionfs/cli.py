@@ -56,6 +56,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 EXTENSION_MODULES: list[str] = []     # e.g. "versionfs.cloud.cli" (issue 5) registering more
 EXTENSION_MODULES.append("versionfs.maint_cli")    # issue 5: forget, gc, fsck
+EXTENSION_MODULES.append("versionfs.clone")    # issue 5: clone
 EXTENSION_MODULES.append("versionfs.history_cli")    # issue 6: log, diff, restore
 
 
@@ -179,6 +180,7 @@ class MountOptions:
     read_only: bool = False
     nonempty: bool = False
     passphrase_file: str | None = None
+    steal_lease: bool = False
 
 
 def parse_mount_options(option_lists: Sequence[str]) -> MountOptions:
@@ -197,6 +199,8 @@ def parse_mount_options(option_lists: Sequence[str]) -> MountOptions:
                 out.read_only = True
             elif opt == "nonempty":
                 out.nonempty = True
+            elif opt == "steal_lease":
+                out.steal_lease = True
             elif opt.startswith("passphrase_file="):
                 out.passphrase_file = opt.split("=", 1)[1]
             elif opt in _FSTAB_ONLY or opt.startswith(_FSTAB_PREFIXES):
@@ -233,6 +237,8 @@ def _setup_mount(p: argparse.ArgumentParser) -> None:
                    help="mount options: FUSE options (allow_other, ...), ro, nonempty, "
                         "passphrase_file=F; fstab-only options are ignored")
     p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--steal-lease", action="store_true",
+                   help="take the writer lease from another machine you know is gone for good")
     p.add_argument("--passphrase-file", metavar="FILE")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--passphrase-fd", type=int, help=argparse.SUPPRESS)
@@ -335,6 +341,8 @@ def _fuse_options(state_dir: Path, cfg: configmod.Config, opts: MountOptions) ->
 def cmd_mount(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).absolute()
     mountpoint = Path(args.mountpoint).absolute()
+    if getattr(args, "steal_lease", False):
+        args.options = [*args.options, "steal_lease"]
     opts = parse_mount_options(args.options)
     opts.read_only = opts.read_only or args.read_only
     passphrase_file = args.passphrase_file or opts.passphrase_file
@@ -493,6 +501,13 @@ def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: s
             _mount_preflight(state_dir, mountpoint, opts)
         st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only,
                                  start_uploads=not opts.read_only)
+        try:                                   # writer lease, catching up, publishing
+            from versionfs import cloud
+            session = cloud.CloudSession.start(st, read_only=opts.read_only,
+                                               steal_lease=opts.steal_lease)
+        except BaseException:
+            st.close()
+            raise
     except Exception as e:
         user_error = isinstance(e, _user_error_types())
         message = str(e) if user_error else f"unexpected {type(e).__name__}: {e}"
@@ -523,6 +538,7 @@ def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: s
         raise
     finally:
         try:
+            session.close(st.config["mount.flush_timeout_seconds"])
             st.close()
         finally:
             log.info("versionfs daemon for %s exiting", state_dir)

@@ -64,6 +64,8 @@ MEMORY_LAYER_BYTES = 1 << 20
 CHUNK_CACHE_BYTES = 96 << 20
 # Chunk uploads (hash + compress + encrypt + store) in flight per seal.
 PUT_WORKERS = 2
+READ_AHEAD_CHUNKS = 8        # chunks fetched ahead of a sequential read that missed the cache
+READ_AHEAD_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,10 +291,16 @@ class DataManager:
         os.makedirs(dirty_dir, exist_ok=True)
         self.cache = ChunkCache()
         self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
+        self._ahead_pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_WORKERS,
+                                                                 thread_name_prefix="vfs-ahead")
+        self._ahead_lock = threading.Lock()
+        self._in_flight: dict[bytes, concurrent.futures.Future] = {}
+        self._fetched_ahead: set[bytes] = set()
         self._cdc = threading.local()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._ahead_pool.shutdown(wait=False, cancel_futures=True)
 
     def discard_leftovers(self) -> int:
         """Delete layer files a crashed mount left behind; returns how many."""
@@ -373,9 +381,41 @@ class DataManager:
     def _chunk_sync(self, pointer: bytes) -> bytes:
         data = self.cache.get(pointer)
         if data is None:
+            with self._ahead_lock:
+                pending = self._in_flight.get(pointer)
+            if pending is not None:
+                try:
+                    return pending.result()
+                except Exception:          # noqa: BLE001 - fetch it ourselves, errors and all
+                    pass
             data = self.blobs.get(self._pointer(pointer))
             self.cache.put(pointer, data)
         return data
+
+    def _read_ahead(self, extents: list[Extent], start: int) -> None:
+        """Fetch the next chunks in the background.  Called when a read had to go to a
+        store (or reached a chunk fetched ahead), so a file read sequentially from
+        the slow store — a fresh clone's — costs one round trip per few chunks, not
+        one per chunk; reads served from the cache start nothing."""
+        with self._ahead_lock:
+            for ext in extents[start:start + READ_AHEAD_CHUNKS]:
+                p = ext.pointer
+                if p in self._in_flight or self.cache.get(p) is not None:
+                    continue
+                self._in_flight[p] = self._ahead_pool.submit(self._fetch_ahead, p)
+
+    def _fetch_ahead(self, pointer: bytes) -> bytes:
+        try:
+            data = self.blobs.get(self._pointer(pointer))
+            self.cache.put(pointer, data)
+            with self._ahead_lock:
+                if len(self._fetched_ahead) > 4096:     # read ahead but never read: forget
+                    self._fetched_ahead.clear()
+                self._fetched_ahead.add(pointer)
+            return data
+        finally:
+            with self._ahead_lock:
+                self._in_flight.pop(pointer, None)
 
     @staticmethod
     def _pointer(raw: bytes):
@@ -389,6 +429,11 @@ class DataManager:
             if i < len(extents) and extents[i].offset <= pos:
                 ext = extents[i]
                 end = min(b, ext.end)
+                with self._ahead_lock:
+                    streaming = ext.pointer in self._fetched_ahead
+                    self._fetched_ahead.discard(ext.pointer)
+                if streaming or self.cache.get(ext.pointer) is None:
+                    self._read_ahead(extents, i + 1)
                 data = self._chunk_sync(ext.pointer)
                 parts.append(data[pos - ext.offset:end - ext.offset])
                 i += 1

@@ -1,0 +1,156 @@
+"""``versionfs clone SLOW_URL STATE_DIR``: a working state dir from the bucket alone.
+
+What the bucket gives a new machine: ``versionfs.toml`` (the filesystem's
+identity), ``keys/master`` (the master key wrapped by the passphrase, when
+encrypted) and the published metadata (``meta/head`` and what it names, see
+``versionfs.meta.publish``).  Clone restores the metadata — latest checkpoint,
+WAL objects replayed, every snapshot — and nothing else: file contents stay in
+the bucket and are fetched on first read (the Paired store falls back to the
+slow store and keeps a copy in the fast one), so the mount is usable at once.
+
+The state dir is built under a temporary name beside STATE_DIR and renamed
+into place only when complete, so an interrupted clone leaves nothing that
+looks like a filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import tomllib
+import uuid
+from pathlib import Path
+
+import tomli_w
+
+from versionfs import cli
+from versionfs import config as configmod
+from versionfs import state as statemod
+from versionfs.blob.errors import BlobError, NotFoundError, WrongPassphraseError
+from versionfs.meta import publish
+
+__all__ = ["clone"]
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=quiet, file=sys.stderr, leave=True)
+
+
+def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=None, *,
+          quiet: bool = False) -> Path:
+    """Build STATE_DIR from the filesystem in ``slow_url``; returns its absolute path.
+
+    ``passphrase_source`` is a str or a callable asked only when encrypted.
+    """
+    root = Path(state_dir).absolute()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise statemod.StateError(f"{root} exists and is not an empty directory")
+    url = slow_url if "://" in slow_url else Path(slow_url).absolute().as_uri()
+    slow = statemod._open_slow(url)
+    try:
+        bucket = statemod.named_objects(slow)
+        if bucket is None:
+            raise statemod.StateError(f"{url} keeps no metadata (a remote store without named "
+                                      f"objects); it cannot be cloned")
+        try:
+            identity = tomllib.loads(bucket.get(statemod.FILESYSTEM_OBJECT)[0].decode())
+        except NotFoundError:
+            raise statemod.StateError(f"{url} holds no versionfs filesystem "
+                                      f"(no {statemod.FILESYSTEM_OBJECT})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise statemod.StateError(f"{url}: {statemod.FILESYSTEM_OBJECT} is damaged ({e})") from None
+        wrapped = None
+        master = None
+        if identity.get("encrypted"):
+            from versionfs.blob import keys
+            try:
+                wrapped = bucket.get(statemod.MASTER_KEY_OBJECT)[0]
+            except NotFoundError:
+                raise statemod.StateError(f"{url} is encrypted but its wrapped key "
+                                          f"{statemod.MASTER_KEY_OBJECT} is missing") from None
+            phrase = passphrase_source() if callable(passphrase_source) else passphrase_source
+            if not phrase:
+                raise statemod.PassphraseError(f"{url} is encrypted: give --passphrase-file FILE "
+                                               f"or set {statemod.PASSPHRASE_ENV}")
+            try:
+                master = keys.unwrap_key(wrapped, phrase)
+            except WrongPassphraseError:
+                raise statemod.PassphraseError(f"wrong passphrase for {url}") from None
+        cfg = configmod.Config()
+        cfg.set("store.slow", url)
+        cfg.set("encryption.enabled", bool(identity.get("encrypted")))
+        if identity.get("cipher"):
+            cfg.set("encryption.cipher", identity["cipher"])
+        codec = statemod._make_codec(master, cfg)
+        found = publish.read_head(publish.bucket_kv(bucket), codec)
+        if found is None:
+            raise statemod.StateError(f"{url} has no published metadata yet: run `versionfs "
+                                      f"flush MOUNTPOINT` on the machine that has it mounted")
+        pair, head = found
+        tmp = root.with_name(f".{root.name}.clone-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(mode=0o700, parents=True)
+        try:
+            layout = statemod.Layout(tmp)
+            for d in (layout.fast, layout.dirty):
+                d.mkdir(mode=0o700)
+            total = head.checkpoint.get("bytes", 0) + sum(w.get("bytes", 0) for w in head.wal)
+            start = time.monotonic()
+            with _progress(total, "metadata", quiet) as bar:
+                publish.restore_meta(bucket, codec, str(layout.meta), head, progress=bar.update)
+            configmod.save(cfg, layout.config)
+            if wrapped is not None:
+                _write(layout.key, wrapped, 0o600)
+            publish.save_record(str(tmp / publish.RECORD_NAME),
+                                {"writer": uuid.uuid4().hex, "etag": pair.last_index,
+                                 "last_index": head.last_index})
+            _write(layout.marker, tomli_w.dumps(identity).encode(), 0o644)
+            if root.exists():
+                root.rmdir()
+            os.rename(tmp, root)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if not quiet:
+            print(f"cloned {url} into {root}: metadata index {head.last_index}, "
+                  f"{head.snapshots} snapshot(s), {time.monotonic() - start:.1f}s; file data is "
+                  f"fetched on first read", file=sys.stderr)
+        return root
+    finally:
+        slow.close()
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------- the CLI
+
+def _setup_clone(p: argparse.ArgumentParser) -> None:
+    p.add_argument("slow_url", metavar="SLOW_URL",
+                   help="the filesystem's slow store: s3://bucket/prefix or file:///path")
+    p.add_argument("state_dir", metavar="STATE_DIR", help="new (or empty) directory for this machine")
+    p.add_argument("--passphrase-file", metavar="FILE",
+                   help=f"read the passphrase from FILE (else ${statemod.PASSPHRASE_ENV} or a prompt)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+
+
+@cli.command("clone", "recover a filesystem from its slow store onto this machine", _setup_clone)
+def cmd_clone(args: argparse.Namespace) -> int:
+    try:
+        root = clone(args.slow_url, args.state_dir,
+                     lambda: statemod.get_passphrase(args.passphrase_file, what=args.slow_url),
+                     quiet=args.quiet)
+    except (publish.PublishError, BlobError) as e:
+        raise cli.UserError(f"clone failed: {e}") from None
+    print(f"mount it with: versionfs mount {root} MOUNTPOINT")
+    return cli.EXIT_OK

@@ -1,0 +1,344 @@
+"""A mount's link to its bucket: the writer lease, publishing metadata, catching up.
+
+``CloudSession.start(state, read_only=..., steal_lease=...)`` runs in the mount
+daemon right after the state dir is opened:
+
+* read-write: take the lease ``meta/lease`` in the slow store by CAS (or steal
+  it), catch the local metadata up to the bucket's head if another machine
+  published since and nothing changed here, then renew the lease every
+  ttl/3 and publish metadata every ``cloud.wal_ship_interval_seconds``;
+* read-only: no lease; catch up to the latest published state unless this
+  state dir holds changes of its own that were never published.
+
+``flush`` and ``snapshot`` on the ctl file publish too (``flush`` waits for it,
+``snapshot`` starts it); ``status`` reports what is published and the lease.
+There is one daemon per mount, so the ctl commands find the session in a
+module variable rather than through the fs layer.
+
+Offline: every bucket operation here runs on background threads and only logs
+and retries when the store is unreachable; the mount never waits for it except
+in ``flush``, which is asked to.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from versionfs import state as statemod
+from versionfs.blob.errors import BlobError
+from versionfs.meta import publish
+from versionfs.meta.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
+from versionfs.meta.mvcc import MVCCStore
+
+log = logging.getLogger(__name__)
+
+_active: "CloudSession | None" = None
+
+
+class CloudError(statemod.StateError):
+    """A mount refused because of the bucket (lease held, diverged state); one line."""
+
+
+def holder_name(state_dir: Path) -> str:
+    return f"{socket.gethostname()} pid {os.getpid()} ({state_dir})"
+
+
+def _when(ts: float) -> str:
+    left = ts - time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+    return f"{stamp} (in {left:.0f}s)" if left > 0 else f"{stamp} (expired)"
+
+
+# ------------------------------------------------------------------ catching up
+
+def _exchange_dirs(a: Path, b: Path) -> None:
+    """Swap two directories atomically (renameat2 RENAME_EXCHANGE)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"cannot swap {a} and {b}: {os.strerror(e)}")
+
+
+def fast_forward(state, bucket, head_pair, head: publish.HeadRecord, record: dict | None) -> None:
+    """Replace the state's metadata with the bucket's head (the caller checked that
+    nothing local would be lost); ``state.meta`` is reopened on the new copy."""
+    layout = state.layout
+    incoming = layout.root / "meta.incoming"
+    shutil.rmtree(incoming, ignore_errors=True)
+    log.info("catching up with the bucket: metadata index %d published %s by another machine",
+             head.last_index, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(head.time)))
+    publish.restore_meta(bucket, state.codec, str(incoming), head)
+    state.meta.close()
+    _exchange_dirs(layout.meta, incoming)
+    shutil.rmtree(incoming, ignore_errors=True)
+    writer = (record or {}).get("writer")
+    rec = {"etag": head_pair.last_index, "last_index": head.last_index}
+    if writer:
+        rec["writer"] = writer
+    publish.save_record(str(layout.root / publish.RECORD_NAME), rec)
+    state.meta = MVCCStore.open(str(layout.meta), **statemod._meta_options(state.config))
+
+
+# --------------------------------------------------------------------- session
+
+class CloudSession:
+    """Lease + publisher of one mounted state dir (inert when the slow store has
+    no named objects, e.g. a remote store served without them)."""
+
+    def __init__(self, state, read_only: bool):
+        self.state = state
+        self.read_only = read_only
+        self.bucket = statemod.named_objects(state.slow)
+        self.kv = publish.bucket_kv(self.bucket) if self.bucket is not None else None
+        self.lease: Lease | None = None
+        self.publisher: publish.Publisher | None = None
+        self.lease_error: str | None = None
+        self.stopped: str | None = None       # why publishing stopped for good
+        self._lease_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        cfg = state.config
+        self.ship_interval = cfg["cloud.wal_ship_interval_seconds"]
+        self.ttl = cfg["cloud.lease_ttl_seconds"]
+
+    @property
+    def record_path(self) -> str:
+        return str(self.state.layout.root / publish.RECORD_NAME)
+
+    @classmethod
+    def start(cls, state, *, read_only: bool, steal_lease: bool = False) -> "CloudSession":
+        global _active
+        session = cls(state, read_only)
+        if session.bucket is None:
+            log.warning("the slow store %s keeps no named objects: metadata is not published",
+                        state.slow_url)
+        elif read_only:
+            session._catch_up_read_only()
+        else:
+            session._start_writer(steal_lease)
+        _active = session
+        return session
+
+    def _catch_up_read_only(self) -> None:
+        try:
+            found = publish.read_head(self.kv, self.state.codec)
+        except (BlobError, OSError) as exc:
+            log.warning("slow store unreachable (%s): mounting the local copy as it is", exc)
+            return
+        if found is None:
+            return
+        pair, head = found
+        record = publish.load_record(self.record_path) or {}
+        if record.get("etag") == pair.last_index:
+            return
+        if self.state.meta.last_index > int(record.get("last_index", 0)) and \
+                head.writer == record.get("writer"):
+            return                       # we wrote the head: local is as new or newer
+        if self.state.meta.last_index > int(record.get("last_index", 0)):
+            log.warning("this state dir holds metadata changes that were never published; "
+                        "mounting it as it is, not the bucket's newer head")
+            return
+        fast_forward(self.state, self.bucket, pair, head, record)
+
+    def _start_writer(self, steal: bool) -> None:
+        st = self.state
+        self.lease = Lease(self.kv, publish.LEASE_KEY, holder_name(st.path), self.ttl)
+        try:
+            if steal:
+                old = self.lease.steal()
+                if old is not None:
+                    log.warning("stole the writer lease from %s (it expired %s)", old.holder,
+                                _when(old.expires))
+            else:
+                self.lease.acquire()
+        except LeaseHeldError as e:
+            raise CloudError(
+                f"{st.slow_url} is mounted read-write by {e.info.holder}; its lease expires "
+                f"{_when(e.info.expires)}. Mount with --read-only for the latest published state, "
+                f"or with --steal-lease if that machine is gone for good") from None
+        except (BlobError, OSError) as exc:
+            raise CloudError(f"cannot take the writer lease in {st.slow_url}: {exc}; "
+                             f"mount --read-only to use the local copy") from None
+        try:
+            self.publisher = self._new_publisher()
+            try:
+                self.publisher.open()
+            except publish.StaleStateError:
+                found = publish.read_head(self.kv, st.codec)
+                fast_forward(st, self.bucket, found[0], found[1], publish.load_record(self.record_path))
+                self.publisher = self._new_publisher()
+                self.publisher.open()
+        except publish.PublishError as exc:
+            self.lease.release()
+            raise CloudError(str(exc)) from None
+        except BaseException:
+            self.lease.release()
+            raise
+        for target, name in ((self._renew_loop, "vfs-lease"), (self._ship_loop, "vfs-publish")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _new_publisher(self) -> publish.Publisher:
+        st = self.state
+        return publish.Publisher(st.meta, st.paired, self.bucket, st.codec, self.record_path,
+                                 fs_id=st.id, fence=self._fence,
+                                 checkpoint_interval=st.config["cloud.checkpoint_interval_seconds"])
+
+    # -- lease -------------------------------------------------------------------
+    def _fence(self) -> int:
+        """Prove by CAS that the lease is still ours, right before the head swings."""
+        with self._lease_lock:
+            if self.stopped:
+                raise publish.PublishError(self.stopped)
+            try:
+                info = self.lease.renew()
+            except LeaseLostError as exc:
+                self._stop_publishing(f"the writer lease was lost ({exc}); this mount no longer "
+                                      f"publishes: unmount it and clone again")
+                raise publish.PublishError(self.stopped) from None
+            self.lease_error = None
+            return info.generation
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._fence()
+            except publish.PublishError:
+                return
+            except (BlobError, OSError, LeaseError) as exc:
+                self.lease_error = f"renewing the lease failed, retrying: {exc}"
+                log.warning(self.lease_error)
+
+    def _stop_publishing(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = why
+            log.error(why)
+
+    # -- publishing --------------------------------------------------------------
+    def _ship_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.ship_interval)
+            self._wake.clear()
+            if self._stop.is_set() or self.stopped:
+                return
+            self._publish_quietly(timeout=self.ship_interval)
+
+    def _publish_quietly(self, timeout: float | None) -> None:
+        try:
+            self.publish(timeout=timeout)
+        except publish.BlobsNotDurableError as exc:
+            log.info("not publishing yet: %s", exc)
+        except publish.DivergedError as exc:
+            self._stop_publishing(str(exc))
+        except (publish.PublishError, BlobError, OSError) as exc:
+            log.warning("publishing metadata failed, will retry: %s", exc)
+
+    def publish(self, timeout: float | None = None) -> bool:
+        if self.publisher is None:
+            return False
+        if self.stopped:
+            raise publish.PublishError(self.stopped)
+        return self.publisher.publish(timeout=timeout)
+
+    def publish_soon(self) -> None:
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        if self.bucket is None:
+            return {"published": "not published (the slow store keeps no metadata)"}
+        if self.publisher is None:
+            return {"lease": "none (read-only mount)"}
+        ps = self.publisher.status
+        lease = self.lease.info if self.lease is not None else None
+        last = ps.last_publish
+        return {
+            "published index": ps.published_index,
+            "unpublished changes": self.publisher.pending(),
+            "last publish": None if last is None else
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+            "publish error": self.stopped or ps.last_error,
+            "lease": None if lease is None else f"held until {_when(lease.expires)}",
+            "lease error": self.lease_error,
+        }
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Final publish (best effort), stop the threads, give the lease back."""
+        global _active
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=timeout)
+        if self.publisher is not None and not self.stopped:
+            self._publish_quietly(timeout=timeout)
+        if self.lease is not None:
+            with self._lease_lock:
+                try:
+                    self.lease.release()
+                except (BlobError, OSError, LeaseError) as exc:
+                    log.warning("could not release the writer lease (it expires by itself): %s", exc)
+        if _active is self:
+            _active = None
+
+
+# ------------------------------------------------------------- ctl commands
+
+def _install_ctl_commands() -> None:
+    """Wrap ``flush``, ``snapshot`` and ``status`` so they publish and report."""
+    from versionfs.fs import control
+    cmds = control.COMMANDS
+    if getattr(cmds["flush"].run, "_cloud", False):
+        return
+    flush, snapshot, status = cmds["flush"], cmds["snapshot"], cmds["status"]
+
+    async def run_flush(fs, args):
+        import trio
+        out = await flush.run(fs, args)
+        session = _active
+        if session is not None and session.publisher is not None:
+            timeout = float(args[0]) if args else None
+            try:
+                await trio.to_thread.run_sync(lambda: session.publish(timeout=timeout))
+            except publish.BlobsNotDurableError as exc:
+                raise control.CommandError(str(exc), errno.ETIMEDOUT) from None
+            except (publish.PublishError, BlobError, OSError) as exc:
+                raise control.CommandError(f"publishing metadata failed: {exc}", errno.EIO) from None
+        return out
+
+    async def run_snapshot(fs, args):
+        out = await snapshot.run(fs, args)
+        if _active is not None:
+            _active.publish_soon()
+        return out
+
+    async def run_status(fs, args):
+        import json
+        out = await status.run(fs, args)
+        if _active is None:
+            return out
+        extra = _active.status()
+        if args:
+            doc = json.loads(out)
+            doc.update({k.replace(" ", "_"): v for k, v in extra.items()})
+            return json.dumps(doc)
+        return out + "\n" + "\n".join(f"{k}: {'-' if v is None else v}" for k, v in extra.items())
+
+    for fn in (run_flush, run_snapshot, run_status):
+        fn._cloud = True
+    control.command("flush", flush.usage, flush.summary + " and publish the metadata")(run_flush)
+    control.command("snapshot", snapshot.usage, snapshot.summary)(run_snapshot)
+    control.command("status", status.usage, status.summary + ", publishing and lease")(run_status)
+
+
+_install_ctl_commands()
