@@ -175,3 +175,31 @@ def test_encrypted_bucket_shows_no_names_or_contents(tmp_path, s3_url):
         restored.close()
     finally:
         rig.close()
+
+
+def test_a_torn_head_object_falls_back_to_its_copy(tmp_path, s3_url):
+    """SeaweedFS can leave an empty object when a writer is killed mid conditional PUT."""
+    rig = Rig(tmp_path, S3Store(s3_url), Codec(None))
+    try:
+        rig.write_file(b"a", b"1")
+        rig.pub.publish(timeout=60)
+        rig.write_file(b"b", b"2")
+        rig.pub.publish(timeout=60)
+        want = _dump(rig.meta)
+        rig.slow.bucket.put(publish.HEAD_KEY, b"")          # the torn head
+        kv = publish.bucket_kv(rig.slow.bucket)
+        _pair, head = publish.read_head(kv, rig.codec)
+        assert head.last_index == rig.meta.last_index
+        restored = _restore(rig, tmp_path / "restored")
+        assert _dump(restored) == want
+        restored.close()
+        # The writer (same record) carries on: its CAS replaces the damaged object.
+        pub = publish.Publisher(rig.meta, rig.paired, rig.slow.bucket, rig.codec,
+                                str(tmp_path / publish.RECORD_NAME), fs_id="fs1")
+        pub.open()
+        rig.write_file(b"c", b"3")
+        assert pub.publish(timeout=60)
+        assert kv.get(publish.HEAD_KEY).value                # a real head again
+        assert len(list(rig.slow.bucket.list(publish.HEAD_COPY_PREFIX))) <= publish.HEAD_COPIES_KEPT
+    finally:
+        rig.close()

@@ -112,7 +112,7 @@ def test_rpo_kill9_before_flush_keeps_what_was_shipped(machines, s3_url):
             n = int(path[len("late/g"):])
             assert (b.mnt / path).read_bytes() == b"late %d\n" % n * 1000
     # and the filesystem works on.
-    (b.mnt / "late" / "more").write_text("ok\n")
+    (b.mnt / "after-recovery").write_text("ok\n")
     b.umount()
 
 

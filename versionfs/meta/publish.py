@@ -3,6 +3,8 @@
 What the bucket holds (names relative to the slow store's root/prefix)::
 
     meta/head                        the head record (a KV key: changed only by CAS)
+    meta/heads/<last>-<tag>          copies of the newest head records, each written
+                                     before the head swings (a torn head falls back)
     meta/checkpoints/<id>/part-NNNNNN  a checkpoint: the MVCC store's backup stream
                                      (``backup.BackupWriter``) cut into parts
     meta/wal/<first>-<last>-<tag>    WAL entries first..last, one msgpack list
@@ -53,7 +55,8 @@ import zstandard
 
 from ..blob.errors import BlobError, NotFoundError
 from .backup import BackupReader, BackupWriter, framed_copy, verified_stream
-from .kv import BucketKV, DirectoryKV, KeyExistsError, KeyModifiedError, KeyNotFoundError, KVPair, S3KV
+from .kv import (BucketKV, DirectoryKV, ForeignObjectError, KeyExistsError, KeyModifiedError,
+                 KeyNotFoundError, KVPair, S3KV)
 from .mvcc import MVCCStore
 from .wal import Entry, IndexNotFoundError, read_entries
 
@@ -67,6 +70,8 @@ HEAD_KEY = "meta/head"
 LEASE_KEY = "meta/lease"
 CHECKPOINT_PREFIX = "meta/checkpoints/"
 WAL_PREFIX = "meta/wal/"
+HEAD_COPY_PREFIX = "meta/heads/"
+HEAD_COPIES_KEPT = 3
 RECORD_NAME = "published.json"
 HEAD_FORMAT = 1
 CHECKPOINT_KIND = "versionfs.mvcc"
@@ -152,12 +157,34 @@ def _unpack(codec, name: str, sealed: bytes) -> bytes:
 
 
 def read_head(kv: BucketKV, codec) -> tuple[KVPair, HeadRecord] | None:
-    """The bucket's head (its KV pair, for CAS, and the record), or None if none yet."""
+    """The bucket's head (its KV pair, for CAS, and the record), or None if none yet.
+
+    A head object that does not decode (seen with SeaweedFS: a writer killed
+    during a conditional PUT can leave an empty object) falls back to the
+    newest copy in ``meta/heads/``, which every publish writes *before* it
+    swings the head, so it names only durable objects; the returned pair
+    carries the damaged object's etag, so the next publish replaces it by CAS.
+    """
     try:
         pair = kv.get(HEAD_KEY)
+        return pair, HeadRecord.decode(codec.open(pair.value, HEAD_KEY.encode()))
     except KeyNotFoundError:
         return None
-    return pair, HeadRecord.decode(codec.open(pair.value, HEAD_KEY.encode()))
+    except (ForeignObjectError, BlobError, PublishError) as exc:
+        damage = exc
+    try:
+        _body, etag = kv.bucket.get(HEAD_KEY)
+    except NotFoundError:
+        return None
+    for name in sorted(kv.bucket.list(HEAD_COPY_PREFIX), reverse=True):
+        try:
+            record = HeadRecord.decode(_unpack(codec, name, kv.bucket.get(name)[0]))
+        except (BlobError, PublishError, NotFoundError):
+            continue
+        log.warning("the head record is damaged (%s); using its copy %s", damage, name)
+        return KVPair(HEAD_KEY, b"", etag), record
+    raise PublishError(f"the bucket's {HEAD_KEY} is damaged ({damage}) and no copy of it "
+                       f"in {HEAD_COPY_PREFIX} is readable")
 
 
 # ------------------------------------------------------------ local record
@@ -325,6 +352,9 @@ class Publisher:
                                  last_index=target, time=self.clock(), generation=self.fence(),
                                  revision=self.meta.head, snapshots=len(self.meta.revisions()),
                                  retired=retired)
+                copy_name = f"{HEAD_COPY_PREFIX}{target:016x}-{tag}"
+                self.bucket.put(copy_name, _pack(self.codec, copy_name, new.encode()))
+                uploaded.append(copy_name)
                 pair = self._swing(prev, new)
             except BaseException:
                 self._forget(uploaded)
@@ -337,6 +367,8 @@ class Publisher:
         # The chain before the previous checkpoint: a clone that read an older
         # head has had a whole checkpoint interval to fetch it.
         self._forget(delete_after)
+        copies = sorted(self.bucket.list(HEAD_COPY_PREFIX))
+        self._forget([n for n in copies[:-HEAD_COPIES_KEPT] if n != copy_name])
         return True
 
     def _upload_checkpoint(self, copy, index: int, tag: str, uploaded: list[str]) -> dict:
