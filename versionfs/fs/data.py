@@ -603,6 +603,7 @@ class DataManager:
         clean_ends = {e.end: e for e in clean}
         base_starts = {e.offset for e in extents}
         dropped: set[Extent] = set()
+        rechunked = Intervals()     # ranges the new chunks cover
         futures: list[tuple[int, int, concurrent.futures.Future]] = []
         cdc = self._chunker()
 
@@ -625,13 +626,17 @@ class DataManager:
                     dropped.add(prev)
                     start = prev.offset
                 pos = self._rechunk(cdc, read, start, rb, clean_starts, futures)
+                rechunked.add(start, pos)
         added: list[Extent] = []
         for off, length, fut in futures:
             ptr = fut.result()
             if ptr is not None:             # all-zero chunks become holes
                 added.append(Extent(off, length, ptr))
         old_set = set(extents)
-        result_exts = sorted([e for e in clean if e not in dropped] + added, key=lambda e: e.offset)
+        # Re-chunking stops early only where a cut lands on a clean extent's
+        # start; a clean extent it ran over is replaced by the new chunks.
+        kept = [e for e in clean if e not in dropped and not rechunked.overlaps(e.offset, e.end)]
+        result_exts = sorted(kept + added, key=lambda e: e.offset)
         result_set = set(result_exts)
         removed = [e for e in extents if e not in result_set]
         added = [e for e in added if e not in old_set]
