@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import pytest
 import trio
@@ -101,5 +102,52 @@ def test_random_writes_truncates_and_seals_match_a_bytearray(tmp_path, monkeypat
     try:
         for seed in range(60):
             _model_run(dm, seed, 1 << 16, 60)
+    finally:
+        dm.close()
+
+
+class _SlowChunks:
+    """A real store whose get() takes a while for chunks starting with `slow`:
+    the latency of a cold read from S3, which a local store cannot produce on cue."""
+
+    def __init__(self, inner, slow: bytes):
+        self.inner, self.slow = inner, slow
+
+    def put(self, data):
+        return self.inner.put(data)
+
+    def get(self, pointer):
+        data = self.inner.get(pointer)
+        time.sleep(1.0 if data.startswith(self.slow) else 0.1)
+        return data
+
+
+def test_read_waiting_for_store_survives_a_concurrent_seal(tmp_path):
+    """A read that fetched a chunk in a worker thread used layer files that a
+    seal finishing meanwhile had closed: EBADF, so EIO for the application."""
+    blobs = _SlowChunks(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), b"x")
+    dm = DataManager(blobs, str(tmp_path / "dirty"))
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, b"x" * 300 * K)
+        await dm.seal(f, _no_persist)
+        dm.write(f, 600 * K, b"z" * 300 * K)
+        await dm.seal(f, _no_persist)
+        dm.cache = fsdata.ChunkCache()          # cold, as after a remount
+        dm.write(f, 700 * K, b"y" * 100)
+        want = b"x" * 300 * K + bytes(300 * K) + b"z" * 100 * K + b"y" * 100 + b"z" * (100 * K - 100)
+        got = []
+        async with trio.open_nursery() as nursery:
+            async def reader():
+                got.append(await dm.read(f, 0, 800 * K))
+            nursery.start_soon(reader)
+            await trio.sleep(0.1)               # the read now waits for the slow chunk
+            await dm.seal(f, _no_persist)       # and the layer it planned on is sealed
+        assert got == [want]
+        assert await dm.read(f, 0, 800 * K) == want
+
+    try:
+        trio.run(run)
     finally:
         dm.close()

@@ -156,7 +156,7 @@ class Layer:
     under the dirty directory beyond that.
     """
 
-    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen")
+    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired")
 
     def __init__(self, path: str, size: int):
         self.path = path
@@ -166,6 +166,8 @@ class Layer:
         self.trunc: int | None = None
         self.size = size
         self.frozen = False
+        self.readers = 0          # reads in worker threads using this layer
+        self.retired = False
 
     def pwrite(self, buf: bytes, offset: int) -> int:
         end = offset + len(buf)
@@ -196,6 +198,11 @@ class Layer:
             del self.mem[size:]
 
     def close(self) -> None:
+        """Free the layer, or leave that to the last read still using it (a seal
+        can finish while a read waits in a worker thread for a chunk)."""
+        if self.readers > 0:
+            self.retired = True
+            return
         self.mem = None
         if self.fd >= 0:
             os.close(self.fd)
@@ -446,6 +453,10 @@ class DataManager:
         """Blocking read of [a, b) through `layers` onto `extents`."""
         pieces: list = []
         self._plan(layers, len(layers) - 1, a, b, pieces)
+        return self._read_pieces(extents, pieces)
+
+    def _read_pieces(self, extents: list[Extent], pieces: list) -> bytes:
+        """Blocking read of planned (start, end, source) pieces."""
         parts: list[bytes] = []
         for s, e, src in pieces:
             if src is None:
@@ -468,18 +479,25 @@ class DataManager:
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
-        layers = list(f.layers)
         extents = f.extents
-        # Layer files and cached chunks are local and quick: read them here;
-        # a chunk that must come from a store is fetched in a worker thread.
-        if self._needs_base(layers, offset, end) and not self._cached(extents, offset, end):
-            return await trio.to_thread.run_sync(self._read_sync, extents, layers, offset, end)
-        return self._read_sync(extents, layers, offset, end)
-
-    def _needs_base(self, layers, a, b) -> bool:
+        # Plan here on the trio thread: write() changes the live layer's ranges.
         pieces: list = []
-        self._plan(layers, len(layers) - 1, a, b, pieces)
-        return any(src == "base" for _, _, src in pieces)
+        self._plan(f.layers, len(f.layers) - 1, offset, end, pieces)
+        # Layers and cached chunks are local and quick: read them here; a chunk
+        # that must come from a store is fetched in a worker thread, with the
+        # layers it reads pinned so a seal finishing meanwhile cannot free them.
+        if not any(src == "base" for _, _, src in pieces) or self._cached(extents, offset, end):
+            return self._read_pieces(extents, pieces)
+        pinned = list({id(src): src for _, _, src in pieces if isinstance(src, Layer)}.values())
+        for layer in pinned:
+            layer.readers += 1
+        try:
+            return await trio.to_thread.run_sync(self._read_pieces, extents, pieces)
+        finally:
+            for layer in pinned:
+                layer.readers -= 1
+                if layer.retired:
+                    layer.close()
 
     async def read_extents(self, extents: list[Extent], size: int, offset: int, size_req: int) -> bytes:
         """Read sealed content only (snapshot views)."""
