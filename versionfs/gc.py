@@ -185,6 +185,11 @@ class GCGuard(Store):
         self._record([k.bytes for k, _ in items])
         self.inner.put_many(items)
 
+    def put_many_deferred(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        items = [(as_pointer(k), d) for k, d in items]
+        self._record([k.bytes for k, _ in items])
+        getattr(self.inner, "put_many_deferred", self.inner.put_many)(items)
+
     def get(self, key: Pointer) -> bytes:
         return self.inner.get(key)
 

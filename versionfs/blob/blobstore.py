@@ -33,6 +33,24 @@ class BlobStore:
         self.store.put_many(encoded)
         return [pointer for pointer, _ in encoded]
 
+    def put_deferred(self, plaintext) -> Pointer:
+        """Store a blob that must be durable only once ``barrier()`` returns."""
+        return self.put_many_deferred([plaintext])[0]
+
+    def put_many_deferred(self, plaintexts: Iterable) -> list[Pointer]:
+        """put_many whose durability waits for ``barrier()`` (stores that cannot
+        defer make the blobs durable at once)."""
+        encoded = [self.codec.encode(p) for p in plaintexts]
+        getattr(self.store, "put_many_deferred", self.store.put_many)(encoded)
+        return [pointer for pointer, _ in encoded]
+
+    def barrier(self) -> None:
+        """Every blob put so far is durable when this returns: call it before
+        making durable any metadata that refers to deferred blobs."""
+        sync = getattr(self.store, "sync_deferred", None)
+        if sync is not None:
+            sync()
+
     def get(self, pointer: Pointer) -> bytes:
         pointer = as_pointer(pointer)
         stored = self.store.get(pointer)

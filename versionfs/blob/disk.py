@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Callable, Iterable
 
 from .errors import NotFoundError, StoreFullError
-from .files import FanOutStore
+from .files import FanOutStore, _io_pool, _unlink_quietly, fdatasync_path, fsync_dir, read_file
 from .pointer import Pointer, as_pointer
 from .store import Buffer
 
@@ -30,6 +30,16 @@ class DiskStore(FanOutStore):
     The store keeps raw codec output and does not know the codec, so a read is
     verified one level up: BlobStore.get decodes against the pointer (hash or
     AEAD tag) and, under a Paired store, replaces a bad fast copy from slow.
+
+    Deferred durability (``put_many_deferred`` + ``sync_deferred``): a writer
+    that stores many blobs before it needs any of them durable (a seal of a
+    64 MiB slice) writes each to its temp file without fsync, and one barrier
+    later fdatasyncs all the temps side by side, renames them into place and
+    fsyncs each touched directory once. Until the barrier a blob is readable
+    from its temp file, but its final name does not exist yet, so a crash can
+    never leave a torn blob under a real name (which a later put of the same
+    content would trust). A durable put of a key that is still staged runs the
+    barrier before it returns.
     """
 
     def __init__(self, path: str | os.PathLike, max_bytes: int | None = None):
@@ -41,6 +51,8 @@ class DiskStore(FanOutStore):
         self._guard: Callable[[Pointer], bool] = lambda key: False
         self._index: OrderedDict[Pointer, int] = OrderedDict()
         self._used = 0
+        self._staged: dict[Pointer, str] = {}     # key -> temp path, until sync_deferred
+        self._barrier_lock = threading.Lock()
         for key, size, _mtime in sorted(self._scan(), key=lambda t: t[2]):
             self._index[key] = size
             self._used += size
@@ -63,6 +75,12 @@ class DiskStore(FanOutStore):
     # -- Store ----------------------------------------------------------------
     def get(self, key: Pointer) -> bytes:
         key = as_pointer(key)
+        temp = self._staged.get(key)
+        if temp is not None:
+            try:
+                return read_file(temp)
+            except NotFoundError:
+                pass                        # renamed into place (or deleted) meanwhile
         try:
             data = super().get(key)
         except NotFoundError:
@@ -86,23 +104,67 @@ class DiskStore(FanOutStore):
     def put_many(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
         self._put(items, sync=True)
 
-    def _put(self, items: Iterable[tuple[Pointer, Buffer]], sync: bool) -> None:
+    def put_many_deferred(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        """Store blobs now, durable only after the next ``sync_deferred`` (class doc)."""
+        self._put(items, sync=False, defer=True)
+
+    def sync_deferred(self) -> None:
+        """Make every blob put with ``put_many_deferred`` so far durable under its name.
+
+        Barriers run one at a time: a barrier that found nothing staged must
+        not return while another is still between a rename and its directory
+        fsync.
+        """
+        with self._barrier_lock:
+            with self._lock:
+                batch = dict(self._staged)
+            if not batch:
+                return
+            pool = _io_pool()
+            if len(batch) == 1:
+                fdatasync_path(next(iter(batch.values())))
+            else:
+                list(pool.map(fdatasync_path, batch.values()))
+            dirs = set()
+            with self._lock:
+                for key, temp in batch.items():
+                    if self._staged.get(key) != temp:
+                        continue                # deleted meanwhile
+                    final = self.path_for(key)
+                    os.replace(temp, final)
+                    del self._staged[key]
+                    dirs.add(os.path.dirname(final))
+            if len(dirs) > 1:
+                list(pool.map(fsync_dir, dirs))
+            elif dirs:
+                fsync_dir(dirs.pop())
+
+    def _put(self, items: Iterable[tuple[Pointer, Buffer]], sync: bool,
+             defer: bool = False) -> None:
         new: dict[Pointer, Buffer] = {}
+        barrier = False
         with self._lock:
             for key, data in items:
                 key = as_pointer(key)
                 if key in self._index:
                     self._index.move_to_end(key)
+                    barrier = barrier or (sync and key in self._staged)
                 elif key not in new:
                     new[key] = data
-            if not new:
-                return
-            need = sum(memoryview(d).nbytes for d in new.values())
-            victims = self._make_room(need, set(new))
-            self._used += need  # reserved until written
+            if new:
+                need = sum(memoryview(d).nbytes for d in new.values())
+                victims = self._make_room(need, set(new))
+                self._used += need  # reserved until written
+        if not new:
+            if barrier:                         # durable put of a blob still staged
+                self.sync_deferred()
+            return
         self._unlink_victims(victims)
         try:
-            self._write_files(new.items(), sync)
+            if defer:
+                staged = self._write_temps(self._jobs(new.items()), sync=False)
+            else:
+                self._write_files(new.items(), sync)
         except BaseException:
             with self._lock:
                 self._used -= need
@@ -114,14 +176,33 @@ class DiskStore(FanOutStore):
                     self._used -= size
                 else:
                     self._index[key] = size
+            if defer:
+                temps = dict(zip(new, (temp for temp, _ in staged)))
+                for key, temp in temps.items():
+                    if key in self._staged:
+                        _unlink_quietly(temp)   # staged by a concurrent put
+                    elif os.path.exists(self.path_for(key)):
+                        _unlink_quietly(temp)   # a durable concurrent put won
+                    else:
+                        self._staged[key] = temp
+        if barrier:
+            self.sync_deferred()
 
     def cache_put(self, key: Pointer, data: Buffer) -> None:
         """Put a copy of a blob that is safe elsewhere: no fsync (a torn copy
         after a crash fails verification and is fetched again)."""
         self._put(((key, data),), sync=False)
 
+    def _unstage(self, keys: list[Pointer]) -> None:
+        """Drop staged blobs (deleted before their barrier): their temps go too."""
+        with self._lock:
+            temps = [self._staged.pop(k) for k in keys if k in self._staged]
+        for temp in temps:
+            _unlink_quietly(temp)
+
     def delete(self, key: Pointer) -> None:
         key = as_pointer(key)
+        self._unstage([key])
         super().delete(key)
         with self._lock:
             size = self._index.pop(key, None)
@@ -130,6 +211,7 @@ class DiskStore(FanOutStore):
 
     def delete_many(self, keys: Iterable[Pointer]) -> None:
         keys = [as_pointer(k) for k in keys]
+        self._unstage(keys)
         super().delete_many(keys)
         with self._lock:
             for key in keys:
@@ -150,7 +232,7 @@ class DiskStore(FanOutStore):
         for key, size in self._index.items():
             if freed >= excess:
                 break
-            if key in incoming or self._guard(key):
+            if key in incoming or key in self._staged or self._guard(key):
                 continue
             victims.append(key)
             freed += size

@@ -64,6 +64,19 @@ def atomic_write(path: str, data: Buffer, *, sync_dir: bool = True) -> None:
         fsync_dir(directory)
 
 
+def fdatasync_path(path: str) -> bool:
+    """fdatasync a file written earlier without it; False if it is gone meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def read_file(path: str) -> bytes:
     """The whole file; NotFoundError if it does not exist."""
     try:
@@ -173,30 +186,8 @@ class FanOutStore(Store):
         A batch's fsyncs run in parallel: the disk and the file system's journal
         merge concurrent flushes, which roughly halves the cost per small blob.
         """
-        jobs = []
-        for key, data in items:
-            key = as_pointer(key)
-            if not key:
-                raise ValueError("cannot store a blob under the Null pointer")
-            final = self.path_for(key)
-            self._ensure_dir(os.path.dirname(final))
-            jobs.append((final, data))
-        staged: list[tuple[str, str]] = []
+        staged = self._write_temps(self._jobs(items), sync)
         try:
-            if len(jobs) == 1:
-                final, data = jobs[0]
-                staged.append((write_temp(os.path.dirname(final), data, sync=sync), final))
-            else:
-                futures = [(_io_pool().submit(write_temp, os.path.dirname(final), data, sync=sync),
-                            final) for final, data in jobs]
-                errors = []
-                for future, final in futures:
-                    try:
-                        staged.append((future.result(), final))
-                    except BaseException as exc:  # noqa: BLE001 - re-raised below
-                        errors.append(exc)
-                if errors:
-                    raise errors[0]
             dirs = set()
             for temp, final in staged:
                 os.replace(temp, final)
@@ -209,6 +200,43 @@ class FanOutStore(Store):
         finally:
             for temp, _ in staged:
                 _unlink_quietly(temp)
+
+    def _jobs(self, items: Iterable[tuple[Pointer, Buffer]]) -> list[tuple[str, Buffer]]:
+        """(final path, data) per blob, its directory made."""
+        jobs = []
+        for key, data in items:
+            key = as_pointer(key)
+            if not key:
+                raise ValueError("cannot store a blob under the Null pointer")
+            final = self.path_for(key)
+            self._ensure_dir(os.path.dirname(final))
+            jobs.append((final, data))
+        return jobs
+
+    def _write_temps(self, jobs: list[tuple[str, Buffer]], sync: bool) -> list[tuple[str, str]]:
+        """(temp, final) for each (final, data): the data in a temp file beside its final
+        name, fsynced when ``sync``; several blobs are written side by side."""
+        staged: list[tuple[str, str]] = []
+        try:
+            if len(jobs) == 1:
+                final, data = jobs[0]
+                staged.append((write_temp(os.path.dirname(final), data, sync=sync), final))
+                return staged
+            futures = [(_io_pool().submit(write_temp, os.path.dirname(final), data, sync=sync),
+                        final) for final, data in jobs]
+            errors = []
+            for future, final in futures:
+                try:
+                    staged.append((future.result(), final))
+                except BaseException as exc:  # noqa: BLE001 - re-raised below
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+            return staged
+        except BaseException:
+            for temp, _ in staged:
+                _unlink_quietly(temp)
+            raise
 
     def delete(self, key: Pointer) -> None:
         path = self.path_for(key)

@@ -17,6 +17,12 @@ Invariants:
   full of not-yet-uploaded blobs makes put wait up to ``full_wait`` seconds
   for uploads to free space, then raise StoreFullError (ENOSPC to the user).
 - With no journal the pair is read-only: put raises ReadOnlyError.
+- ``put_many_deferred`` + ``sync_deferred`` (a barrier) let a writer store many
+  blobs and pay for their durability once: the fast store stages them without
+  fsync, and their journal records are written only by the barrier, after the
+  fast store made them durable, so the journal never lists a blob the fast
+  store could lose. Such blobs are pinned from the put and uploaded after the
+  barrier; ``flush``, ``wait_durable`` and ``close`` run a barrier first.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class Paired(Store):
         self._journaled: set[Pointer] = set()
         self._queue: deque[Pointer] = deque()
         self._in_flight: set[Pointer] = set()
+        self._deferred: dict[Pointer, int] = {}   # put, not yet journaled (no barrier yet)
+        self._barrier_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self._uploaded = 0
         self._last_ok: float | None = None
@@ -96,6 +104,7 @@ class Paired(Store):
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every put so far is durable on the slow store."""
+        self.sync_deferred()
         self.start()
         with self._cond:
             if not self._cond.wait_for(lambda: not self._pending or self._stop.is_set(), timeout):
@@ -106,6 +115,11 @@ class Paired(Store):
 
     def close(self) -> None:
         """Stop uploads (unfinished ones stay journaled) and close both stores."""
+        if self._journal is not None and not self._stop.is_set():
+            try:
+                self.sync_deferred()
+            except Exception:                    # noqa: BLE001 - closing anyway
+                log.exception("barrier before close failed")
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -134,6 +148,8 @@ class Paired(Store):
         """
         keys = list(keys)
         pos = 0
+        if self._journal is not None:
+            self.sync_deferred()
 
         def done() -> bool:           # each key is looked at once it is done: O(n + wakeups)
             nonlocal pos
@@ -179,12 +195,60 @@ class Paired(Store):
         except BaseException:
             self._unpin(pinned)
             raise
+        self._enqueue(todo)
+
+    def _enqueue(self, journaled: list[tuple[Pointer, int]]) -> None:
+        """Queue for upload the keys whose put records are now in the journal."""
         with self._cond:
-            for key, _ in todo:
+            for key, _ in journaled:
                 if key not in self._journaled and key in self._pending:
                     self._journaled.add(key)
                     self._queue.append(key)
             self._cond.notify_all()
+
+    def put_many_deferred(self, items: Iterable[tuple[Pointer, Buffer]]) -> None:
+        """Like put_many, but durable (and journaled) only at the next ``sync_deferred``."""
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        stage = getattr(self.fast, "put_many_deferred", None)
+        if stage is None:
+            self.put_many(items)
+            return
+        items = [(as_pointer(k), d) for k, d in items]
+        if not items:
+            return
+        pinned = self._pin(items)
+        try:
+            self._fast_put(items, stage)
+        except BaseException:
+            self._unpin(pinned)
+            raise
+        with self._cond:
+            for key, _ in items:
+                if key not in self._journaled and key in self._pending:
+                    self._deferred[key] = self._pending[key]
+
+    def sync_deferred(self) -> None:
+        """Barrier: every blob put so far is durable in fast and journaled for upload."""
+        with self._barrier_lock:
+            with self._cond:
+                records, self._deferred = self._deferred, {}
+            try:
+                sync = getattr(self.fast, "sync_deferred", None)
+                if sync is not None:
+                    sync()
+                with self._cond:
+                    todo = [(k, size) for k, size in records.items()
+                            if k in self._pending and k not in self._journaled]
+                if todo:
+                    self._journal.add(todo)
+            except BaseException:
+                with self._cond:
+                    for key, size in records.items():
+                        self._deferred.setdefault(key, size)
+                raise
+            if todo:
+                self._enqueue(todo)
 
     def _pin(self, items: list[tuple[Pointer, Buffer]]) -> list[Pointer]:
         """Mark new keys pending before they reach fast, waiting for room in the queue."""
@@ -210,11 +274,11 @@ class Paired(Store):
                     self._pending.pop(key, None)
             self._cond.notify_all()
 
-    def _fast_put(self, items) -> None:
+    def _fast_put(self, items, put=None) -> None:
         deadline = time.monotonic() + self.full_wait
         while True:
             try:
-                self.fast.put_many(items)
+                (put or self.fast.put_many)(items)
                 return
             except StoreFullError:
                 with self._cond:

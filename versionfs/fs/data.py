@@ -577,7 +577,8 @@ class DataManager:
             size = layers[-1].size
             data = self._read_sync(extents, layers, 0, size) if size else b""
             contents.append(None if not data or data == bytes(len(data)) else data)
-        pointers = iter(self.blobs.put_many([c for c in contents if c is not None]))
+        pointers = iter(self._put_many([c for c in contents if c is not None]))
+        self._barrier()
         results = []
         for (_, extents, layers), data in zip(frozen, contents):
             new = [] if data is None else [Extent(0, len(data), next(pointers).bytes)]
@@ -650,6 +651,7 @@ class DataManager:
             ptr = fut.result()
             if ptr is not None:             # all-zero chunks become holes
                 added.append(Extent(off, length, ptr))
+        self._barrier()                     # chunks durable before the caller persists
         old_set = set(extents)
         # Re-chunking stops early only where a cut lands on a clean extent's
         # start; a clean extent it ran over is replaced by the new chunks.
@@ -701,6 +703,19 @@ class DataManager:
         """Store one chunk; its pointer bytes, or None for an all-zero chunk."""
         if (data[:1] == b"\0" and data[-1:] == b"\0") and data == bytes(len(data)):
             return None
-        raw = self.blobs.put(data).bytes
+        put = getattr(self.blobs, "put_deferred", None) or self.blobs.put
+        raw = put(data).bytes
         self.cache.put(raw, data)
         return raw
+
+    # Chunks are stored without waiting for them to be durable; one barrier per
+    # seal (a batch of fsyncs side by side) makes them durable before the seal
+    # returns, so the metadata that refers to them is written after they are safe.
+    def _put_many(self, contents: list[bytes]) -> list:
+        put = getattr(self.blobs, "put_many_deferred", None) or self.blobs.put_many
+        return put(contents)
+
+    def _barrier(self) -> None:
+        barrier = getattr(self.blobs, "barrier", None)
+        if barrier is not None:
+            barrier()
