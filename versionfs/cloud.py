@@ -30,6 +30,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,35 @@ class CloudError(statemod.StateError):
     """A mount refused because of the bucket (lease held, diverged state); one line."""
 
 
+def instance_id(state_dir: Path) -> str:
+    """A random id of this state directory (not of the filesystem: clones differ).
+
+    The writer lease names it, so a daemon restarted on the same state dir
+    after a crash recognises the lease its dead predecessor left behind.
+    """
+    path = Path(state_dir) / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = uuid.uuid4().hex
+        tmp = path.with_name("instance-id.tmp")
+        tmp.write_text(value + "\n")
+        os.replace(tmp, path)
+        return value
+
+
 def holder_name(state_dir: Path) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} ({state_dir})"
+    return f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) [{instance_id(state_dir)}]"
+
+
+def _is_dead_predecessor(holder: str, state_dir: Path) -> bool:
+    """True when ``holder`` is an earlier daemon of this very state directory.
+
+    We hold the state dir's flock, so no other daemon of it is alive: its
+    lease is stale however long it still has to run.
+    """
+    return holder.endswith(f"[{instance_id(state_dir)}]") and \
+        holder != holder_name(state_dir)
 
 
 def _when(ts: float) -> str:
@@ -161,7 +189,14 @@ class CloudSession:
                     log.warning("stole the writer lease from %s (it expired %s)", old.holder,
                                 _when(old.expires))
             else:
-                self.lease.acquire()
+                try:
+                    self.lease.acquire()
+                except LeaseHeldError as e:
+                    if not _is_dead_predecessor(e.info.holder, st.path):
+                        raise
+                    self.lease.take_over_from(e.info.holder)
+                    log.warning("took over the writer lease left by %s, an earlier daemon of "
+                                "this state dir that did not unmount cleanly", e.info.holder)
         except LeaseHeldError as e:
             raise CloudError(
                 f"{st.slow_url} is mounted read-write by {e.info.holder}; its lease expires "

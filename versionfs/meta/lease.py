@@ -179,6 +179,30 @@ class Lease:
             except (KeyModifiedError, KeyNotFoundError):
                 continue
 
+    def take_over_from(self, holder: str) -> LeaseInfo | None:
+        """Take the lease only if ``holder`` still holds it (expired or not).
+
+        For a holder known to be dead that cannot expire soon enough: the same
+        state directory after a crash of its daemon. The swap is conditional on
+        the exact record read, so a lease someone else took meanwhile is left
+        alone (LeaseHeldError).
+        """
+        while True:
+            try:
+                current = self.kv.get(self.name)
+            except KeyNotFoundError:
+                self.acquire()
+                return None
+            previous = LeaseInfo.decode(self.name, current.value)
+            if previous.holder != holder:
+                raise LeaseHeldError(self.name, previous)
+            try:
+                self._pair = self.kv.atomic_put(
+                    self.name, self._record(previous.generation + 1), current)
+                return previous
+            except (KeyModifiedError, KeyNotFoundError):
+                continue
+
     def __enter__(self) -> "Lease":
         self.acquire()
         return self
