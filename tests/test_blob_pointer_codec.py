@@ -45,6 +45,22 @@ def test_plain_codec_uses_sha256_and_compresses_only_when_it_pays():
     assert c.decode(p, stored) == b""
 
 
+@pytest.mark.parametrize("shape", ["noise", "noise then zeros", "zeros then noise", "text in the middle"])
+def test_big_chunks_are_probed_before_compressing_and_still_compress_when_it_pays(shape):
+    """Chunks of PROBE_MIN and more are sampled at start, middle and end first:
+    incompressible ones skip the whole zstd pass, but a chunk that is
+    compressible in any of those places is still compressed."""
+    c = Codec(None)
+    n = 1 << 20
+    noise, zeros = os.urandom(n // 2), bytes(n // 2)
+    data = {"noise": os.urandom(n), "noise then zeros": noise + zeros,
+            "zeros then noise": zeros + noise,
+            "text in the middle": os.urandom(n // 3) + b"abc" * (n // 9) + os.urandom(n // 3)}[shape]
+    p, stored = c.encode(data)
+    assert stored[0] == (codec_mod.FMT_PLAIN if shape == "noise" else codec_mod.FMT_PLAIN_ZSTD)
+    assert c.decode(p, stored) == data
+
+
 @pytest.mark.parametrize("encrypted", [False, "aes-256-gcm", "chacha20-poly1305"])
 def test_tampered_and_truncated_blobs_fail_naming_the_pointer(encrypted):
     c = Codec(new_master_key(), cipher=encrypted) if encrypted else Codec(None)

@@ -71,6 +71,9 @@ TAG_SIZE = 16
 MAX_BLOB = 0xFFFFFFFF
 # Data this small is not worth a zstd frame.
 MIN_COMPRESS = 128
+# Chunks at least this big are probed with samples before a whole zstd pass.
+PROBE_MIN = 256 << 10
+PROBE_BYTES = 16 << 10
 
 
 def _subkey(master: bytes, purpose: bytes) -> bytes:
@@ -123,10 +126,25 @@ class Codec:
         n = len(data)
         if self.compression_level <= 0 or n < MIN_COMPRESS:
             return False, data
+        if n >= PROBE_MIN and not self._probe_pays(data):
+            return False, data
         packed = self._compressor().compress(data)
         if len(packed) <= n - (n >> 5):
             return True, packed
         return False, data
+
+    def _probe_pays(self, data) -> bool:
+        """Whether any of three samples (start, middle, end) compresses by 1/32:
+        already-compressed media or encrypted files then cost three small zstd
+        passes instead of one over the whole chunk."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        compress = self._compressor().compress
+        for start in (0, (n - PROBE_BYTES) // 2, n - PROBE_BYTES):
+            sample = view[start:start + PROBE_BYTES]
+            if len(compress(sample)) <= PROBE_BYTES - (PROBE_BYTES >> 5):
+                return True
+        return False
 
     # -- blobs -----------------------------------------------------------------
     def pointer_for(self, plaintext) -> Pointer:

@@ -162,7 +162,7 @@ class DiskStore(FanOutStore):
         self._unlink_victims(victims)
         try:
             if defer:
-                staged = self._write_temps(self._jobs(new.items()), sync=False)
+                staged = self._write_temps(self._jobs(new.items()), sync=False, writeback=True)
             else:
                 self._write_files(new.items(), sync)
         except BaseException:

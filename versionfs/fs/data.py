@@ -64,6 +64,7 @@ MEMORY_LAYER_BYTES = 1 << 20
 CHUNK_CACHE_BYTES = 96 << 20
 # Chunk uploads (hash + compress + encrypt + store) in flight per seal.
 PUT_WORKERS = 2
+PUTS_IN_FLIGHT = 2 * CDC_WINDOW // CHUNK_AVG
 READ_AHEAD_CHUNKS = 8        # chunks fetched ahead of a sequential read that missed the cache
 READ_AHEAD_WORKERS = 8
 
@@ -693,10 +694,11 @@ class DataManager:
                 if end in clean_starts:
                     return end
             pos = pos + chunks[-1].offset + chunks[-1].length
-            # Bound memory: wait for uploads that are far behind.
+            # Bound memory (about two windows of chunks in flight) without draining
+            # the queue: the put workers keep working while the next window is read.
             pending = [fu for fu in pending if not fu.done()]
-            if len(pending) > 2 * PUT_WORKERS + 4:
-                concurrent.futures.wait(pending[:-(PUT_WORKERS + 2)])
+            if len(pending) > PUTS_IN_FLIGHT:
+                concurrent.futures.wait(pending[:len(pending) - PUTS_IN_FLIGHT // 2])
         return stop
 
     def _store_chunk(self, data: bytes) -> bytes | None:
