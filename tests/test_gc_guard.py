@@ -156,3 +156,33 @@ def test_paired_delete_many_removes_from_both_stores_and_the_upload_queue(tmp_pa
         paired.flush(10)                             # nothing left to upload, nothing stuck
     finally:
         paired.close()
+
+
+def test_referencing_write_in_flight_holds_back_a_collection(stores):
+    """A restore-style write (extents pointing at existing blobs, no put) either
+    lands before the epoch opens or is noted in it: begin() waits for it."""
+    blobs, _paired, _slow = stores
+    guard = GCGuard.install(blobs)
+    ptr = blobs.put(b"shared by a snapshot and a restore")
+    inside, release, begun = threading.Event(), threading.Event(), threading.Event()
+
+    def restore_batch():
+        with guard.referencing([ptr.bytes]):
+            inside.set()
+            assert release.wait(10)     # the metadata write would happen here
+
+    writer = threading.Thread(target=restore_batch)
+    writer.start()
+    assert inside.wait(10)
+    collector = threading.Thread(target=lambda: (guard.begin(), begun.set()))
+    collector.start()
+    time.sleep(0.2)
+    assert not begun.is_set()           # marking cannot start mid-write
+    release.set()
+    writer.join(10)
+    assert begun.wait(10)
+    collector.join(10)
+    with guard.referencing([ptr.bytes]):    # inside an epoch: noted at once
+        pass
+    assert ptr.bytes in guard.recent()
+    guard.end()

@@ -526,6 +526,10 @@ def _daemon(state_dir: Path, mountpoint: Path, opts: MountOptions, passphrase: s
     try:
         from versionfs.fs import mount as fsmount
         from versionfs.fs.services import daemon_services
+        from versionfs.gc import GCGuard
+        # The guard is in the data path from the start, so a collection can
+        # never begin while a write it does not know about is in flight.
+        GCGuard.install(st.blobs)
         fsmount.run(st.meta, st.blobs, st.paired, str(mountpoint), dirty_dir=st.dirty_dir,
                     read_only=opts.read_only,
                     fuse_options=tuple(_fuse_options(state_dir, st.config, opts)),

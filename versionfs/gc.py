@@ -47,13 +47,16 @@ extent was written and deletes after the put would destroy live data.  So:
    the bytes), so a put never returns while its blob is being removed.
 
 Code that makes a blob live without putting it (e.g. a restore that copies
-extent records from a snapshot) must call ``note_live(blobstore, pointers)``
-before writing them; while no collection runs it costs nothing.  Offline
+extent records from a snapshot) must write those records inside
+``with referencing(blobstore, pointers):``; ``begin()`` waits for such
+writes in flight, so each one either lands before marking or is noted in the
+epoch. While no collection runs it costs nothing.  Offline
 (``versionfs gc --state``) the state dir's lock keeps every writer out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -71,7 +74,7 @@ from versionfs.blob.pointer import Pointer, as_pointer
 from versionfs.blob.store import Buffer, Store
 
 __all__ = ["GCGuard", "KnownBlobIndex", "GCResult", "GCError", "collect_garbage",
-           "extent_pointers", "note_live", "index_path_for"]
+           "extent_pointers", "note_live", "referencing", "index_path_for"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class GCGuard(Store):
         self._recent: set[bytes] = set()
         self._deleting: set[bytes] = set()
         self.running = threading.Lock()         # one collection at a time
+        self._referencing = 0                   # writers inside referencing()
 
     @classmethod
     def install(cls, blobstore: Any) -> "GCGuard":
@@ -138,8 +142,25 @@ class GCGuard(Store):
         with self._cond:
             if self._epoch_open:
                 raise GCError("a garbage collection is already running")
+            # A writer inside referencing() either finishes its metadata write
+            # before the epoch opens (so marking sees it) or notes its pointers
+            # inside the epoch: there is no gap between the two.
+            self._cond.wait_for(lambda: self._referencing == 0)
             self._epoch_open = True
             self._recent = set()
+
+    @contextlib.contextmanager
+    def referencing(self, pointers: Iterable[Any]):
+        """Around a metadata write that references existing blobs without a put."""
+        with self._cond:
+            self._referencing += 1
+        try:
+            self.note_live(pointers)
+            yield
+        finally:
+            with self._cond:
+                self._referencing -= 1
+                self._cond.notify_all()
 
     def end(self) -> None:
         with self._cond:
@@ -217,6 +238,16 @@ def note_live(blobstore: Any, pointers: Iterable[Any]) -> None:
     store = getattr(blobstore, "store", None)
     if isinstance(store, GCGuard):
         store.note_live(pointers)
+
+
+def referencing(blobstore: Any, pointers: Iterable[Any]):
+    """Context manager around a metadata write that makes existing blobs live
+    without putting them (a restore copying extents): safe against a concurrent
+    collection whenever the write happens (module doc)."""
+    store = getattr(blobstore, "store", None)
+    if isinstance(store, GCGuard):
+        return store.referencing(pointers)
+    return contextlib.nullcontext()
 
 
 # --- the index of blobs known to exist ----------------------------------------------

@@ -135,7 +135,7 @@ async def _gc(fs, args):
     if not guard.running.acquire(blocking=False):
         raise CommandError("a garbage collection is already running", errno.EBUSY)
     try:
-        guard.begin()                   # 1. puts from now on are recorded
+        await trio.to_thread.run_sync(guard.begin)  # 1. puts from now on are recorded
         try:
             await fs.seal_all()         # 2. every seal running before the epoch is done
             live = _open_extents(fs)

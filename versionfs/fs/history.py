@@ -23,6 +23,8 @@ daemon (ctl command), which alone may write the store.
 
 from __future__ import annotations
 
+import contextlib
+
 import errno
 import logging
 import posixpath
@@ -545,8 +547,19 @@ def plan_restore(tree: TreeAt, root: int) -> RestorePlan:
     return plan
 
 
+def _referencing(blobs, pointers: list[bytes]):
+    """The blob store's guard against a concurrent garbage collection, if any.
+
+    The copies reference existing blobs without putting them, so a collection
+    running meanwhile must learn of them (versionfs.gc installs the guard as
+    ``blobs.store``; duck-typed so this layer does not import it).
+    """
+    guard = getattr(getattr(blobs, "store", None), "referencing", None)
+    return guard(pointers) if guard is not None else contextlib.nullcontext()
+
+
 def write_restored(meta, tree: TreeAt, plan: RestorePlan, new_ino: dict[int, int], new_parent: int,
-                   now_ns: int, progress=None) -> None:
+                   now_ns: int, progress=None, blobs=None) -> None:
     """Write fresh copies of every object of `plan` (blocking; worker thread is fine).
 
     The copies are unreachable until the caller links the root in: a reader of
@@ -561,7 +574,9 @@ def write_restored(meta, tree: TreeAt, plan: RestorePlan, new_ino: dict[int, int
 
     def flush():
         if pending:
-            with meta.write() as b:
+            pointers = [schema.unpack_extent(k, v)[2] for k, v in pending
+                        if k[:1] == schema.extent_prefix(0)[:1] and v is not None]
+            with _referencing(blobs, pointers), meta.write() as b:
                 for k, v in pending:
                     b.put(k, v)
             pending.clear()

@@ -212,7 +212,8 @@ async def restore(fs, rev_text: str, path: str, dest: str | None) -> str:
     def report(done: int) -> None:
         progress.done = done
 
-    await trio.to_thread.run_sync(write_restored, meta, tree, plan, new_ino, dparent, now, report)
+    await trio.to_thread.run_sync(write_restored, meta, tree, plan, new_ino, dparent, now, report,
+                                  fs.blobs)
     # From here to the end of the swap nothing awaits: no request runs in between.
     try:
         dparent = _live_dir(fs, dparent_path)
