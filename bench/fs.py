@@ -44,6 +44,7 @@ class Row:
     vfs: float                  # seconds
     unit_bytes: int = 0         # for throughput rows
     target: str = ""
+    vfs_cpu: float | None = None  # seconds of CPU the mount daemon used meanwhile
 
 
 def drop_caches() -> None:
@@ -142,11 +143,30 @@ class Mount:
         self.state = workdir / "vfs-state"
         self.mnt = workdir / "vfs-mnt"
         self.mnt.mkdir()
+        self.pid: int | None = None
         subprocess.run([*VERSIONFS, "init", str(self.state)], check=True, stdout=subprocess.DEVNULL)
 
     def mount(self) -> None:
         subprocess.run([*VERSIONFS, "mount", str(self.state), str(self.mnt)], check=True,
                        stdout=subprocess.DEVNULL)
+        self.pid = _daemon_pid(self.mnt)
+
+    def cpu(self) -> float | None:
+        """CPU seconds (user + system) the mount daemon has used so far."""
+        if self.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def timed(self, fn, *args) -> tuple[float, float | None]:
+        """(wall seconds, daemon CPU seconds) of fn(*args) on the mount."""
+        c0 = self.cpu()
+        t = timed(fn, *args)
+        c1 = self.cpu()
+        return t, (None if c0 is None or c1 is None else c1 - c0)
 
     def umount(self) -> None:
         subprocess.run([*VERSIONFS, "umount", str(self.mnt)], check=True)
@@ -163,6 +183,20 @@ class Mount:
             subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)])
 
 
+def _daemon_pid(mnt: Path) -> int | None:
+    """The `versionfs mount` process serving mnt (for its CPU time), if found."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in argv and str(mnt).encode() in argv:
+            return int(d.name)
+    return None
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     workdir = Path(tempfile.mkdtemp(prefix="vfs-bench-", dir=args.workdir))
     native = workdir / "native"
@@ -177,8 +211,9 @@ def run(args: argparse.Namespace) -> list[Row]:
 
         print("sequential write ...", file=sys.stderr)
         t_native = timed(write_file, native / "big", blocks)
-        t_vfs = timed(write_file, vfs.mnt / "big", blocks)
-        rows.append(Row(f"write {args.size_mib} MiB + fsync", t_native, t_vfs, size, ">= 0.8x"))
+        t_vfs, c_vfs = vfs.timed(write_file, vfs.mnt / "big", blocks)
+        rows.append(Row(f"write {args.size_mib} MiB + fsync", t_native, t_vfs, size, ">= 0.8x",
+                        c_vfs))
         del blocks
 
         print("sequential read, caches dropped ...", file=sys.stderr)
@@ -187,8 +222,8 @@ def run(args: argparse.Namespace) -> list[Row]:
         subprocess.run([*VERSIONFS, "flush", str(vfs.mnt)], check=True, stdout=subprocess.DEVNULL)
         vfs.remount()
         drop_caches()
-        t_vfs = timed(read_file, vfs.mnt / "big")
-        rows.append(Row(f"read {args.size_mib} MiB (cold)", t_native, t_vfs, size))
+        t_vfs, c_vfs = vfs.timed(read_file, vfs.mnt / "big")
+        rows.append(Row(f"read {args.size_mib} MiB (cold)", t_native, t_vfs, size, vfs_cpu=c_vfs))
         os.unlink(native / "big")
         os.unlink(vfs.mnt / "big")
 
@@ -196,27 +231,28 @@ def run(args: argparse.Namespace) -> list[Row]:
         data = os.urandom(4096)
         print(f"{n} small files ...", file=sys.stderr)
         t_native = timed(create_files, native / "small", n, data)
-        t_vfs = timed(create_files, vfs.mnt / "small", n, data)
-        rows.append(Row(f"create {n} x 4 KiB", t_native, t_vfs, target=">= 0.5x"))
+        t_vfs, c_vfs = vfs.timed(create_files, vfs.mnt / "small", n, data)
+        rows.append(Row(f"create {n} x 4 KiB", t_native, t_vfs, target=">= 0.5x", vfs_cpu=c_vfs))
         drop_caches()
         t_native = timed(ls_l, native / "small")
         vfs.remount()
         drop_caches()
-        t_vfs = timed(ls_l, vfs.mnt / "small")
-        rows.append(Row(f"ls -l {n} files (cold)", t_native, t_vfs, target="<= 3x time"))
+        t_vfs, c_vfs = vfs.timed(ls_l, vfs.mnt / "small")
+        rows.append(Row(f"ls -l {n} files (cold)", t_native, t_vfs, target="<= 3x time",
+                        vfs_cpu=c_vfs))
         t_native = timed(ls_l, native / "small")
-        t_vfs = timed(ls_l, vfs.mnt / "small")
-        rows.append(Row(f"ls -l {n} files (warm)", t_native, t_vfs))
+        t_vfs, c_vfs = vfs.timed(ls_l, vfs.mnt / "small")
+        rows.append(Row(f"ls -l {n} files (warm)", t_native, t_vfs, vfs_cpu=c_vfs))
         t_native = timed(delete_files, native / "small")
-        t_vfs = timed(delete_files, vfs.mnt / "small")
-        rows.append(Row(f"delete {n} files", t_native, t_vfs))
+        t_vfs, c_vfs = vfs.timed(delete_files, vfs.mnt / "small")
+        rows.append(Row(f"delete {n} files", t_native, t_vfs, vfs_cpu=c_vfs))
 
         tarball, count = source_tarball(workdir)
         print(f"untar {count} files ...", file=sys.stderr)
         drop_caches()
         t_native = timed(untar, tarball, native / "src")
-        t_vfs = timed(untar, tarball, vfs.mnt / "src")
-        rows.append(Row(f"untar stdlib ({count} files)", t_native, t_vfs))
+        t_vfs, c_vfs = vfs.timed(untar, tarball, vfs.mnt / "src")
+        rows.append(Row(f"untar stdlib ({count} files)", t_native, t_vfs, vfs_cpu=c_vfs))
         shutil.rmtree(native / "src")
         shutil.rmtree(vfs.mnt / "src")
 
@@ -248,7 +284,8 @@ def fmt_time(t: float | None) -> str:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = f"{'workload':<40} {'native':>16} {'versionfs':>16} {'speed':>8}  target"
+    header = (f"{'workload':<40} {'native':>16} {'versionfs':>16} {'speed':>8} "
+              f"{'daemon CPU':>11}  target")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -258,8 +295,12 @@ def print_table(rows: list[Row]) -> None:
         else:
             nat, ours = fmt_time(r.native), fmt_time(r.vfs)
         speed = f"{r.native / r.vfs:.2f}x" if r.native else "-"
-        print(f"{r.name:<40} {nat:>16} {ours:>16} {speed:>8}  {r.target}")
+        cpu = fmt_time(r.vfs_cpu) if r.vfs_cpu is not None else "-"
+        print(f"{r.name:<40} {nat:>16} {ours:>16} {speed:>8} {cpu:>11}  {r.target}")
     print("\nspeed = native time / versionfs time (1.00x = as fast as the plain directory)")
+    print("daemon CPU = user + system CPU time of the mount daemon during the workload")
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
 
 
 def main() -> int:
@@ -273,6 +314,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/fs.py needs root (FUSE mounts, drop_caches)", file=sys.stderr)
         return 1
+    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+          file=sys.stderr)
     print_table(run(args))
     return 0
 

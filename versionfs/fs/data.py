@@ -65,7 +65,7 @@ CHUNK_CACHE_BYTES = 96 << 20
 # Chunk uploads (hash + compress + encrypt + store) in flight per seal.
 PUT_WORKERS = 2
 PUTS_IN_FLIGHT = 2 * CDC_WINDOW // CHUNK_AVG
-READ_AHEAD_CHUNKS = 8        # chunks fetched ahead of a sequential read that missed the cache
+READ_AHEAD_CHUNKS = 16       # chunks fetched ahead of a sequential read that missed the cache
 READ_AHEAD_WORKERS = 8
 
 
