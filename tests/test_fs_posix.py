@@ -167,6 +167,23 @@ def test_truncate_and_ftruncate(vfs):
     assert os.stat(p).st_size == 0 and open(p, "rb").read() == b""
 
 
+def test_open_trunc_reaches_the_store(vfs):
+    # The kernel does atomic O_TRUNC (no setattr): the daemon's open must
+    # truncate, or the old tail returns once attributes are re-read.
+    p = vfs.path("t")
+    with open(p, "wb") as f:
+        f.write(b"old contents, long\n")
+    with open(p, "wb") as f:
+        f.write(b"new\n")
+    os.close(os.open(vfs.path("u"), os.O_WRONLY | os.O_CREAT, 0o644))
+    os.truncate(vfs.path("u"), 7)
+    os.close(os.open(vfs.path("u"), os.O_RDONLY | os.O_TRUNC))
+    vfs.stop()
+    vfs.start()
+    assert open(p, "rb").read() == b"new\n"
+    assert os.stat(vfs.path("u")).st_size == 0
+
+
 def test_sparse_file(vfs):
     p = vfs.path("sparse")
     with open(p, "wb") as f:
@@ -220,6 +237,12 @@ def test_xattrs(vfs):
     os.removexattr(p, "user.colour")
     raises(errno.ENODATA, os.getxattr, p, "user.colour")
     raises(errno.ENODATA, os.removexattr, p, "user.colour")
+    # A namespace the fs does not keep: EOPNOTSUPP from all calls, as on ext4
+    # (pyfuse3 runs getxattr for XATTR_REPLACE).
+    raises(errno.EOPNOTSUPP, os.setxattr, p, "bogus.ns", b"v")
+    raises(errno.EOPNOTSUPP, os.setxattr, p, "bogus.ns", b"v", os.XATTR_REPLACE)
+    raises(errno.EOPNOTSUPP, os.getxattr, p, "bogus.ns")
+    raises(errno.EOPNOTSUPP, os.removexattr, p, "bogus.ns")
     os.mkdir(vfs.path("d"))
     os.setxattr(vfs.path("d"), "user.x", b"1" * 60000)
     assert os.getxattr(vfs.path("d"), "user.x") == b"1" * 60000

@@ -671,6 +671,15 @@ class VersionFS(pyfuse3.Operations):
             raise FUSEError(errno.EISDIR)
         if wants_write and self.read_only:
             raise FUSEError(errno.EROFS)
+        if flags & os.O_TRUNC:
+            # libfuse turns on atomic O_TRUNC: the kernel sends no setattr(size=0)
+            # and expects open itself to truncate (and stamp mtime/ctime).
+            inode = self._inode(ino)
+            if inode.is_reg:
+                now = schema.now_ns()
+                await self._truncate(inode, 0, now)
+                inode.mtime_ns = inode.ctime_ns = now
+                self._store_inode(inode)
         return self._open_handle(ino, flags)
 
     @_guard
@@ -907,11 +916,17 @@ class VersionFS(pyfuse3.Operations):
 
     # -- extended attributes --------------------------------------------------
 
+    @staticmethod
+    def _check_xattr_namespace(name: bytes) -> None:
+        # FUSE passes every name through; pyfuse3 also calls getxattr for
+        # XATTR_CREATE/REPLACE, so all three calls must refuse alike (as ext4 does).
+        if not name.startswith(XATTR_NAMESPACES):
+            raise FUSEError(errno.EOPNOTSUPP)
+
     @_guard
     async def setxattr(self, ino, name, value, ctx):
         self._writable(ino)
-        if not name.startswith(XATTR_NAMESPACES):
-            raise FUSEError(errno.EOPNOTSUPP)
+        self._check_xattr_namespace(name)
         if len(name) > XATTR_NAME_MAX:
             raise FUSEError(errno.ERANGE)
         if len(value) > XATTR_SIZE_MAX:
@@ -924,6 +939,7 @@ class VersionFS(pyfuse3.Operations):
 
     @_guard
     async def getxattr(self, ino, name, ctx):
+        self._check_xattr_namespace(name)
         if is_snap_ino(ino):
             value = self.snaps.getxattr(ino, name)
         elif ino < schema.FIRST_FREE_INO and ino != ROOT_INO:
@@ -946,6 +962,7 @@ class VersionFS(pyfuse3.Operations):
     @_guard
     async def removexattr(self, ino, name, ctx):
         self._writable(ino)
+        self._check_xattr_namespace(name)
         key = schema.xattr_key(ino, name)
         if self.meta.get(key) is None:
             raise FUSEError(pyfuse3.ENOATTR)
