@@ -25,7 +25,7 @@ experiment, so a rare failure may need its seed run a few times.
 
 Commands
 --------
-Default (a few seeds x a few hundred operations, ~1-2 min)::
+Default (8 seeds x 600 operations, about 100 s)::
 
     .venv/bin/python -m pytest tests/test_fs_differential.py -q
 
@@ -78,9 +78,10 @@ XATTR_NAMES = ["user.a", "user.b", "user.long." + "n" * 40, "user.c"]
 MAX_FILE = 6 << 20            # writes stay below this offset
 MAX_HANDLES = 8
 CHECK_EVERY = 20              # full-tree comparison every N steps
+BULK = "bulk"                 # root-level directories of many entries, left out of the choice of names
 HANG_SECONDS = 90             # a step this slow is a hang: the watchdog aborts the mount
-DEFAULT_SEEDS = [1, 2, 3, 4, 5, 6, 7, 8]
-DEFAULT_OPS = 400
+DEFAULT_SEEDS = list(range(1, 9))
+DEFAULT_OPS = 600
 
 
 def _env_seeds(var: str, default: list[int]) -> list[int]:
@@ -196,8 +197,27 @@ def _utime(side: Side, rel: str, ns, follow: bool) -> None:
         os.utime(side.p(rel), ns=ns, follow_symlinks=follow)
 
 
+def _bulk(side: Side, rel: str, count: int) -> list[str]:
+    """A directory of more entries than one readdir batch of the mount holds."""
+    os.mkdir(side.p(rel))
+    for i in range(count):
+        with open(side.p(f"{rel}/n{i:04d}"), "wb") as f:
+            f.write(b"%d\n" % i * (i % 7))
+    for i in range(0, count, 3):
+        os.unlink(side.p(f"{rel}/n{i:04d}"))
+    return sorted(os.listdir(side.p(rel)))
+
+
+def _unbulk(side: Side, rel: str) -> None:
+    for name in os.listdir(side.p(rel)):
+        os.unlink(side.p(f"{rel}/{name}"))
+    os.rmdir(side.p(rel))
+
+
 # name -> run(side, *args) -> comparable value (None for calls without one)
 OPERATIONS = {
+    "bulk": _bulk,
+    "unbulk": _unbulk,
     "open": _open,
     "close": lambda s, h: os.close(s.handles.pop(h)),
     "pwrite": lambda s, h, off, data: os.pwrite(s.handles[h], data, off),
@@ -339,6 +359,9 @@ class Generator:
         everything, dirs = [], [""]
         for dirpath, dirnames, filenames in os.walk(self.ref.root):
             dirnames.sort()
+            if dirpath == self.ref.root:       # big directories would swamp the choice of names
+                dirnames[:] = [d for d in dirnames if not d.startswith(BULK)]
+                filenames = [f for f in filenames if not f.startswith(BULK)]
             base = os.path.relpath(dirpath, self.ref.root)
             base = "" if base == "." else base
             for n in sorted(dirnames + filenames):
@@ -630,6 +653,17 @@ class DifferentialRun:
                     f"last operations:\n  {recent}", pytrace=False)
 
     # checks
+    def forget_caches(self) -> None:
+        """Make the kernel drop its unused dentries and inodes (and their
+        pages), so the next tree check asks the daemon for attributes and
+        contents instead of trusting what the kernel remembers. Global, but
+        it only costs other users of this machine some re-reads."""
+        self.history.append(f"{self.step}: drop kernel dentry/inode caches")
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2")
+        self.counts["cache drops"] += 1
+
     def check_tree(self, why: str) -> None:
         want = comparable(manifest(self.ref.root), self.explicit)
         got = project(manifest(self.live.root), want)
@@ -712,6 +746,17 @@ class DifferentialRun:
         else:
             self.explicit[st.st_ino] = ns[1]
 
+    def run_op(self, op: Op) -> None:
+        self.history.append(f"{self.step}: {op!r}")
+        self.watchdog.begin(f"step {self.step}: {op!r}")
+        want = apply(self.ref, op)
+        got = apply(self.live, op)
+        self.counts[f"{op.name} {want[0]}"] += 1
+        if want != got:
+            self.fail(f"{op!r}\n    reference: {want!r}\n    mount:     {got!r}")
+        if op.name == "utime":
+            self.note_utime(op, want)
+
     def start_mount(self) -> None:
         self.mount.start()
         self.watchdog.watch(self.live.root)
@@ -721,10 +766,14 @@ class DifferentialRun:
             self.start_mount()
             specials = {}
             n = self.ops
-            for _ in range(max(1, n // 60)):
+            for _ in range(max(1, n // 40)):
                 specials[self.rng.randrange(5, n)] = "snapshot"
             specials[self.rng.randrange(n // 3, n)] = "remount"
             specials[self.rng.randrange(n // 3, n)] = "crash"
+            # A big directory lives through about one periodic check.
+            k = self.rng.randrange(1, max(2, n // CHECK_EVERY))
+            specials[k * CHECK_EVERY - self.rng.randint(1, 5)] = "bulk"
+            specials[(k + 1) * CHECK_EVERY + 1] = "unbulk"
             for self.step in range(1, n + 1):
                 special = specials.get(self.step)
                 self.watchdog.begin(f"step {self.step} ({special or 'op'})")
@@ -734,17 +783,14 @@ class DifferentialRun:
                     self.remount()
                 elif special == "crash":
                     self.crash()
-                op = self.gen.next_op()
-                self.history.append(f"{self.step}: {op!r}")
-                self.watchdog.begin(f"step {self.step}: {op!r}")
-                want = apply(self.ref, op)
-                got = apply(self.live, op)
-                self.counts[f"{op.name} {want[0]}"] += 1
-                if want != got:
-                    self.fail(f"{op!r}\n    reference: {want!r}\n    mount:     {got!r}")
-                if op.name == "utime":
-                    self.note_utime(op, want)
+                elif special == "bulk":
+                    self.run_op(Op("bulk", (BULK, self.rng.randint(150, 400))))
+                elif special == "unbulk":
+                    self.run_op(Op("unbulk", (BULK,)))
+                self.run_op(self.gen.next_op())
                 if self.step % CHECK_EVERY == 0:
+                    if self.rng.random() < 0.25:
+                        self.forget_caches()
                     self.check_tree(f"periodic, step {self.step}")
                     if self.snapshots:
                         self.check_snapshots(f"periodic, step {self.step}")
