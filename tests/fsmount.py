@@ -27,6 +27,8 @@ def _child(state_dir: str, mountpoint: str) -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from versionfs.fs import mount
+    if os.environ.get("VFS_TEST_WRITE_DELAY"):
+        _slow_writes(float(os.environ["VFS_TEST_WRITE_DELAY"]))
     meta, blobs, paired = open_layers(Path(state_dir))
     try:
         mount.run(meta, blobs, paired, mountpoint, dirty_dir=os.path.join(state_dir, "dirty"),
@@ -36,6 +38,21 @@ def _child(state_dir: str, mountpoint: str) -> None:
     finally:
         meta.close()
         paired.close()
+
+
+def _slow_writes(seconds: float) -> None:
+    """Test hook: every WRITE of file data waits `seconds` before it is applied,
+    as on a loaded machine, so the kernel's writeback is still in flight when
+    a command arrives (a real daemon cannot be made that slow on demand)."""
+    import trio
+    from versionfs.fs.operations import FileHandle, VersionFS
+    write = VersionFS.write
+
+    async def slow_write(self, fh, off, buf):
+        if isinstance(self.handles.get(fh), FileHandle):
+            await trio.sleep(seconds)
+        return await write(self, fh, off, buf)
+    VersionFS.write = slow_write
 
 
 def open_layers(root: Path):

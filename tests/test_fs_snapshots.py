@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import pytest
 
-from fsmount import vfs  # noqa: F401  (fixture)
+from fsmount import Mount, new_mountpoint, new_state, vfs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.fuse
 
@@ -114,3 +115,59 @@ def test_snapshot_of_deleted_and_recreated_files(vfs):
     assert open(vfs.path("f")).read() == "new content"
     assert sorted(os.listdir(snap(vfs, name))) == ["f"]
     assert os.listdir(snap(vfs, name, "..")) == os.listdir(vfs.path(".versionfs", "snapshots"))
+
+
+
+@pytest.mark.timeout(120)
+def test_snapshot_waits_for_kernel_writeback_in_flight(tmp_path, monkeypatch):
+    """Bug 4: the daemon syncfs()ed its own mount, which can hang for good and,
+    on kernels whose syncfs no longer waits for FUSE pages under writeback
+    (Linux 6.18 stable, AS_NO_DATA_INTEGRITY), returned while the WRITEs of
+    data written before `snapshot` were still in flight: the snapshot missed
+    them. With slow WRITEs (a loaded machine) that is certain, not a race."""
+    monkeypatch.setenv("VFS_TEST_WRITE_DELAY", "0.3")
+    m = Mount(new_state(tmp_path), new_mountpoint()).start()
+    try:
+        fd = os.open(m.path("open"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"written, not closed" * 1000)
+            name = m.ok("snapshot")
+            os.write(fd, b" -- later")
+            assert m.ok("flush") == "flushed"
+        finally:
+            os.close(fd)
+        with open(snap(m, name, "open"), "rb") as f:    # closed before m.stop() unmounts
+            got = f.read()
+        assert got == b"written, not closed" * 1000
+    finally:
+        m.stop()
+        os.rmdir(m.mountpoint)
+
+
+@pytest.mark.timeout(120)
+def test_snapshot_and_flush_loop_with_files_left_open(vfs):
+    """Bug 4, the racy form: fresh data in files left open (earlier pages still
+    in the kernel's background writeback), then a command, over and over;
+    every snapshot holds exactly what was written before it."""
+    fds = [os.open(vfs.path(f"open{i}"), os.O_RDWR | os.O_CREAT, 0o644) for i in range(3)]
+    want = [b""] * len(fds)
+    try:
+        deadline = time.monotonic() + 2
+        rounds = 0
+        while time.monotonic() < deadline or rounds < 12:
+            for i, fd in enumerate(fds):
+                piece = b"%d.%d:" % (rounds, i) + os.urandom(1 + rounds * 997 % 20000)
+                os.pwrite(fd, piece, len(want[i]))
+                want[i] += piece
+            rounds += 1
+            if rounds % 4 == 0:
+                assert vfs.ok("flush") == "flushed"
+                continue
+            name = vfs.ok("snapshot")
+            for i in range(len(fds)):
+                with open(snap(vfs, name, f"open{i}"), "rb") as f:
+                    got = f.read()
+                assert got == want[i], (rounds, i, len(got), len(want[i]))
+    finally:
+        for fd in fds:
+            os.close(fd)

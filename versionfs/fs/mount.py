@@ -7,7 +7,9 @@ synced:
   back its dirty pages while the loop still runs, the FUSE session ends,
   `pyfuse3.main` returns, we seal and sync;
 * SIGTERM/SIGINT (when serving from the main thread): we ask the kernel for
-  its dirty pages (syncfs), seal and sync, end the session and unmount.
+  its dirty pages (`VersionFS._kernel_writeback`), seal and sync, end the
+  session and unmount. A kernel writeback call that never returned is not
+  waited for: we abort our FUSE connection so it ends and umount completes.
 
 The caller owns `meta`, `blobs` and `paired` (opening, starting uploads and
 closing them); `serve` never closes them.
@@ -79,6 +81,11 @@ async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool =
             nursery.cancel_scope.cancel()
     finally:
         ops.data.close()
+        if ops.writeback_stuck:
+            # An abandoned kernel writeback call still waits in the kernel for
+            # WRITEs nobody will serve now, holding locks umount needs: end
+            # every request of this connection so it returns and we can unmount.
+            _abort_connection(mountpoint)
         try:
             pyfuse3.close(unmount=unmount)
         except Exception:                # noqa: BLE001 - already gone is fine
@@ -123,6 +130,26 @@ async def _watch_signals(stop: trio.Event) -> None:
             log.info("signal %d: sealing, syncing and unmounting", signum)
             stop.set()
             return
+
+
+def _abort_connection(mountpoint: str) -> None:
+    """Abort our own FUSE connection through fusectl (needs root; best effort).
+
+    The device number comes from /proc/self/mountinfo, not stat(), which would
+    be a request to ourselves."""
+    target = mountpoint.replace("\\", "\\134").replace(" ", "\\040")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            devs = [line.split()[2] for line in f if line.split()[4] == target]
+        if not devs:
+            return
+        minor = int(devs[-1].split(":")[1])
+        with open(f"/sys/fs/fuse/connections/{minor}/abort", "w") as f:
+            f.write("1")
+        log.warning("aborted the FUSE connection of %s (a kernel writeback call was stuck)",
+                    mountpoint)
+    except (OSError, ValueError, IndexError) as exc:
+        log.error("cannot abort the FUSE connection of %s: %s", mountpoint, exc)
 
 
 async def _stop_on_event(ops: VersionFS, stop: trio.Event) -> None:

@@ -16,12 +16,12 @@ anything unexpected is logged and becomes EIO; the mount stays up.
 from __future__ import annotations
 
 import collections
-import ctypes
 import errno
 import functools
 import logging
 import os
 import stat
+import threading
 import time
 
 import pyfuse3
@@ -53,6 +53,8 @@ XATTR_NAMESPACES = (b"user.", b"trusted.", b"security.")
 LIVE_TIMEOUT = 300.0
 SNAP_TIMEOUT = 3600.0
 CTL_TIMEOUT = 1.0
+# How long snapshot/flush wait for the kernel to hand over its dirty pages.
+KERNEL_WRITEBACK_TIMEOUT = 60.0
 READDIR_BATCH = 128
 DIR_CURSORS = 8192
 
@@ -156,6 +158,8 @@ class VersionFS(pyfuse3.Operations):
         self._small_due: set[int] = set()
         self._small_wakeup = trio.Event()
         self._meta_changed = False
+        self._writebacks_running = 0           # kernel writeback calls not yet returned
+        self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -990,20 +994,61 @@ class VersionFS(pyfuse3.Operations):
 
     # -- control operations (used by control.py) ------------------------------
 
+    def _written_inodes(self) -> list[int]:
+        """Inodes the kernel may hold dirty pages for: those with a writable open.
+
+        With the writeback cache a page can only be dirty while some `struct
+        file` that may write it is alive (a writable fd or a shared writable
+        mmap): the kernel writes an inode's pages back and waits for them on
+        every close (FLUSH) and again before RELEASE, and we see that RELEASE.
+        """
+        return sorted({h.ino for h in self.handles.values()
+                       if isinstance(h, FileHandle) and h.writable})
+
     async def _kernel_writeback(self) -> None:
-        """Make the kernel send us the dirty pages it holds for this mount.
+        """Make the kernel hand us the dirty pages it holds, and wait for them.
 
         With the writeback cache, data an application wrote may still sit in
-        the kernel; syncfs() makes the kernel write it to us (our loop keeps
-        serving meanwhile). It runs in a thread through ctypes, which drops
-        the GIL; pyfuse3.syncfs keeps the GIL while blocked and would
-        deadlock against our own handlers.
+        the kernel. For each inode that can have dirty pages we send the kernel
+        an inode invalidation: it writes every dirty page back to us (WRITE
+        requests our loop serves meanwhile) and waits for each to be answered
+        before dropping it, so once it returns, everything written before the
+        command is ours. We do not use syncfs() on our own mount: it holds the
+        superblock's s_umount while it waits on the flusher, so a stuck call
+        wedges umount; and current kernels (6.18 stable, AS_NO_DATA_INTEGRITY)
+        no longer wait for FUSE pages under writeback in syncfs, so it returned
+        while WRITEs of data written before the command were still in flight
+        and the snapshot missed them (fs-bugs.md, bug 4).
+
+        The notifications block in the kernel, so they run in a worker thread;
+        a call that does not finish in `KERNEL_WRITEBACK_TIMEOUT` is abandoned
+        (logged, `writeback_stuck` set so shutdown aborts the connection
+        instead of waiting on it forever).
         """
-        try:
-            with trio.move_on_after(60):
-                await trio.to_thread.run_sync(_syncfs, self.mountpoint, abandon_on_cancel=True)
-        except OSError as exc:
-            log.warning("syncfs(%s) failed: %s", self.mountpoint, exc)
+        inos = self._written_inodes()
+        if not inos:
+            return
+
+        def write_back() -> None:
+            with self._writeback_lock:
+                self._writebacks_running += 1
+            try:
+                _write_back_inodes(inos)
+            finally:
+                with self._writeback_lock:
+                    self._writebacks_running -= 1
+
+        with trio.move_on_after(KERNEL_WRITEBACK_TIMEOUT) as scope:
+            await trio.to_thread.run_sync(write_back, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.error("the kernel did not write back inodes %s within %ss; going on without",
+                      inos, KERNEL_WRITEBACK_TIMEOUT)
+            self.last_error = "kernel writeback timed out"
+
+    @property
+    def writeback_stuck(self) -> bool:
+        """A kernel writeback call was abandoned and may still hold kernel locks."""
+        return self._writebacks_running > 0
 
     async def take_snapshot(self, name: str | None):
         if self.read_only:
@@ -1057,17 +1102,14 @@ class VersionFS(pyfuse3.Operations):
             await trio.to_thread.run_sync(self.meta.sync)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _syncfs(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-    finally:
-        os.close(fd)
+def _write_back_inodes(inos: list[int]) -> None:
+    """Runs in a worker thread: one data invalidation per inode (see _kernel_writeback)."""
+    for ino in inos:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:      # ENOENT: the kernel has no such inode cached
+                log.warning("writing back inode %d failed: %s", ino, exc)
 
 
 class _NoUmask:
