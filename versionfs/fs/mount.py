@@ -67,9 +67,7 @@ async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool =
             ops.start(nursery)
             for start_service in services:
                 start_service(ops, nursery)
-            nursery.start_soon(_raise_readahead, mountpoint)
-            if ready is not None:
-                nursery.start_soon(_announce_ready, mountpoint, ready)
+            nursery.start_soon(_when_answering, mountpoint, ready)
             stop = trio.Event()
             if threading.current_thread() is threading.main_thread():
                 nursery.start_soon(_watch_signals, stop)
@@ -117,11 +115,15 @@ async def _raise_readahead(mountpoint: str) -> None:
         log.debug("cannot raise read-ahead of %s: %s", mountpoint, exc)
 
 
-async def _announce_ready(mountpoint: str, ready: Callable[[], None]) -> None:
+async def _when_answering(mountpoint: str, ready: Callable[[], None] | None) -> None:
+    """Tune read-ahead, then announce readiness: a caller told "ready" gets the
+    mount with its final settings, not the kernel's defaults for a moment."""
     # stat() of the root goes through the kernel to our own handlers, so once
-    # it returns, the mount answers.
+    # it returns, the mount answers (and the INIT reply has been handled).
     await trio.to_thread.run_sync(os.stat, mountpoint)
-    ready()
+    await _raise_readahead(mountpoint)
+    if ready is not None:
+        ready()
 
 
 async def _watch_signals(stop: trio.Event) -> None:
