@@ -9,6 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from cli_util import daemon_pid, force_cleanup, mount_type, ok, run_cli, wait_gone
 
 from versionfs import config as configmod
@@ -55,6 +57,22 @@ class Machine:
 
     def cleanup(self) -> None:
         force_cleanup(self.mnt, self.state)
+
+
+@pytest.fixture
+def machines(tmp_path):
+    """Simulated machines (state dir + mountpoint each), cleaned up after the test."""
+    made: list[Machine] = []
+
+    def make(name: str) -> Machine:
+        m = Machine(tmp_path, name)
+        made.append(m)
+        return m
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.cleanup()
 
 
 def tree_digest(root: Path, skip_ctl: bool = True) -> dict[str, tuple]:

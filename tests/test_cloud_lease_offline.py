@@ -13,24 +13,9 @@ import time
 import pytest
 
 from cli_util import assert_user_error, ok, run_cli
-from cloud_util import Machine, tree_digest
+from cloud_util import machines, tree_digest  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def machines(tmp_path):
-    made: list[Machine] = []
-
-    def make(name: str) -> Machine:
-        m = Machine(tmp_path, name)
-        made.append(m)
-        return m
-    try:
-        yield make
-    finally:
-        for m in made:
-            m.cleanup()
 
 
 def test_second_writer_gets_a_clear_error_until_the_lease_expires(machines, s3_url):

@@ -12,24 +12,10 @@ import time
 import pytest
 
 from cli_util import assert_user_error, ok, run_cli
-from cloud_util import Machine, bucket_objects, snapshots_digest, tree_digest
+from cloud_util import (Machine, bucket_objects, machines,  # noqa: F401  (fixture)
+                        snapshots_digest, tree_digest)
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def machines(tmp_path):
-    made: list[Machine] = []
-
-    def make(name: str) -> Machine:
-        m = Machine(tmp_path, name)
-        made.append(m)
-        return m
-    try:
-        yield make
-    finally:
-        for m in made:
-            m.cleanup()
 
 
 def _build_tree(root, generations: int, machine: Machine) -> None:
