@@ -96,7 +96,7 @@ def test_steal_displaces_a_live_holder(kv):
     assert c.steal() is None and c.held  # stealing a free lease just takes it
 
 
-def test_take_over_from_only_displaces_the_named_holder(kv):
+def test_steal_only_from_displaces_just_the_named_holder(kv):
     """A restarted daemon of the same state dir takes its dead predecessor's
     live lease, but never one a third machine holds."""
     clock = Clock()
@@ -105,14 +105,14 @@ def test_take_over_from_only_displaces_the_named_holder(kv):
     restarted = Lease(kv, "lease", "laptop pid 2 [id-1]", ttl=600, clock=clock)
     with pytest.raises(LeaseHeldError):
         restarted.acquire()
-    displaced = restarted.take_over_from("laptop pid 1 [id-1]")
+    displaced = restarted.steal(only_from="laptop pid 1 [id-1]")
     assert displaced.holder == "laptop pid 1 [id-1]"
     assert restarted.held and restarted.read().generation == 2
     with pytest.raises(LeaseLostError):
         dead.renew()
     other = Lease(kv, "lease", "desktop pid 9 [id-2]", ttl=600, clock=clock)
     with pytest.raises(LeaseHeldError):
-        other.take_over_from("laptop pid 1 [id-1]")  # not the holder any more
+        other.steal(only_from="laptop pid 1 [id-1]")  # not the holder any more
     assert restarted.read().holder == "laptop pid 2 [id-1]"
 
 

@@ -194,7 +194,7 @@ class CloudSession:
                 except LeaseHeldError as e:
                     if not _is_dead_predecessor(e.info.holder, st.path):
                         raise
-                    self.lease.take_over_from(e.info.holder)
+                    self.lease.steal(only_from=e.info.holder)
                     log.warning("took over the writer lease left by %s, an earlier daemon of "
                                 "this state dir that did not unmount cleanly", e.info.holder)
         except LeaseHeldError as e:

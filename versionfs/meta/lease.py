@@ -157,8 +157,15 @@ class Lease:
             return False
         return True
 
-    def steal(self) -> LeaseInfo | None:
-        """Take the lease whoever holds it; returns the record that was displaced."""
+    def steal(self, only_from: str | None = None) -> LeaseInfo | None:
+        """Take the lease whoever holds it; returns the record that was displaced.
+
+        With ``only_from``, take it only while that holder still holds it
+        (expired or not): a holder known to be dead whose lease cannot expire
+        soon enough, such as the same state directory after its daemon
+        crashed. The swap is conditional on the exact record read, so a lease
+        someone else took meanwhile is left alone (LeaseHeldError).
+        """
         while True:
             try:
                 current = self.kv.get(self.name)
@@ -171,30 +178,10 @@ class Lease:
             try:
                 previous = LeaseInfo.decode(self.name, current.value)
             except CorruptLeaseError:
+                if only_from is not None:
+                    raise
                 previous = LeaseInfo("<unreadable lease record>", 0.0, 0)
-            try:
-                self._pair = self.kv.atomic_put(
-                    self.name, self._record(previous.generation + 1), current)
-                return previous
-            except (KeyModifiedError, KeyNotFoundError):
-                continue
-
-    def take_over_from(self, holder: str) -> LeaseInfo | None:
-        """Take the lease only if ``holder`` still holds it (expired or not).
-
-        For a holder known to be dead that cannot expire soon enough: the same
-        state directory after a crash of its daemon. The swap is conditional on
-        the exact record read, so a lease someone else took meanwhile is left
-        alone (LeaseHeldError).
-        """
-        while True:
-            try:
-                current = self.kv.get(self.name)
-            except KeyNotFoundError:
-                self.acquire()
-                return None
-            previous = LeaseInfo.decode(self.name, current.value)
-            if previous.holder != holder:
+            if only_from is not None and previous.holder != only_from:
                 raise LeaseHeldError(self.name, previous)
             try:
                 self._pair = self.kv.atomic_put(
