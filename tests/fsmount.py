@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from versionfs.ctlclient import read_answer
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -155,13 +157,7 @@ class Mount:
                 assert os.write(fd, data) == len(data)
             except OSError as e:
                 err = e.errno
-            chunks = []
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return err, b"".join(chunks).decode()
+            return err, read_answer(fd)
         finally:
             os.close(fd)
 

@@ -33,7 +33,8 @@ def ctl_path(mountpoint: str | os.PathLike[str]) -> Path:
     return Path(mountpoint) / CTL_RELATIVE
 
 
-def _read_all(fd: int) -> str:
+def read_answer(fd: int) -> str:
+    """Everything the daemon answered on a ctl fd, after the command's write."""
     chunks = []
     while True:
         chunk = os.read(fd, 65536)
@@ -63,7 +64,7 @@ def command(mountpoint: str | os.PathLike[str], text: str) -> str:
         except OSError as e:
             failure = e
         try:
-            answer = _read_all(fd)
+            answer = read_answer(fd)
         except OSError as e:
             answer = ""
             if failure is None:

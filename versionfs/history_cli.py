@@ -50,16 +50,21 @@ def _setup_log(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-@command("log", "revisions, newest first, with what each changed", _setup_log)
-def cmd_log(args: argparse.Namespace) -> int:
-    words = ["log"] + (["--json"] if args.json else [])
-    if args.path is not None:
-        words += ["--", mount_relative(args.mountpoint, args.path) or "/"]
+def _print_answer(args: argparse.Namespace, words: list[str]) -> int:
+    """Send a read-only query; print its answer (checked to be JSON with --json)."""
     answer = _ctl(args.mountpoint, _words(*words))
     if args.json:
         json.loads(answer)
     print(answer)
     return EXIT_OK
+
+
+@command("log", "revisions, newest first, with what each changed", _setup_log)
+def cmd_log(args: argparse.Namespace) -> int:
+    words = ["log"] + (["--json"] if args.json else [])
+    if args.path is not None:
+        words += ["--", mount_relative(args.mountpoint, args.path) or "/"]
+    return _print_answer(args, words)
 
 
 # --- diff --------------------------------------------------------------------
@@ -78,11 +83,7 @@ def _setup_diff(p: argparse.ArgumentParser) -> None:
 def cmd_diff(args: argparse.Namespace) -> int:
     words = ["diff"] + (["--json"] if args.json else []) + (["--stat"] if args.stat else [])
     words += ["--", args.rev_a] + ([args.rev_b] if args.rev_b else [])
-    answer = _ctl(args.mountpoint, _words(*words))
-    if args.json:
-        json.loads(answer)
-    print(answer)
-    return EXIT_OK
+    return _print_answer(args, words)
 
 
 # --- restore -------------------------------------------------------------------
