@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from versionfs import ctlclient  # noqa: E402
+from versionfs.cli import ctlclient  # noqa: E402
 
 VERSIONFS = [sys.executable, "-m", "versionfs"]
 MiB = 1 << 20

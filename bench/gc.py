@@ -13,7 +13,7 @@ live tree and the snapshot is forgotten, and it times:
    deletes the garbage from the fast and the slow store;
 2. a second ``gc`` with the index and nothing to delete: the steady-state
    cost of a collection that never lists the bucket;
-3. ``fsck --read-data``-free blob check (``versionfs.fsck``) of what remains.
+3. ``fsck --read-data``-free blob check (``versionfs.maint.fsck``) of what remains.
 
 Everything it wrote is removed at exit.
 """
@@ -33,8 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from versionfs import fsck, gc, state as statemod  # noqa: E402
-from versionfs.fs import schema  # noqa: E402
+from versionfs.maint import fsck
+from versionfs.maint import gc
+from versionfs.common import state as statemod  # noqa: E402
+from versionfs.tree import schema  # noqa: E402
 
 
 def load_s3server():

@@ -13,7 +13,7 @@ import pytest
 
 from cli_util import daemon_pid, force_cleanup, mount_type, ok, run_cli, wait_gone
 
-from versionfs import config as configmod
+from versionfs.common import config as configmod
 
 
 class Machine:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from versionfs.ctlclient import read_answer
+from versionfs.cli.ctlclient import read_answer
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,7 +60,7 @@ def _slow_writes(seconds: float) -> None:
 def open_layers(root: Path):
     """The real layers under a test state dir: MVCC metadata, Paired(fast disk,
     file:// slow) with an upload journal, and a plain (unencrypted) codec.
-    Built here rather than through versionfs.state so the fs tests exercise the
+    Built here rather than through versionfs.common.state so the fs tests exercise the
     fs layer only."""
     from versionfs.blob.blobstore import BlobStore
     from versionfs.blob.codec import Codec

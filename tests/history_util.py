@@ -23,7 +23,7 @@ class CliFs:
         """`versionfs init`, then config keys given as section__name=value."""
         ok(run_cli("init", self.state))
         if settings:
-            from versionfs import config
+            from versionfs.common import config
             cfg = config.load(self.state / "config.toml")
             for key, value in settings.items():
                 cfg.set(key.replace("__", "."), value)

@@ -67,7 +67,7 @@ def open_meta(state: Path):
 
 def file_pointers(meta, path: str, rev=None) -> list[bytes]:
     """Raw blob pointers of the file at ``path`` (relative to the root) in ``rev``."""
-    from versionfs.fs import schema
+    from versionfs.tree import schema
     ino = schema.ROOT_INO
     for part in path.split("/"):
         raw = meta.get(schema.dirent_key(ino, part.encode()), rev)
@@ -78,7 +78,7 @@ def file_pointers(meta, path: str, rev=None) -> list[bytes]:
 
 
 def file_ino(meta, path: str, rev=None) -> int:
-    from versionfs.fs import schema
+    from versionfs.tree import schema
     ino = schema.ROOT_INO
     for part in path.split("/"):
         ino = schema.from_u64(meta.get(schema.dirent_key(ino, part.encode()), rev))

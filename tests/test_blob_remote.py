@@ -106,8 +106,8 @@ def test_open_store_urls(tmp_path, monkeypatch, service):
 def test_serve_store_main_subprocess(tmp_path):
     port = free_port()
     token_file = tmp_path / "token"
-    code = ("import sys; from versionfs.blob.remote import serve_store_main; "
-            "sys.exit(serve_store_main(sys.argv[1:]))")
+    code = ("import sys; from versionfs.cli.bucket import serve_store; "
+            "sys.exit(serve_store(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, (tmp_path / "store").as_uri(),
                              "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

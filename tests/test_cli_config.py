@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from versionfs import config
+from versionfs.common import config, units
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,17 +58,17 @@ def test_bad_config_is_one_line_naming_key_and_file(tmp_path, body, words):
 
 
 def test_sizes():
-    assert config.parse_size("512MiB") == 512 << 20
-    assert config.parse_size("1.5G") == 3 << 29
-    assert config.parse_size(4096) == 4096
+    assert units.parse_size("512MiB") == 512 << 20
+    assert units.parse_size("1.5G") == 3 << 29
+    assert units.parse_size(4096) == 4096
     with pytest.raises(ValueError):
-        config.parse_size("-1")
+        units.parse_size("-1")
 
 
 def test_example_file_documents_every_key_and_loads():
     example = REPO / "contrib" / "config.example.toml"
     assert example.read_text() == config.example_toml(), \
-        "regenerate: python -c 'from versionfs import config; print(config.example_toml(), end=\"\")' > contrib/config.example.toml"
+        "regenerate: python -c 'from versionfs.common import config; print(config.example_toml(), end=\"\")' > contrib/config.example.toml"
     loaded = config.load(example)
     assert loaded.values == config.defaults()
     for key in config.SCHEMA.values():

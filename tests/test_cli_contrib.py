@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from cli_util import REPO
-from versionfs import cli
+from versionfs.cli import main as cli, preflight
 
 HELPER = REPO / "contrib" / "mount.versionfs"
 
@@ -43,14 +43,14 @@ def test_fstab_helper_rejects_garbage():
 
 
 def test_mount_options_split_fstab_from_fuse():
-    opts = cli.parse_mount_options([
+    opts = preflight.parse_mount_options([
         "defaults,_netdev,noauto,nofail,x-systemd.automount,x-systemd.idle-timeout=60,"
         "comment=home,rw,user", "allow_other,ro", "passphrase_file=/etc/vfs.pass,nonempty"])
     assert opts.fuse == ["allow_other"]
     assert opts.read_only and opts.nonempty
     assert opts.passphrase_file == "/etc/vfs.pass"
-    assert cli.parse_mount_options(["max_read=131072,fsname=x\\,y"]).fuse == ["max_read=131072"]
-    assert cli._split_commas("a\\,b,c") == ["a,b", "c"]
+    assert preflight.parse_mount_options(["max_read=131072,fsname=x\\,y"]).fuse == ["max_read=131072"]
+    assert preflight._split_commas("a\\,b,c") == ["a,b", "c"]
 
 
 def test_completions_know_every_command():

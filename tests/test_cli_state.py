@@ -1,10 +1,10 @@
-"""The state dir API (versionfs.state): layout, lock, passphrase sources, key in the slow store."""
+"""The state dir API (versionfs.common.state): layout, lock, passphrase sources, key in the slow store."""
 
 from __future__ import annotations
 
 import pytest
 
-from versionfs import state as statemod
+from versionfs.common import state as statemod
 from versionfs.blob.pointer import Pointer
 
 

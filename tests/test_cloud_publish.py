@@ -12,7 +12,7 @@ from versionfs.blob.directory import DirectoryStore
 from versionfs.blob.disk import DiskStore
 from versionfs.blob.paired import Paired
 from versionfs.blob.s3 import S3Store
-from versionfs.meta import publish
+from versionfs.bucket import publish
 from versionfs.meta.mvcc import MVCCStore
 from versionfs.meta.wal import IndexNotFoundError, read_entries
 

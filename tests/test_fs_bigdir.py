@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fsmount import Mount, new_mountpoint, new_state
-from versionfs.fs import schema
+from versionfs.tree import schema
 
 pytestmark = pytest.mark.fuse
 

@@ -133,7 +133,7 @@ def test_corrupted_blob_is_found_by_read_data_and_repaired_from_the_good_copy(fs
 
 
 def test_broken_index_entries_are_found_and_rebuilt(fs, built):
-    from versionfs.fs import schema
+    from versionfs.tree import schema
     from versionfs.meta.mvcc import CHANGES, _U64
     meta = open_meta(fs.state)
     try:
@@ -172,7 +172,7 @@ def test_broken_index_entries_are_found_and_rebuilt(fs, built):
 
 
 def test_orphans_go_to_lost_and_found_and_unreadable_records_are_only_reported(fs, built):
-    from versionfs.fs import schema
+    from versionfs.tree import schema
     meta = open_meta(fs.state)
     try:
         big = file_ino(meta, "big.bin")

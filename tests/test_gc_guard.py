@@ -12,7 +12,7 @@ from versionfs.blob.codec import Codec
 from versionfs.blob.directory import DirectoryStore
 from versionfs.blob.disk import DiskStore
 from versionfs.blob.paired import Paired
-from versionfs.gc import GCError, GCGuard, KnownBlobIndex, note_live
+from versionfs.maint.gc import GCError, GCGuard, KnownBlobIndex, note_live
 
 
 class GatedSlow(DirectoryStore):

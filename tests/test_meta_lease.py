@@ -1,4 +1,4 @@
-"""Single-writer lease (versionfs.meta.lease) on LMDB and on the real S3 server.
+"""Single-writer lease (versionfs.bucket.lease) on LMDB and on the real S3 server.
 
 Time is an injected clock (a plain counter the test advances), so expiry is
 tested without sleeping; the stores are real.
@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from versionfs.meta.kv import LMDBKV, open_kv
-from versionfs.meta.lease import (CorruptLeaseError, Lease, LeaseHeldError,
+from versionfs.bucket.lease import (CorruptLeaseError, Lease, LeaseHeldError,
                                   LeaseLostError)
 
 

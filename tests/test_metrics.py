@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from history_util import cli_fs, free_port  # noqa: F401  (fixture)
-from versionfs import logsetup
+from versionfs.common import logs as logsetup
 
 pytestmark = pytest.mark.fuse
 

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from versionfs.fs.control import snapshot_dirname
+from versionfs.tree.names import snapshot_dirname
 from versionfs.meta.mvcc import MVCCStore
-from versionfs.retention import (Policy, PolicyError, apply_retention, forget_snapshots,
-                                 parse_duration, resolve_snapshot, select)
+from versionfs.common.units import UnitError, parse_duration
+from versionfs.maint.retention import (Policy, PolicyError, apply_retention, forget_snapshots,
+                                       resolve_snapshot, select)
 
 UTC = timezone.utc
 
@@ -123,12 +124,12 @@ def test_parse_duration(text, seconds):
 
 @pytest.mark.parametrize("bad", ["", "h", "1x", "1d-2h", "two days"])
 def test_parse_duration_rejects_garbage(bad):
-    with pytest.raises(PolicyError, match="not a duration"):
+    with pytest.raises(UnitError, match="not a duration"):
         parse_duration(bad)
 
 
 def test_policy_args_round_trip():
-    from versionfs.retention import policy_from_args
+    from versionfs.maint.retention import policy_from_args
     p = Policy(last=2, daily=7, weekly=-1, within=parse_duration("1d12h"), named=True)
     words = p.args()
     assert words == ["--keep-last", "2", "--keep-daily", "7", "--keep-weekly", "-1",
@@ -179,7 +180,7 @@ def test_resolve_and_forget_by_dirname_name_or_revision(meta):
 
 
 def test_policy_from_config_keys(tmp_path):
-    from versionfs import config
+    from versionfs.common import config
     path = tmp_path / "config.toml"
     path.write_text('[snapshots]\nkeep_daily = 7\nkeep_weekly = -1\nkeep_within = "1d12h"\n'
                     'keep_named = true\n')

@@ -2,7 +2,7 @@
 
 Layers (one-way dependencies, top to bottom; see README "How it works"):
 
-    versionfs.cli, ctl/, contrib/   commands people type, service files
+    versionfs.cli.main, ctl/, contrib/   commands people type, service files
     versionfs.fs                    pyfuse3 Operations on trio
     versionfs.meta                  WAL + LMDB backend + MVCC, KV with CAS, records
     versionfs.blob                  content-addressed blobs and their stores

@@ -2,7 +2,7 @@
 
 import sys
 
-from versionfs.cli import main
+from versionfs.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ _versionfs() {
         cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}
         words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD
     fi
-    local commands="init mount umount snapshot snapshots status flush serve-store demo log diff restore"
+    local commands="init mount umount snapshot snapshots status flush serve-store demo log diff restore forget gc fsck clone"
 
     if [ "$cword" -eq 1 ]; then
         COMPREPLY=($(compgen -W "$commands --help --version" -- "$cur"))
@@ -28,6 +28,7 @@ _versionfs() {
         -o) COMPREPLY=($(compgen -W "allow_other allow_root default_permissions ro nonempty passphrase_file=" -- "$cur")); return ;;
         --timeout) return ;;
         --to) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --state) COMPREPLY=($(compgen -d -- "$cur")); return ;;
     esac
     if [[ $cur == -* ]]; then
         local opts="--help"
@@ -41,19 +42,29 @@ _versionfs() {
             log) opts="--json --help" ;;
             diff) opts="--stat --json --help" ;;
             restore) opts="--to --no-progress --help" ;;
+            forget) opts="--state --passphrase-file --dry-run --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --keep-named --help" ;;
+            gc) opts="--state --passphrase-file --dry-run --full --help" ;;
+            fsck) opts="--read-data --repair --passphrase-file --quiet --help" ;;
+            clone) opts="--passphrase-file --quiet --help" ;;
         esac
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
         return
     fi
     case $cmd in
-        init|mount|demo) COMPREPLY=($(compgen -d -- "$cur")) ;;
-        umount|unmount|snapshot|snapshots|status|flush)
+        init|mount|demo|fsck) COMPREPLY=($(compgen -d -- "$cur")) ;;
+        clone)
+            if [ "$cword" -eq 2 ]; then
+                COMPREPLY=($(compgen -W "file:// s3://" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -d -- "$cur"))
+            fi ;;
+        umount|unmount|snapshot|snapshots|status|flush|gc)
             local mounts
             mounts=$(_versionfs_mounts)
             COMPREPLY=($(compgen -W "$mounts" -- "$cur"))
             [ ${#COMPREPLY[@]} -eq 0 ] && COMPREPLY=($(compgen -d -- "$cur")) ;;
-        log|diff|restore)
-            # MOUNTPOINT first, then snapshot names (diff, restore) or paths in the mount.
+        log|diff|restore|forget)
+            # MOUNTPOINT first, then snapshot names (diff, restore, forget) or paths in the mount.
             local mnt=${words[2]} snaps
             if [ "$cword" -eq 2 ]; then
                 COMPREPLY=($(compgen -W "$(_versionfs_mounts)" -- "$cur"))

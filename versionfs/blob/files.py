@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import NotFoundError, StoreUnavailableError
-from .pointer import Null, Pointer, as_pointer
+from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
 
 TEMP_PREFIX = ".tmp-"

@@ -19,12 +19,10 @@ sees plaintext; the token is still a secret: use ``--tls-cert``/``--tls-key``
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import http.client
 import os
 import secrets
-import signal
 import ssl
 import sys
 import threading
@@ -370,52 +368,3 @@ def read_token_file(path: str | os.PathLike, create: bool = False) -> str:
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token
-
-
-def serve_store_main(argv: list[str]) -> int:
-    """``versionfs serve-store URL --listen HOST:PORT --token-file F [--tls-cert C --tls-key K]``
-
-    Serves the store at URL (``file:///…``, ``s3://bucket/prefix``, or another
-    remote store) to other machines until SIGINT/SIGTERM. Clients use it as a
-    slow store with the URL ``http[s]://HOST:PORT`` and the same token. The
-    token file is created with a random token (mode 0600) if it does not exist.
-    """
-    from .url import open_store
-
-    parser = argparse.ArgumentParser(prog="versionfs serve-store",
-                                     description=serve_store_main.__doc__.split("\n\n")[1])
-    parser.add_argument("url", help="the store to serve (file:///path, s3://bucket/prefix, …)")
-    parser.add_argument("--listen", default="127.0.0.1:7480", help="HOST:PORT (default %(default)s)")
-    parser.add_argument("--token-file", required=True, help="file holding the bearer token")
-    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
-    parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
-    parser.add_argument("--verbose", action="store_true", help="log every request")
-    args = parser.parse_args(argv)
-
-    host, sep, port = args.listen.rpartition(":")
-    if not sep or not port.isdigit():
-        parser.error(f"--listen wants HOST:PORT, got {args.listen!r}")
-    context = None
-    if args.tls_cert:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    elif host not in ("127.0.0.1", "localhost", "::1"):
-        print("serve-store: warning: plain HTTP on a non-loopback address sends the token "
-              "in the clear; use --tls-cert/--tls-key or a tunnel", file=sys.stderr)
-    token = read_token_file(args.token_file, create=True)
-    store = open_store(args.url)
-    service = StoreService(store, token, (host.strip("[]"), int(port)), ssl_context=context,
-                           verbose=args.verbose)
-
-    def stop(signum, frame):
-        threading.Thread(target=service.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"serve-store: serving {args.url} on {service.url}", flush=True)
-    try:
-        service.serve_forever()
-    finally:
-        service.server_close()
-        store.close()
-    return 0

@@ -18,7 +18,6 @@ objects (metadata) at ``prefix/<name>``, the same as DirectoryStore.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 

@@ -27,7 +27,6 @@ from typing import Callable, Iterable
 import pyfuse3
 import trio
 
-from . import history_ctl, services  # noqa: F401  (register ctl commands and status lines)
 from .operations import VersionFS
 
 log = logging.getLogger(__name__)
@@ -49,17 +48,18 @@ def _options(fuse_options: Iterable[str], read_only: bool) -> set[str]:
 
 async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool = False,
                 fuse_options: Iterable[str] = (), ready: Callable[[], None] | None = None,
-                idle_seal_seconds: float = 2.0,
+                idle_seal_seconds: float = 2.0, cloud=None,
                 services: Iterable[Callable[[VersionFS, trio.Nursery], None]] = ()) -> None:
     """Mount at `mountpoint` and serve requests until unmounted or signalled.
 
     Each of `services` is called once with the operations object and the
     mount's nursery, to start what runs beside it (automatic snapshots, the
-    metrics endpoint); their tasks end with the mount.
+    metrics endpoint); their tasks end with the mount. `cloud` is the bucket
+    session the ctl commands publish through (None: no bucket).
     """
     mountpoint = os.path.abspath(os.fspath(mountpoint))
     ops = VersionFS(meta, blobs, paired, os.fspath(dirty_dir), mountpoint=mountpoint,
-                    read_only=read_only, idle_seal_seconds=idle_seal_seconds)
+                    read_only=read_only, idle_seal_seconds=idle_seal_seconds, cloud=cloud)
     pyfuse3.init(ops, mountpoint, _options(fuse_options, read_only))
     unmount = False
     try:

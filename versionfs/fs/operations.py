@@ -28,20 +28,19 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from versionfs import metrics
+from versionfs.common import metrics
 
-from . import schema
-from .control import CommandError, CtlHandle, snapshot_dirname
+from versionfs.tree import schema
+from versionfs.tree.names import iso_utc, snapshot_dirname
+from versionfs.tree.schema import ROOT_INO, Inode
+
+from .ctl.command import CommandError
+from .ctl.registry import CtlHandle
 from .data import CHUNK_MIN, STREAM_SEAL_BYTES, DataManager, Extent, FileData, SealResult
-from .schema import ROOT_INO, Inode
-from .snapshots import SnapshotViews, is_snap_ino, snap_ino
+from .snapshots import (CTL_DIR_INO, CTL_DIR_NAME, CTL_FILE_INO, SNAPS_DIR_INO, SnapshotViews,
+                        is_snap_ino, snap_ino)
 
 log = logging.getLogger(__name__)
-
-CTL_DIR_INO = 2
-CTL_FILE_INO = 3
-SNAPS_DIR_INO = 4
-CTL_DIR_NAME = b".versionfs"
 
 NAME_MAX = 255
 XATTR_NAME_MAX = 255
@@ -136,9 +135,12 @@ class VersionFS(pyfuse3.Operations):
     supports_dot_lookup = True
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
-                 read_only: bool = False, idle_seal_seconds: float = 2.0):
+                 read_only: bool = False, idle_seal_seconds: float = 2.0, cloud=None):
         super().__init__()
         self.meta = meta
+        # The bucket session (versionfs.bucket.session.CloudSession) or None:
+        # the ctl commands publish through it and `status` reports it.
+        self.cloud = cloud
         self.blobs = blobs
         self.paired = paired
         self.mountpoint = mountpoint
@@ -1120,5 +1122,4 @@ class _NoUmask:
 
 
 def _iso(ts: float) -> str:
-    from .control import iso_utc
     return iso_utc(ts)

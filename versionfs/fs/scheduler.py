@@ -5,7 +5,7 @@ interval, so a laptop that is mounted for ten minutes a day still gets its
 snapshots, and a manual snapshot resets the clock. A due snapshot is skipped
 when nothing changed since the newest one: an idle home directory does not fill
 the list with identical revisions. After each snapshot the retention policy
-(`[snapshots] keep_*`, versionfs.retention) forgets what it does not keep.
+(`[snapshots] keep_*`, versionfs.maint.retention) forgets what it does not keep.
 
 Automatic snapshots have no name, so `keep_named` protects the ones people
 named by hand (and the `pre-restore-*` ones restore takes).
@@ -105,7 +105,7 @@ class AutoSnapshots:
 def retention_from_config(cfg) -> Callable[[Any, float], Any] | None:
     """The retention step after each automatic snapshot, or None when no
     `keep_*` rule is set (then every snapshot is kept)."""
-    from versionfs.retention import Policy, apply_retention
+    from versionfs.maint.retention import Policy, apply_retention
     policy = Policy.from_config(cfg)
     if policy.empty:
         return None

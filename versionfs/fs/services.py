@@ -15,10 +15,11 @@ import weakref
 import trio
 
 from versionfs import __version__
+from versionfs.common.units import parse_duration
 
-from . import control
-from .control import iso_utc, snapshot_dirname
-from .history import JOBS
+from versionfs.tree.history import JOBS
+from versionfs.tree.names import iso_utc, snapshot_dirname
+
 from .scheduler import AutoSnapshots, retention_from_config
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ RUNNING: "weakref.WeakKeyDictionary[object, _Running]" = weakref.WeakKeyDictiona
 
 def daemon_services(cfg) -> list:
     """Service starters for `serve(services=...)` from a validated Config."""
-    from versionfs.retention import parse_duration
     interval = cfg["snapshots.interval"]
     listen = cfg["metrics.listen"]
 
@@ -48,7 +48,7 @@ def daemon_services(cfg) -> list:
             nursery.start_soon(running.scheduler.run, fs)
             log.info("automatic snapshots every %s", interval)
         if listen:
-            from versionfs.metrics import MetricsServer
+            from versionfs.common.metrics import MetricsServer
             try:
                 server = MetricsServer(fs, listen, running.scheduler)
             except OSError as e:           # the mount is worth more than its metrics
@@ -96,5 +96,3 @@ def status_extras(fs) -> dict:
     st["running_job"] = None if job is None else f"{job.what} {job.done}/{job.total}"
     return st
 
-
-control.STATUS_EXTRAS.append(status_extras)

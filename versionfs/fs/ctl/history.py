@@ -20,17 +20,19 @@ import weakref
 import pyfuse3
 import trio
 
-from . import schema
-from .control import CommandError, DIRNAME_RE, command, iso_utc, snapshot_dirname
-from .history import (EMPTY_REV, JOBS, HistoryError, Progress, TreeAt, diff, iter_chunks,
+from versionfs.tree import schema
+from versionfs.tree.names import DIRNAME_RE, iso_utc, snapshot_dirname
+from versionfs.tree.history import (EMPTY_REV, JOBS, HistoryError, Progress, TreeAt, diff, iter_chunks,
                       log_entries, norm_path, plan_restore, split_path, subtree_entries,
                       summary_text, write_restored)
-from .schema import ROOT_INO
+from versionfs.fs.snapshots import CTL_DIR_NAME
+from versionfs.tree.schema import ROOT_INO
+
+from .command import CommandError, command
 
 log = logging.getLogger(__name__)
 
 _RESTORE_LOCKS: "weakref.WeakKeyDictionary[object, trio.Lock]" = weakref.WeakKeyDictionary()
-CTL_DIR_NAME = b".versionfs"
 
 
 def resolve_rev(meta, text: str) -> int | None:

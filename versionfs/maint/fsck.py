@@ -53,8 +53,8 @@ import msgpack
 
 from versionfs.blob.errors import BlobError, CorruptBlobError, NotFoundError
 from versionfs.blob.pointer import Pointer
-from versionfs.fs import schema
-from versionfs.fs.control import snapshot_dirname
+from versionfs.tree import schema
+from versionfs.tree.names import snapshot_dirname
 
 __all__ = ["Finding", "FsckReport", "check", "EXIT_CLEAN", "EXIT_REPAIRED", "EXIT_PROBLEMS"]
 
@@ -464,7 +464,7 @@ class _Checker:
 
 def check(state: Any, *, read_data: bool = False, repair: bool = False,
           progress: bool = False) -> FsckReport:
-    """Run every check on an opened state (versionfs.state.open_state)."""
+    """Run every check on an opened state (versionfs.common.state.open_state)."""
     t0 = time.monotonic()
     c = _Checker(state, read_data, repair, progress)
     c.check_meta_index()

@@ -1,7 +1,7 @@
 """``versionfs forget``, ``versionfs gc`` and ``versionfs fsck``.
 
 ``forget`` and ``gc`` on a MOUNTPOINT write the ctl commands of the same name
-(versionfs.maint_ctl): the daemon owns the stores while mounted.  With
+(versionfs.fs.ctl.maint): the daemon owns the stores while mounted.  With
 ``--state STATE_DIR`` they run here instead, on an unmounted filesystem.
 ``fsck`` always runs on an unmounted state dir.
 
@@ -15,10 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from versionfs import cli, ctlclient, retention
-from versionfs import state as statemod
-from versionfs import maint_ctl  # noqa: F401 - registers the ctl commands in the daemon
-from versionfs.fs.control import snapshot_dirname
+from versionfs.maint import retention
+from versionfs.common import state as statemod
+from versionfs.tree.names import snapshot_dirname
+
+from .command import EXIT_OK, UserError, command, ctl
+from .mount import versionfs_mount
 
 
 def _open(state_dir: str, passphrase_file: str | None, **kw):
@@ -58,7 +60,7 @@ def _policy(args: argparse.Namespace) -> retention.Policy | None:
     try:
         return retention.policy_from_args(values) if values else None
     except retention.PolicyError as e:
-        raise cli.UserError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def _split_target(args: argparse.Namespace) -> tuple[str | None, list[str]]:
@@ -67,39 +69,39 @@ def _split_target(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     if args.state:
         return None, words
     if not words:
-        raise cli.UserError("give a MOUNTPOINT (or --state STATE_DIR for an unmounted filesystem)")
+        raise UserError("give a MOUNTPOINT (or --state STATE_DIR for an unmounted filesystem)")
     return words[0], words[1:]
 
 
 def _config_policy(mountpoint: str | None, state_dir: str | None) -> retention.Policy:
     if state_dir is None:
-        found = cli._versionfs_mount(Path(mountpoint).absolute())
+        found = versionfs_mount(Path(mountpoint).absolute())
         state_dir = found.source
     policy = retention.Policy.from_config(statemod.load_config(state_dir))
     if policy.empty:
-        raise cli.UserError("nothing to forget: give snapshot NAMEs or --keep-* options "
+        raise UserError("nothing to forget: give snapshot NAMEs or --keep-* options "
                             "(or set [snapshots] keep_* in the state dir's config.toml)")
     return policy
 
 
-@cli.command("forget", "forget snapshots (by name, or by a --keep-* retention policy)",
+@command("forget", "forget snapshots (by name, or by a --keep-* retention policy)",
              _setup_forget)
 def cmd_forget(args: argparse.Namespace) -> int:
     mountpoint, refs = _split_target(args)
     policy = _policy(args)
     if refs and policy is not None:
-        raise cli.UserError("give snapshot NAMEs or --keep-* options, not both")
+        raise UserError("give snapshot NAMEs or --keep-* options, not both")
     if not refs and policy is None:
         policy = _config_policy(mountpoint, args.state)
     if policy is not None and policy.empty:
-        raise cli.UserError("every --keep-* rule is 0: refusing to forget every snapshot")
+        raise UserError("every --keep-* rule is 0: refusing to forget every snapshot")
     if mountpoint is not None:
         words = ["forget"] + (["--dry-run"] if args.dry_run else [])
         words += refs if policy is None else policy.args()
-        answer = cli._ctl(mountpoint, " ".join(_quote(w) for w in words))
+        answer = ctl(mountpoint, " ".join(_quote(w) for w in words))
         if answer:
             print(answer)
-        return cli.EXIT_OK
+        return EXIT_OK
     with _open(args.state, args.passphrase_file, read_only=args.dry_run) as st:
         verb = "would forget" if args.dry_run else "forgot"
         try:
@@ -113,10 +115,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
                 for d in result.remove:
                     print(f"{verb} {snapshot_dirname(d.info)}")
         except retention.PolicyError as e:
-            raise cli.UserError(str(e)) from None
+            raise UserError(str(e)) from None
         if not args.dry_run:
             st.meta.sync()
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _quote(word: str) -> str:
@@ -138,17 +140,17 @@ def _setup_gc(p: argparse.ArgumentParser) -> None:
                 "filesystem is in use.")
 
 
-@cli.command("gc", "delete blobs nothing refers to (after forget)", _setup_gc)
+@command("gc", "delete blobs nothing refers to (after forget)", _setup_gc)
 def cmd_gc(args: argparse.Namespace) -> int:
-    from versionfs import gc as gcmod
+    from versionfs.maint import gc as gcmod
     if (args.target is None) == (args.state is None):
-        raise cli.UserError("give a MOUNTPOINT or --state STATE_DIR (one of them)")
+        raise UserError("give a MOUNTPOINT or --state STATE_DIR (one of them)")
     if args.target is not None:
         words = ["gc"] + (["--dry-run"] if args.dry_run else []) + (["--full"] if args.full else [])
-        answer = cli._ctl(args.target, " ".join(words))
+        answer = ctl(args.target, " ".join(words))
         if answer:
             print(answer)
-        return cli.EXIT_OK
+        return EXIT_OK
     with _open(args.state, args.passphrase_file) as st:
         result = gcmod.collect_garbage(st.meta, st.paired, gcmod.index_path_for(st.meta),
                                        full=args.full, dry_run=args.dry_run,
@@ -156,9 +158,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
         st.meta.sync()
     print("\n".join(result.lines()))
     if result.failed:
-        raise cli.UserError(f"{result.failed} blob(s) could not be deleted (first error: "
+        raise UserError(f"{result.failed} blob(s) could not be deleted (first error: "
                             f"{result.first_error}); run gc again")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def _setup_fsck(p: argparse.ArgumentParser) -> None:
@@ -173,9 +175,9 @@ def _setup_fsck(p: argparse.ArgumentParser) -> None:
                 "1 fsck could not run (e.g. the filesystem is mounted).")
 
 
-@cli.command("fsck", "check metadata and blobs; repair what is safe", _setup_fsck)
+@command("fsck", "check metadata and blobs; repair what is safe", _setup_fsck)
 def cmd_fsck(args: argparse.Namespace) -> int:
-    from versionfs import fsck
+    from versionfs.maint import fsck
     # Not read-only even without --repair: the upload journal says which blobs are still
     # only in the fast store (pending), which a read-only open would not load.
     with _open(args.state_dir, args.passphrase_file) as st:

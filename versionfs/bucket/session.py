@@ -11,9 +11,8 @@ daemon right after the state dir is opened:
   state dir holds changes of its own that were never published.
 
 ``flush`` and ``snapshot`` on the ctl file publish too (``flush`` waits for it,
-``snapshot`` starts it); ``status`` reports what is published and the lease.
-There is one daemon per mount, so the ctl commands find the session in a
-module variable rather than through the fs layer.
+``snapshot`` starts it); ``status`` reports what is published and the lease
+(versionfs.fs.ctl.basic, through the mount's ``fs.cloud``).
 
 Offline: every bucket operation here runs on background threads and only logs
 and retries when the store is unreachable; the mount never waits for it except
@@ -23,7 +22,6 @@ in ``flush``, which is asked to.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import shutil
@@ -34,16 +32,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from versionfs import state as statemod
+from versionfs.common import state as statemod
 from versionfs.blob.errors import BlobError
-from versionfs.meta import publish
-from versionfs.meta.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
+from versionfs.bucket import publish
+from versionfs.bucket.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
 from versionfs.meta.mvcc import MVCCStore
 
 log = logging.getLogger(__name__)
-
-_active: "CloudSession | None" = None
-
 
 class CloudError(statemod.StateError):
     """A mount refused because of the bucket (lease held, diverged state); one line."""
@@ -146,7 +141,6 @@ class CloudSession:
 
     @classmethod
     def start(cls, state, *, read_only: bool, steal_lease: bool = False) -> "CloudSession":
-        global _active
         session = cls(state, read_only)
         if session.bucket is None:
             log.warning("the slow store %s keeps no named objects: metadata is not published",
@@ -155,7 +149,6 @@ class CloudSession:
             session._catch_up_read_only()
         else:
             session._start_writer(steal_lease)
-        _active = session
         return session
 
     def _catch_up_read_only(self) -> None:
@@ -310,7 +303,6 @@ class CloudSession:
 
     def close(self, timeout: float = 60.0) -> None:
         """Final publish (best effort), stop the threads, give the lease back."""
-        global _active
         self._stop.set()
         self._wake.set()
         for t in self._threads:
@@ -323,57 +315,3 @@ class CloudSession:
                     self.lease.release()
                 except (BlobError, OSError, LeaseError) as exc:
                     log.warning("could not release the writer lease (it expires by itself): %s", exc)
-        if _active is self:
-            _active = None
-
-
-# ------------------------------------------------------------- ctl commands
-
-def _install_ctl_commands() -> None:
-    """Wrap ``flush``, ``snapshot`` and ``status`` so they publish and report."""
-    from versionfs.fs import control
-    cmds = control.COMMANDS
-    if getattr(cmds["flush"].run, "_cloud", False):
-        return
-    flush, snapshot, status = cmds["flush"], cmds["snapshot"], cmds["status"]
-
-    async def run_flush(fs, args):
-        import trio
-        out = await flush.run(fs, args)
-        session = _active
-        if session is not None and session.publisher is not None:
-            timeout = float(args[0]) if args else None
-            try:
-                await trio.to_thread.run_sync(lambda: session.publish(timeout=timeout))
-            except publish.BlobsNotDurableError as exc:
-                raise control.CommandError(str(exc), errno.ETIMEDOUT) from None
-            except (publish.PublishError, BlobError, OSError) as exc:
-                raise control.CommandError(f"publishing metadata failed: {exc}", errno.EIO) from None
-        return out
-
-    async def run_snapshot(fs, args):
-        out = await snapshot.run(fs, args)
-        if _active is not None:
-            _active.publish_soon()
-        return out
-
-    async def run_status(fs, args):
-        import json
-        out = await status.run(fs, args)
-        if _active is None:
-            return out
-        extra = _active.status()
-        if args:
-            doc = json.loads(out)
-            doc.update({k.replace(" ", "_"): v for k, v in extra.items()})
-            return json.dumps(doc)
-        return out + "\n" + "\n".join(f"{k}: {'-' if v is None else v}" for k, v in extra.items())
-
-    for fn in (run_flush, run_snapshot, run_status):
-        fn._cloud = True
-    control.command("flush", flush.usage, flush.summary + " and publish the metadata")(run_flush)
-    control.command("snapshot", snapshot.usage, snapshot.summary)(run_snapshot)
-    control.command("status", status.usage, status.summary + ", publishing and lease")(run_status)
-
-
-_install_ctl_commands()

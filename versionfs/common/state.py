@@ -4,7 +4,7 @@ Layout of ``STATE_DIR`` (created by ``init_state``)::
 
     state.toml     written once by init: format, filesystem id, encryption; its
                    presence is what makes a directory a versionfs state dir
-    config.toml    user settings (see versionfs.config; only non-defaults listed)
+    config.toml    user settings (see versionfs.common.config; only non-defaults listed)
     key            encrypted filesystems only: the master key wrapped by the
                    passphrase (also stored in the slow store as keys/master, so a
                    new machine recovers with the bucket and the passphrase)
@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 import tomli_w
 
-from versionfs import config as configmod
+from versionfs.common import config as configmod
 
 __all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
            "Layout", "State", "init_state", "open_state", "is_state_dir",

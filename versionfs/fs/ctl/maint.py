@@ -3,12 +3,12 @@
 While mounted, the daemon owns the metadata and the stores, so forgetting
 snapshots and collecting garbage run inside it (the CLI's ``versionfs forget
 MOUNTPOINT`` and ``versionfs gc MOUNTPOINT`` just write these commands).
-Importing this module registers them in ``versionfs.fs.control.COMMANDS``.
+``versionfs.fs.ctl.registry`` lists this module among the command groups.
 
     forget [--dry-run] REF...        forget snapshots: directory name, NAME or revision
     forget [--dry-run] --keep-RULE N ...
-                                     apply a retention policy (versionfs.retention)
-    gc [--dry-run] [--full]          delete blobs nothing refers to (versionfs.gc)
+                                     apply a retention policy (versionfs.maint.retention)
+    gc [--dry-run] [--full]          delete blobs nothing refers to (versionfs.maint.gc)
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ import os
 
 import trio
 
-from versionfs import gc as gcmod
-from versionfs import retention
-from versionfs.fs.control import CommandError, command, snapshot_dirname
+from versionfs.fs.snapshots import SNAPS_DIR_INO
+from versionfs.maint import gc as gcmod
+from versionfs.maint import retention
+from versionfs.tree.names import snapshot_dirname
+
+from .command import CommandError, command
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,6 @@ def parse_forget_args(words: list[str]) -> tuple[list[str], retention.Policy | N
 def _invalidate(fs, infos) -> None:
     """Drop the kernel's cached entries for forgotten snapshot directories."""
     import pyfuse3
-    from versionfs.fs.operations import SNAPS_DIR_INO
     for info in infos:
         for name in (snapshot_dirname(info), info.name):
             if name:

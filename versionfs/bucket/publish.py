@@ -40,9 +40,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -53,12 +51,12 @@ from typing import Any, Callable, Iterator
 import msgpack
 import zstandard
 
-from ..blob.errors import BlobError, NotFoundError
-from .backup import BackupReader, BackupWriter, framed_copy, verified_stream
-from .kv import (BucketKV, DirectoryKV, ForeignObjectError, KeyExistsError, KeyModifiedError,
+from versionfs.blob.errors import BlobError, NotFoundError
+from versionfs.meta.backup import BackupReader, BackupWriter, framed_copy, verified_stream
+from versionfs.meta.kv import (BucketKV, DirectoryKV, ForeignObjectError, KeyExistsError, KeyModifiedError,
                  KeyNotFoundError, KVPair, S3KV)
-from .mvcc import MVCCStore
-from .wal import Entry, IndexNotFoundError, read_entries
+from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.wal import Entry, IndexNotFoundError, read_entries
 
 __all__ = ["Publisher", "HeadRecord", "PublishError", "NothingPublishedError",
            "StaleStateError", "DivergedError", "BlobsNotDurableError", "bucket_kv",
@@ -140,7 +138,7 @@ class HeadRecord:
 
 def bucket_kv(bucket: Any) -> BucketKV:
     """A KV store with CAS on the slow store's named objects (for the head and the lease)."""
-    from ..blob.directory import DirectoryBucket
+    from versionfs.blob.directory import DirectoryBucket
     return DirectoryKV(bucket) if isinstance(bucket, DirectoryBucket) else S3KV(bucket)
 
 
@@ -201,7 +199,7 @@ def load_record(path: str) -> dict | None:
 
 
 def save_record(path: str, record: dict) -> None:
-    from ..blob.files import atomic_write
+    from versionfs.blob.files import atomic_write
     atomic_write(path, json.dumps(record, sort_keys=True).encode())
 
 

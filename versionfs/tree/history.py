@@ -551,7 +551,7 @@ def _referencing(blobs, pointers: list[bytes]):
     """The blob store's guard against a concurrent garbage collection, if any.
 
     The copies reference existing blobs without putting them, so a collection
-    running meanwhile must learn of them (versionfs.gc installs the guard as
+    running meanwhile must learn of them (versionfs.maint.gc installs the guard as
     ``blobs.store``; duck-typed so this layer does not import it).
     """
     guard = getattr(getattr(blobs, "store", None), "referencing", None)

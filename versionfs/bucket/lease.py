@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .kv import (KeyExistsError, KeyModifiedError, KeyNotFoundError, KVPair,
+from versionfs.meta.kv import (KeyExistsError, KeyModifiedError, KeyNotFoundError, KVPair,
                  KVStore)
 
 

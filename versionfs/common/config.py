@@ -26,45 +26,14 @@ from typing import Any, Callable
 
 import tomli_w
 
+from .units import UnitError, parse_duration, parse_size
+
 __all__ = ["ConfigError", "Key", "SCHEMA", "Config", "register", "load", "save",
-           "defaults", "example_toml", "parse_size"]
+           "defaults", "example_toml"]
 
 
 class ConfigError(Exception):
     """A config file that cannot be used; ``str()`` is one line for the user."""
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a string like ``"10G"``, ``"512 MiB"``, ``"4096"``.
-
-    Units are binary (1 G = 2**30): sizes here are cache and quota budgets,
-    where the difference to powers of ten is only ever surprising.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a size, not a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE_RE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError(f"not a size: {value!r} (use bytes or e.g. \"10G\", \"512MiB\")")
-
-
-def format_size(n: int) -> str:
-    """Human-readable binary size, e.g. ``1.5 GiB`` (for status output)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -108,10 +77,9 @@ def _slow_url(v: Any) -> str | None:
 def _duration(v: Any) -> str | None:
     if v == "":
         return None
-    from versionfs.retention import PolicyError, parse_duration
     try:
         parse_duration(v)
-    except PolicyError as e:
+    except UnitError as e:
         return str(e)
     return None
 
@@ -199,7 +167,7 @@ for _k in [
     register(_k)
 del _k
 
-# Issue 5: publishing to the slow store and the writer lease (versionfs.cloud).
+# Issue 5: publishing to the slow store and the writer lease (versionfs.bucket.session).
 register(Key("cloud", "wal_ship_interval_seconds", "float", 15.0,
              "How often metadata changes are published to the slow store between "
              "flushes and snapshots: the most a lost or dead machine can lose.",
@@ -374,12 +342,11 @@ def example_toml() -> str:
     return "\n".join(lines) + "\n"
 
 # Issue 6: automatic snapshots, the metrics endpoint, log verbosity (versionfs.fs.scheduler,
-# versionfs.metrics, versionfs.logsetup).
+# versionfs.common.metrics, versionfs.common.logs).
 def _interval(v: Any) -> str | None:
     problem = _duration(v)
     if problem or v == "":
         return problem
-    from versionfs.retention import parse_duration
     return None if parse_duration(v) >= 1 else "must be at least 1s (or \"\" for off)"
 
 

@@ -17,24 +17,31 @@ snapshot only when it opens a period that rule has not seen yet.
 with fixed times; ``apply_retention`` and ``forget_snapshots`` change the
 metadata store, and are what the ``forget`` ctl command, ``versionfs forget``
 and the automatic snapshot scheduler call.  A forgotten snapshot's data stays
-in the stores until ``versionfs gc`` (see versionfs.gc).
+in the stores until ``versionfs gc`` (see versionfs.maint.gc).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, tzinfo
 from typing import Any, Callable, Iterable, Mapping
 
+from versionfs.common.units import UnitError, format_duration, parse_duration
+
 __all__ = ["Policy", "Decision", "RetentionResult", "PolicyError", "select",
-           "apply_retention", "forget_snapshots", "resolve_snapshot", "parse_duration",
-           "format_duration", "PERIODS"]
+           "apply_retention", "forget_snapshots", "resolve_snapshot", "PERIODS"]
 
 
 class PolicyError(ValueError):
     """A policy or snapshot reference that cannot be used; the message says why."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except UnitError as e:
+        raise PolicyError(str(e)) from None
 
 
 # Rule name -> the calendar period a snapshot falls in.
@@ -45,33 +52,6 @@ PERIODS: dict[str, Callable[[datetime], tuple]] = {
     "monthly": lambda d: (d.year, d.month),
     "yearly": lambda d: (d.year,),
 }
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``"90"``, ``"30m"``, ``"12h"``, ``"1d12h"``, ``"2w"``."""
-    s = str(text).strip().lower()
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
-        raise PolicyError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d, 2w or 1d12h)")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    out, rest = [], int(seconds)
-    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(out) or "0s"
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -110,7 +90,7 @@ class Policy:
         within = cfg["snapshots.keep_within"]
         return cls(last=cfg["snapshots.keep_last"],
                    **{p: cfg[f"snapshots.keep_{p}"] for p in PERIODS},
-                   within=parse_duration(within) if within else 0.0,
+                   within=_duration(within) if within else 0.0,
                    named=cfg["snapshots.keep_named"])
 
     def args(self) -> list[str]:
@@ -198,7 +178,7 @@ def apply_retention(meta: Any, policy: Policy, now: float | None = None, *,
 def resolve_snapshot(meta: Any, ref: str) -> Any:
     """The RevisionInfo a user means by ``ref``: a snapshot directory name
     (``r12-20240101T000000Z-name``), a bare NAME, or a revision (``12`` / ``r12``)."""
-    from versionfs.fs.control import DIRNAME_RE, snapshot_dirname
+    from versionfs.tree.names import DIRNAME_RE, snapshot_dirname
     revisions = meta.revisions()
     m = DIRNAME_RE.match(ref)
     if m:
@@ -243,7 +223,7 @@ def policy_from_args(values: Mapping[str, Any]) -> Policy:
             kw[name] = v
     within = values.get("keep_within")
     if within:
-        kw["within"] = parse_duration(within)
+        kw["within"] = _duration(within)
     if values.get("keep_named"):
         kw["named"] = True
     return Policy(**kw)

@@ -3,7 +3,7 @@
 What the bucket gives a new machine: ``versionfs.toml`` (the filesystem's
 identity), ``keys/master`` (the master key wrapped by the passphrase, when
 encrypted) and the published metadata (``meta/head`` and what it names, see
-``versionfs.meta.publish``).  Clone restores the metadata — latest checkpoint,
+``versionfs.bucket.publish``).  Clone restores the metadata — latest checkpoint,
 WAL objects replayed, every snapshot — and nothing else: file contents stay in
 the bucket and are fetched on first read (the Paired store falls back to the
 slow store and keeps a copy in the fast one), so the mount is usable at once.
@@ -15,7 +15,6 @@ looks like a filesystem.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -26,11 +25,10 @@ from pathlib import Path
 
 import tomli_w
 
-from versionfs import cli
-from versionfs import config as configmod
-from versionfs import state as statemod
-from versionfs.blob.errors import BlobError, NotFoundError, WrongPassphraseError
-from versionfs.meta import publish
+from versionfs.common import config as configmod
+from versionfs.common import state as statemod
+from versionfs.blob.errors import NotFoundError, WrongPassphraseError
+from versionfs.bucket import publish
 
 __all__ = ["clone"]
 
@@ -131,26 +129,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --------------------------------------------------------------------- the CLI
-
-def _setup_clone(p: argparse.ArgumentParser) -> None:
-    p.add_argument("slow_url", metavar="SLOW_URL",
-                   help="the filesystem's slow store: s3://bucket/prefix or file:///path")
-    p.add_argument("state_dir", metavar="STATE_DIR", help="new (or empty) directory for this machine")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help=f"read the passphrase from FILE (else ${statemod.PASSPHRASE_ENV} or a prompt)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-
-
-@cli.command("clone", "recover a filesystem from its slow store onto this machine", _setup_clone)
-def cmd_clone(args: argparse.Namespace) -> int:
-    try:
-        root = clone(args.slow_url, args.state_dir,
-                     lambda: statemod.get_passphrase(args.passphrase_file, what=args.slow_url),
-                     quiet=args.quiet)
-    except (publish.PublishError, BlobError) as e:
-        raise cli.UserError(f"clone failed: {e}") from None
-    print(f"mount it with: versionfs mount {root} MOUNTPOINT")
-    return cli.EXIT_OK

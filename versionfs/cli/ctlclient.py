@@ -128,3 +128,12 @@ def find_mount(mountpoint: str | os.PathLike[str]) -> Mount | None:
         if m.mountpoint == target:
             match = m
     return match
+
+
+def is_stale_mount(path: Path) -> bool:
+    """A FUSE mount whose daemon is gone answers everything with ENOTCONN."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False

@@ -1,5 +1,5 @@
 """`versionfs log`, `versionfs diff`, `versionfs restore`: thin clients of the
-ctl commands of the same names (versionfs/fs/history_ctl.py), which do the
+ctl commands of the same names (versionfs/fs/ctl/history.py), which do the
 work inside the daemon that owns the store.
 
 PATH arguments: a path inside the mount (absolute, or relative to the current
@@ -16,8 +16,9 @@ import sys
 import threading
 from pathlib import Path
 
-from versionfs import ctlclient
-from versionfs.cli import EXIT_OK, UserError, _ctl, command
+from versionfs.cli import ctlclient
+
+from .command import EXIT_OK, UserError, command, ctl
 
 
 def mount_relative(mountpoint: str, path: str) -> str:
@@ -52,7 +53,7 @@ def _setup_log(p: argparse.ArgumentParser) -> None:
 
 def _print_answer(args: argparse.Namespace, words: list[str]) -> int:
     """Send a read-only query; print its answer (checked to be JSON with --json)."""
-    answer = _ctl(args.mountpoint, _words(*words))
+    answer = ctl(args.mountpoint, _words(*words))
     if args.json:
         json.loads(answer)
     print(answer)
@@ -107,13 +108,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     words += ["--", args.rev, src]
     text = _words(*words)
     if args.no_progress:
-        print(_ctl(args.mountpoint, text))
+        print(ctl(args.mountpoint, text))
         return EXIT_OK
     outcome: dict = {}
 
     def run() -> None:
         try:
-            outcome["answer"] = _ctl(args.mountpoint, text)
+            outcome["answer"] = ctl(args.mountpoint, text)
         except BaseException as e:          # noqa: BLE001 - re-raised in the main thread
             outcome["error"] = e
 

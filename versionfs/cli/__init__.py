@@ -1,0 +1,1 @@
+"""The ``versionfs`` command line and the ctl-file client; `main` lists the groups."""

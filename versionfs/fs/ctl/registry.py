@@ -1,0 +1,114 @@
+"""The control file `/.versionfs/ctl` and its command table.
+
+Protocol
+--------
+Open `/.versionfs/ctl` with O_RDWR. Write one command per write() (UTF-8,
+optional trailing newline); the write returns its length on success. read()
+on the same fd returns the result text, ending in "\\n" (reads are sequential
+from the start of the latest result, whatever the file offset; the fd is not
+seekable; a read after the whole result returns end-of-file). A bad or failed
+command fails the write with EINVAL (ENOSPC/EROFS/EIO/ETIMEDOUT for real failures),
+changes nothing, and read then returns "error: <message>\\n".
+
+Commands:
+
+    snapshot [NAME]     freeze the tree as a new read-only revision; prints the
+                        new snapshot directory name, r<rev>-<YYYYmmddTHHMMSSZ>[-NAME]
+    snapshots           one line per revision:
+                        <dirname>\\t<rev>\\t<ISO-8601 UTC time>\\t<name or ->
+    flush [SECONDS]     block until everything is durable on the slow store
+                        (seals dirty files, syncs metadata, waits for uploads);
+                        prints "flushed"
+    status              "key: value" lines: revision, snapshots, dirty files,
+                        pending uploads, pending bytes, fast store use,
+                        last upload, last error
+    status --json       the same as one JSON object
+    help                this list
+
+NAME: 1-100 characters of [A-Za-z0-9._@+:-], not starting with "." or "-",
+unique, not all digits, and not itself shaped like a snapshot directory name.
+
+Each command group is a module of this package (basic, history, maint);
+`GROUPS` below is the one place that lists them.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from . import basic, history, maint
+from .command import Command, CommandError, command, no_args
+
+GROUPS = (basic, history, maint)
+
+
+@command("help", "help", "this list")
+async def _help(fs, args):
+    no_args(args, "help")
+    return "\n".join(f"{c.usage:<20} {c.summary}" for c in COMMANDS.values())
+
+
+def _collect() -> dict[str, Command]:
+    table: dict[str, Command] = {}
+    for module in GROUPS:
+        for value in vars(module).values():
+            cmd = getattr(value, "ctl_command", None)
+            if isinstance(cmd, Command) and value.__module__ == module.__name__:
+                if cmd.name in table:
+                    raise RuntimeError(f"ctl command {cmd.name!r} defined twice")
+                table[cmd.name] = cmd
+    table["help"] = _help.ctl_command
+    return table
+
+
+COMMANDS: dict[str, Command] = _collect()
+
+
+async def run_command(fs, text: str) -> str:
+    """Parse and run one command line; CommandError on bad input or failure."""
+    line = text.rstrip("\n")
+    if "\n" in line:
+        raise CommandError("one command per write")
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise CommandError(f"cannot parse command: {e}") from None
+    if not words:
+        raise CommandError("empty command; try 'help'")
+    cmd = COMMANDS.get(words[0])
+    if cmd is None:
+        raise CommandError(f"unknown command {words[0]!r}; try 'help'")
+    return await cmd.run(fs, words[1:])
+
+
+@dataclass
+class CtlHandle:
+    """One open of the ctl file: the latest result and how much was read."""
+
+    result: bytes = b""
+    pos: int = 0
+    busy: bool = field(default=False)
+
+    async def write(self, fs, buf: bytes) -> int:
+        try:
+            text = buf.decode("utf-8")
+        except UnicodeDecodeError:
+            self._set("error: command is not valid UTF-8")
+            raise CommandError("command is not valid UTF-8")
+        try:
+            out = await run_command(fs, text)
+        except Exception as e:          # the caller maps the errno (EINVAL, EIO, ...)
+            self._set(f"error: {e}")
+            raise
+        self._set(out)
+        return len(buf)
+
+    def _set(self, text: str) -> None:
+        self.result = (text.rstrip("\n") + "\n").encode()
+        self.pos = 0
+
+    def read(self, size: int) -> bytes:
+        data = self.result[self.pos:self.pos + size]
+        self.pos += len(data)
+        return data
