@@ -37,8 +37,8 @@ from versionfs.tree.schema import ROOT_INO, Inode
 from .ctl.command import CommandError
 from .ctl.registry import CtlHandle
 from .data import CHUNK_MIN, STREAM_SEAL_BYTES, DataManager, Extent, FileData, SealResult
-from .snapshots import (CTL_DIR_INO, CTL_DIR_NAME, CTL_FILE_INO, SNAPS_DIR_INO, SnapshotViews,
-                        is_snap_ino, snap_ino)
+from .snapshots import SnapshotViews, is_snap_ino, snap_ino
+from .special_inodes import CTL_DIR_INO, CTL_DIR_NAME, CTL_FILE_INO, SNAPS_DIR_INO
 
 log = logging.getLogger(__name__)
 

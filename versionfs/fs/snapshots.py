@@ -21,13 +21,6 @@ from versionfs.tree.names import DIRNAME_RE, snapshot_dirname
 
 from .data import Extent
 
-# The control directory /.versionfs and what it holds have fixed inode numbers
-# below the first one the tree hands out.
-CTL_DIR_INO = 2
-CTL_FILE_INO = 3
-SNAPS_DIR_INO = 4
-CTL_DIR_NAME = b".versionfs"
-
 VIRTUAL_BIT = 1 << 62
 _INO_BITS = 40
 _INO_MASK = (1 << _INO_BITS) - 1

@@ -25,7 +25,7 @@ from versionfs.tree.names import DIRNAME_RE, iso_utc, snapshot_dirname
 from versionfs.tree.history import (EMPTY_REV, JOBS, HistoryError, Progress, TreeAt, diff, iter_chunks,
                       log_entries, norm_path, plan_restore, split_path, subtree_entries,
                       summary_text, write_restored)
-from versionfs.fs.snapshots import CTL_DIR_NAME
+from versionfs.fs.special_inodes import CTL_DIR_NAME
 from versionfs.tree.schema import ROOT_INO
 
 from .command import CommandError, command

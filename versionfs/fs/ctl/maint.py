@@ -19,7 +19,7 @@ import os
 
 import trio
 
-from versionfs.fs.snapshots import SNAPS_DIR_INO
+from versionfs.fs.special_inodes import SNAPS_DIR_INO
 from versionfs.maint import gc as gcmod
 from versionfs.maint import retention
 from versionfs.tree.names import snapshot_dirname
