@@ -47,7 +47,8 @@ def _slow_writes(seconds: float) -> None:
     as on a loaded machine, so the kernel's writeback is still in flight when
     a command arrives (a real daemon cannot be made that slow on demand)."""
     import trio
-    from versionfs.fs.operations import FileHandle, VersionFS
+    from versionfs.fs.files import FileHandle
+    from versionfs.fs.operations import VersionFS
     write = VersionFS.write
 
     async def slow_write(self, fh, off, buf):

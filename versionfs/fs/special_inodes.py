@@ -9,8 +9,14 @@ module imports nothing of the mount.
 
 from __future__ import annotations
 
+from versionfs.tree.schema import FIRST_FREE_INO, ROOT_INO
+
 CTL_DIR_INO = 2
 CTL_FILE_INO = 3
 SNAPS_DIR_INO = 4
 CTL_DIR_NAME = b".versionfs"
 
+
+def is_control_ino(ino: int) -> bool:
+    """One of the fixed inodes of `/.versionfs` (the root is not one)."""
+    return ino < FIRST_FREE_INO and ino != ROOT_INO

@@ -1,0 +1,264 @@
+"""`LifecycleOps`: what a mount does beyond answering one request: start its
+background work, seal written files, make the kernel hand over the pages it
+still holds, take snapshots, flush, report its status, and shut down.
+
+Sealing turns a file's dirty overlay into content-defined chunks in the blob
+store (`DataManager.seal`) and stores the new extents, size and inode record
+in one batch. Small files are sealed many to a batch shortly after release,
+larger ones on their own (also while still being written, once
+`STREAM_SEAL_BYTES` are pending), and whatever stayed dirty for
+`idle_seal_seconds` by the idle sealer, which also syncs the metadata now
+and then. The ctl commands (fs/ctl/) snapshot, flush and report through the
+last section.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+import pyfuse3
+import trio
+
+from versionfs.tree import schema
+from versionfs.tree.names import iso_utc
+
+from .core import MountCore
+from .ctl.command import CommandError
+from .data import CHUNK_MIN, FileData, SealResult
+from .files import FileHandle
+
+log = logging.getLogger(__name__)
+
+# How long snapshot/flush wait for the kernel to hand over its dirty pages.
+KERNEL_WRITEBACK_TIMEOUT = 60.0
+
+
+class LifecycleOps(MountCore):
+    """Background sealing and the whole-mount operations (see the module docstring)."""
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        if not self.read_only:
+            nursery.start_soon(self._idle_sealer)
+            nursery.start_soon(self._small_sealer)
+
+    # -- sealing --------------------------------------------------------------
+
+    def _queue_seal(self, f: FileData) -> None:
+        """Seal soon: small files in batches, others on their own."""
+        if f.size <= CHUNK_MIN:
+            self._small_due.add(f.ino)
+            self._small_wakeup.set()
+        else:
+            self._schedule_seal(f.ino)
+
+    async def _small_sealer(self) -> None:
+        """Seal small files shortly after release, many per store round trip."""
+        while True:
+            await self._small_wakeup.wait()
+            self._small_wakeup = trio.Event()
+            await trio.sleep(0.05)            # let a burst of small files gather
+            try:
+                await self._seal_small_now()
+            except Exception as exc:          # noqa: BLE001 - retried by the idle sealer
+                log.exception("sealing small files failed; will retry")
+                self.last_error = f"seal of small files: {exc!r}"
+
+    async def _seal_small_now(self) -> None:
+        due, self._small_due = self._small_due, set()
+        files = [self.files[i] for i in due if i in self.files]
+        await self.data.seal_small(files, self._persist_many)
+        for f in files:
+            if f.dirty:                        # busy or grown meanwhile
+                self._schedule_seal(f.ino)
+            else:
+                self._maybe_unload(f.ino)
+
+    def _persist_many(self, results: list) -> None:
+        with self.meta.write() as b:
+            for f, r in results:
+                self._persist_into(b, f, r)
+        self._meta_changed = True
+
+    def _schedule_seal(self, ino: int) -> None:
+        if ino in self._seal_scheduled or self._nursery is None:
+            return
+        self._seal_scheduled.add(ino)
+        self._nursery.start_soon(self._background_seal, ino)
+
+    async def _background_seal(self, ino: int) -> None:
+        try:
+            await self.seal_file(ino)
+        except Exception as exc:            # noqa: BLE001 - retried by the idle sealer
+            log.exception("sealing inode %d failed; will retry", ino)
+            self.last_error = f"seal of inode {ino}: {exc!r}"
+        finally:
+            self._seal_scheduled.discard(ino)
+            self._maybe_unload(ino)
+
+    async def seal_file(self, ino: int) -> bool:
+        f = self.files.get(ino)
+        if f is None:
+            return False
+        return await self.data.seal(f, self._persist_seal)
+
+    def _persist_seal(self, f: FileData, r: SealResult) -> None:
+        with self.meta.write() as b:
+            self._persist_into(b, f, r)
+        self._meta_changed = True
+
+    def _persist_into(self, b, f: FileData, r: SealResult) -> None:
+        """New extents, size and inode record of a sealed file, in batch `b`."""
+        inode = self._inode(f.ino)
+        stored = sum(e.length for e in r.extents)
+        for e in r.removed:
+            b.delete(schema.extent_key(f.ino, e.offset))
+        for e in r.added:
+            b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
+        b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
+        inode.stored = stored
+
+    async def seal_all(self) -> None:
+        self._small_due.update(i for i, f in self.files.items() if f.dirty)
+        await self._seal_small_now()
+        for ino in list(self.files):
+            await self.seal_file(ino)
+            self._maybe_unload(ino)
+
+    async def _idle_sealer(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            await trio.sleep(min(0.5, self.idle_seal_seconds / 2))
+            now = time.monotonic()
+            for ino, f in list(self.files.items()):
+                if f.dirty and now - f.last_write >= self.idle_seal_seconds:
+                    self._queue_seal(f)
+            if self._meta_changed and now - last_sync > 5:
+                self._meta_changed = False
+                last_sync = now
+                try:
+                    await trio.to_thread.run_sync(self.meta.sync)
+                except Exception as exc:    # noqa: BLE001
+                    log.exception("periodic metadata sync failed")
+                    self.last_error = f"metadata sync: {exc!r}"
+
+    # -- snapshot, flush, status (used by the ctl commands, fs/ctl/) ----------
+
+    def _written_inodes(self) -> list[int]:
+        """Inodes the kernel may hold dirty pages for: those with a writable open.
+
+        With the writeback cache a page can only be dirty while some `struct
+        file` that may write it is alive (a writable fd or a shared writable
+        mmap): the kernel writes an inode's pages back and waits for them on
+        every close (FLUSH) and again before RELEASE, and we see that RELEASE.
+        """
+        return sorted({h.ino for h in self.handles.values()
+                       if isinstance(h, FileHandle) and h.writable})
+
+    async def _kernel_writeback(self) -> None:
+        """Make the kernel hand us the dirty pages it holds, and wait for them.
+
+        With the writeback cache, data an application wrote may still sit in
+        the kernel. For each inode that can have dirty pages we send the kernel
+        an inode invalidation: it writes every dirty page back to us (WRITE
+        requests our loop serves meanwhile) and waits for each to be answered
+        before dropping it, so once it returns, everything written before the
+        command is ours. We do not use syncfs() on our own mount: it holds the
+        superblock's s_umount while it waits on the flusher, so a stuck call
+        wedges umount; and current kernels (6.18 stable, AS_NO_DATA_INTEGRITY)
+        no longer wait for FUSE pages under writeback in syncfs, so it returned
+        while WRITEs of data written before the command were still in flight
+        and the snapshot missed them (fs-bugs.md, bug 4).
+
+        The notifications block in the kernel, so they run in a worker thread;
+        a call that does not finish in `KERNEL_WRITEBACK_TIMEOUT` is abandoned
+        (logged, `writeback_stuck` set so shutdown aborts the connection
+        instead of waiting on it forever).
+        """
+        inos = self._written_inodes()
+        if not inos:
+            return
+
+        def write_back() -> None:
+            with self._writeback_lock:
+                self._writebacks_running += 1
+            try:
+                _write_back_inodes(inos)
+            finally:
+                with self._writeback_lock:
+                    self._writebacks_running -= 1
+
+        with trio.move_on_after(KERNEL_WRITEBACK_TIMEOUT) as scope:
+            await trio.to_thread.run_sync(write_back, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.error("the kernel did not write back inodes %s within %ss; going on without",
+                      inos, KERNEL_WRITEBACK_TIMEOUT)
+            self.last_error = "kernel writeback timed out"
+
+    @property
+    def writeback_stuck(self) -> bool:
+        """A kernel writeback call was abandoned and may still hold kernel locks."""
+        return self._writebacks_running > 0
+
+    async def take_snapshot(self, name: str | None):
+        if self.read_only:
+            raise CommandError("the mount is read-only", errno.EROFS)
+        await self._kernel_writeback()
+        await self.seal_all()
+        info = self.meta.snapshot(name)
+        await trio.to_thread.run_sync(self.meta.sync)
+        self.snaps.refresh()
+        return info
+
+    async def flush_all(self, timeout: float | None) -> None:
+        if not self.read_only:
+            await self._kernel_writeback()
+            await self.seal_all()
+            await trio.to_thread.run_sync(self.meta.sync)
+        if self.paired is not None:
+            try:
+                await trio.to_thread.run_sync(self.paired.flush, timeout)
+            except TimeoutError as exc:
+                raise CommandError(str(exc), errno.ETIMEDOUT) from None
+
+    def status(self) -> dict:
+        revs = self.meta.revisions()
+        st = {
+            "revision": self.meta.head,
+            "snapshots": len(revs),
+            "dirty_files": sum(1 for f in self.files.values() if f.dirty),
+            "pending_uploads": None,
+            "pending_bytes": None,
+            "fast_store_use": None,
+            "last_upload": None,
+            "last_error": self.last_error,
+        }
+        if self.paired is not None:
+            ps = self.paired.status()
+            limit = ps.get("fast_limit")
+            st["pending_uploads"] = ps.get("pending_count")
+            st["pending_bytes"] = ps.get("pending_bytes")
+            st["fast_store_use"] = (f"{ps.get('fast_bytes')}" +
+                                    (f" of {limit}" if limit else ""))
+            ok = ps.get("last_upload_ok")
+            st["last_upload"] = None if ok is None else iso_utc(ok)
+            st["last_error"] = ps.get("last_error") or self.last_error
+        return st
+
+    async def shutdown(self) -> None:
+        """Seal everything and make the metadata durable (before unmounting)."""
+        if not self.read_only:
+            await self.seal_all()
+            await trio.to_thread.run_sync(self.meta.sync)
+
+
+def _write_back_inodes(inos: list[int]) -> None:
+    """Runs in a worker thread: one data invalidation per inode (see _kernel_writeback)."""
+    for ino in inos:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:      # ENOENT: the kernel has no such inode cached
+                log.warning("writing back inode %d failed: %s", ino, exc)
