@@ -19,7 +19,7 @@ from pyfuse3 import FUSEError
 from versionfs.tree import schema
 from versionfs.tree.names import DIRNAME_RE, snapshot_dirname
 
-from .data import Extent
+from .extents import Extent
 
 # The control directory /.versionfs and what it holds have fixed inode numbers
 # below the first one the tree hands out.
