@@ -17,8 +17,9 @@ from fsmount import vfs  # noqa: F401  (fixture)
 from versionfs.blob.blobstore import BlobStore
 from versionfs.blob.codec import Codec
 from versionfs.blob.disk import DiskStore
-from versionfs.fs import data as fsdata
-from versionfs.fs.data import DataManager, FileData
+from versionfs.fs import reading, sealing
+from versionfs.fs.data import DataManager
+from versionfs.fs.layers import FileData
 
 K = 1024
 
@@ -94,10 +95,10 @@ def _model_run(dm: DataManager, seed: int, maxsize: int, ops: int) -> None:
 def test_random_writes_truncates_and_seals_match_a_bytearray(tmp_path, monkeypatch):
     """The data path against a model, with chunk sizes shrunk so small files
     have many chunks and holes (the shape fsx produced)."""
-    monkeypatch.setattr(fsdata, "CHUNK_AVG", 4096)
-    monkeypatch.setattr(fsdata, "CHUNK_MIN", 1024)
-    monkeypatch.setattr(fsdata, "CHUNK_MAX", 16384)
-    monkeypatch.setattr(fsdata, "CDC_WINDOW", 32768)
+    monkeypatch.setattr(sealing, "CHUNK_AVG", 4096)
+    monkeypatch.setattr(sealing, "CHUNK_MIN", 1024)
+    monkeypatch.setattr(sealing, "CHUNK_MAX", 16384)
+    monkeypatch.setattr(sealing, "CDC_WINDOW", 32768)
     dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), str(tmp_path / "dirty"))
     try:
         for seed in range(60):
@@ -134,7 +135,7 @@ def test_read_waiting_for_store_survives_a_concurrent_seal(tmp_path):
         await dm.seal(f, _no_persist)
         dm.write(f, 600 * K, b"z" * 300 * K)
         await dm.seal(f, _no_persist)
-        dm.cache = fsdata.ChunkCache()          # cold, as after a remount
+        dm.cache = reading.ChunkCache()         # cold, as after a remount
         dm.write(f, 700 * K, b"y" * 100)
         want = b"x" * 300 * K + bytes(300 * K) + b"z" * 100 * K + b"y" * 100 + b"z" * (100 * K - 100)
         got = []

@@ -17,7 +17,7 @@ import trio
 from versionfs import __version__
 from versionfs.common.units import parse_duration
 
-from versionfs.tree.history import JOBS
+from versionfs.tree.restore import JOBS
 from versionfs.tree.names import iso_utc, snapshot_dirname
 
 from .scheduler import AutoSnapshots, retention_from_config

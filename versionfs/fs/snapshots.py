@@ -19,7 +19,7 @@ from pyfuse3 import FUSEError
 from versionfs.tree import schema
 from versionfs.tree.names import DIRNAME_RE, snapshot_dirname
 
-from .data import Extent
+from .extents import Extent
 
 VIRTUAL_BIT = 1 << 62
 _INO_BITS = 40

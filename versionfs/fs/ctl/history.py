@@ -22,9 +22,9 @@ import trio
 
 from versionfs.tree import schema
 from versionfs.tree.names import DIRNAME_RE, iso_utc, snapshot_dirname
-from versionfs.tree.history import (EMPTY_REV, JOBS, HistoryError, Progress, TreeAt, diff, iter_chunks,
-                      log_entries, norm_path, plan_restore, split_path, subtree_entries,
-                      summary_text, write_restored)
+from versionfs.tree.at_revision import EMPTY_REV, HistoryError, TreeAt, norm_path, split_path
+from versionfs.tree.diff import diff, log_entries, summary_text
+from versionfs.tree.restore import JOBS, Progress, iter_chunks, plan_restore, subtree_entries, write_restored
 from versionfs.fs.special_inodes import CTL_DIR_NAME
 from versionfs.tree.schema import ROOT_INO
 

@@ -1,8 +1,7 @@
-"""History over the MVCC store: `log`, `diff` and `restore`.
+"""What changed between revisions: `diff`, `path_diff` and `log`.
 
-Everything here reads the store through the fs key layout (schema.py) at a
-revision, never through the kernel, so the cost of `diff` and `log` follows the
-size of the change, not of the tree:
+They read the store at revisions through `TreeAt`, so the cost of `diff` and
+`log` follows the size of the change, not of the tree:
 
 * `MVCCStore.changed_keys(a, b)` lists only the keys written between the two
   revisions (one LMDB seek into the per-revision change index);
@@ -14,48 +13,18 @@ size of the change, not of the tree:
 Inode numbers are never reused, so one number means one object at every
 revision: an entry that disappears at one path and appears at another with the
 same inode is a rename, whatever happened in between.
-
-`restore` copies metadata only. The restored objects get fresh inode numbers
-(the old ones may still be live elsewhere) but their extents point at the very
-same blobs, so no file data is read, copied or uploaded. It runs inside the
-daemon (ctl command), which alone may write the store.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import errno
-import logging
-import posixpath
 import stat
-import weakref
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from . import schema
+from .at_revision import EMPTY_REV, TreeAt, norm_path
 from .schema import ROOT_INO, Inode
 
-log = logging.getLogger(__name__)
-
-EMPTY_REV = 0              # "before the first revision": nothing exists
-WRITE_BATCH_KEYS = 2000    # keys per MVCC batch while restoring a big tree
 _CONTENT_TAGS = (b"I", b"E", b"X", b"L")
-
-
-class HistoryError(Exception):
-    """A history request that cannot be served; `errno` is what ctl returns."""
-
-    def __init__(self, message: str, err: int = errno.EINVAL):
-        super().__init__(message)
-        self.errno = err
-
-
-# --------------------------------------------------------------------- reading
-
-def show_name(name: bytes) -> str:
-    """A file name for people and JSON: UTF-8, undecodable bytes as \\xNN."""
-    return name.decode("utf-8", errors="backslashreplace")
 
 
 def kind_of(mode: int) -> str:
@@ -66,134 +35,6 @@ def kind_of(mode: int) -> str:
     if stat.S_ISLNK(mode):
         return "symlink"
     return "other"
-
-
-class TreeAt:
-    """Read-only view of the tree at one revision (`rev` None = the live head).
-
-    Caches what it resolved, so resolving many paths in one directory costs
-    one lookup per directory, once.
-    """
-
-    def __init__(self, meta, rev: int | None):
-        self.meta = meta
-        self.rev = rev
-        self._paths: dict[int, str | None] = {ROOT_INO: ""}
-        self._fallback: dict[int, tuple[int, bytes]] | None = None
-
-    def get(self, key: bytes) -> bytes | None:
-        if self.rev == EMPTY_REV:
-            return None
-        return self.meta.get(key, self.rev)
-
-    def range(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        if self.rev == EMPTY_REV:
-            return iter(())
-        return self.meta.range(prefix, schema.prefix_end(prefix), self.rev, limit)
-
-    def inode(self, ino: int) -> Inode | None:
-        raw = self.get(schema.inode_key(ino))
-        return None if raw is None else Inode.unpack(ino, raw)
-
-    def child(self, parent: int, name: bytes) -> int | None:
-        raw = self.get(schema.dirent_key(parent, name))
-        return None if raw is None else schema.from_u64(raw)
-
-    def links(self, ino: int) -> list[tuple[int, bytes]]:
-        """(parent, name) of every entry naming `ino`, from the reverse links."""
-        prefix = schema.link_prefix(ino)
-        out = [(schema.from_u64(k[9:17]), k[17:]) for k, _ in self.range(prefix)]
-        if not out and ino != ROOT_INO:
-            found = self._reverse_map().get(ino)
-            if found is not None:
-                out = [found]
-        return out
-
-    def _reverse_map(self) -> dict[int, tuple[int, bytes]]:
-        """Walk the whole tree once: only for revisions written before the
-        reverse links existed (none of them has a b"P" key)."""
-        if self._fallback is None:
-            log.warning("revision %s has no reverse links; walking the tree to find paths", self.rev)
-            self._fallback = {}
-            todo = [ROOT_INO]
-            while todo:
-                d = todo.pop()
-                prefix = schema.dirent_prefix(d)
-                for k, v in self.range(prefix):
-                    child = schema.from_u64(v)
-                    self._fallback.setdefault(child, (d, k[len(prefix):]))
-                    inode = self.inode(child)
-                    if inode is not None and inode.is_dir:
-                        todo.append(child)
-        return self._fallback
-
-    def dir_path(self, ino: int) -> str | None:
-        """Path of a directory (or any object, through its first link), "" for the root."""
-        if ino in self._paths:
-            return self._paths[ino]
-        chain = []
-        cur = ino
-        while cur not in self._paths:
-            links = self.links(cur)
-            if not links:
-                path = None
-                break
-            parent, name = min(links)
-            chain.append((cur, name))
-            cur = parent
-            if len(chain) > 4096:
-                raise HistoryError(f"inode {ino}: directory chain too deep or looping at revision {self.rev}",
-                                   errno.ELOOP)
-        else:
-            path = self._paths[cur]
-        for node, name in reversed(chain):
-            path = None if path is None else posixpath.join(path, show_name(name)) if path else show_name(name)
-            self._paths[node] = path
-        return self._paths.get(ino, path)
-
-    def entry_path(self, parent: int, name: bytes) -> str | None:
-        base = self.dir_path(parent)
-        if base is None:
-            return None
-        return posixpath.join(base, show_name(name)) if base else show_name(name)
-
-    def paths(self, ino: int) -> list[str]:
-        """Every path naming `ino` (hard links give several)."""
-        out = []
-        for parent, name in self.links(ino):
-            p = self.entry_path(parent, name)
-            if p is not None:
-                out.append(p)
-        return sorted(out)
-
-    def lookup(self, path: str) -> int | None:
-        """Inode of a mount-relative path ("" or "/" is the root), or None."""
-        ino = ROOT_INO
-        if self.rev == EMPTY_REV:
-            return None
-        for part in split_path(path):
-            if part == b"..":
-                inode = self.inode(ino)
-                ino = inode.parent if inode is not None and inode.parent else ROOT_INO
-                continue
-            inode = self.inode(ino)
-            if inode is None or not inode.is_dir:
-                return None
-            child = self.child(ino, part)
-            if child is None:
-                return None
-            ino = child
-        return ino if self.inode(ino) is not None else None
-
-
-def split_path(path: str) -> list[bytes]:
-    """Mount-relative path -> name components (bytes), "." dropped."""
-    return [p.encode("utf-8", "surrogateescape") for p in path.split("/") if p not in ("", ".")]
-
-
-def norm_path(path: str) -> str:
-    parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
-    return "/".join(parts)
 
 
 # ----------------------------------------------------------------------- diff
@@ -503,152 +344,3 @@ def summary_text(s: dict) -> str:
     if s["bytes_removed"]:
         text += f"; {human_size(s['bytes_removed'])} removed"
     return text
-
-
-# -------------------------------------------------------------------- restore
-
-@dataclass
-class RestorePlan:
-    """The source subtree, read at a frozen revision, ready to be written live."""
-
-    root: int
-    objects: dict[int, Inode] = field(default_factory=dict)     # old ino -> record
-    entries: list[tuple[int, bytes, int]] = field(default_factory=list)  # (old parent, name, old child)
-    links_inside: dict[int, int] = field(default_factory=dict)  # old ino -> entries naming it
-
-    @property
-    def total(self) -> int:
-        return len(self.objects)
-
-
-def plan_restore(tree: TreeAt, root: int) -> RestorePlan:
-    """Walk the subtree at a frozen revision (blocking; safe in a worker thread)."""
-    plan = RestorePlan(root)
-    inode = tree.inode(root)
-    if inode is None:
-        raise HistoryError("the object to restore does not exist at that revision", errno.ENOENT)
-    plan.objects[root] = inode
-    todo = [root] if inode.is_dir else []
-    while todo:
-        d = todo.pop()
-        prefix = schema.dirent_prefix(d)
-        for k, v in tree.range(prefix):
-            child = schema.from_u64(v)
-            plan.entries.append((d, k[len(prefix):], child))
-            plan.links_inside[child] = plan.links_inside.get(child, 0) + 1
-            if child not in plan.objects:
-                ci = tree.inode(child)
-                if ci is None:
-                    raise HistoryError(f"revision {tree.rev} is inconsistent: entry "
-                                       f"{show_name(k[len(prefix):])!r} names missing inode {child}", errno.EIO)
-                plan.objects[child] = ci
-                if ci.is_dir:
-                    todo.append(child)
-    return plan
-
-
-def _referencing(blobs, pointers: list[bytes]):
-    """The blob store's guard against a concurrent garbage collection, if any.
-
-    The copies reference existing blobs without putting them, so a collection
-    running meanwhile must learn of them (versionfs.maint.gc installs the guard as
-    ``blobs.store``; duck-typed so this layer does not import it).
-    """
-    guard = getattr(getattr(blobs, "store", None), "referencing", None)
-    return guard(pointers) if guard is not None else contextlib.nullcontext()
-
-
-def write_restored(meta, tree: TreeAt, plan: RestorePlan, new_ino: dict[int, int], new_parent: int,
-                   now_ns: int, progress=None, blobs=None) -> None:
-    """Write fresh copies of every object of `plan` (blocking; worker thread is fine).
-
-    The copies are unreachable until the caller links the root in: a reader of
-    the live tree never sees a half-restored subtree.
-    """
-    subdirs: dict[int, int] = {}
-    for parent, _name, child in plan.entries:
-        if plan.objects[child].is_dir:
-            subdirs[parent] = subdirs.get(parent, 0) + 1
-    parent_of = {child: parent for parent, _n, child in plan.entries if plan.objects[child].is_dir}
-    pending: list[tuple[bytes, bytes | None]] = []
-
-    def flush():
-        if pending:
-            pointers = [schema.unpack_extent(k, v)[2] for k, v in pending
-                        if k[:1] == schema.extent_prefix(0)[:1] and v is not None]
-            with _referencing(blobs, pointers), meta.write() as b:
-                for k, v in pending:
-                    b.put(k, v)
-            pending.clear()
-
-    done = 0
-    for old, inode in plan.objects.items():
-        ino = new_ino[old]
-        rec = Inode(ino, inode.mode, 0, inode.uid, inode.gid, inode.rdev, inode.size,
-                    inode.atime_ns, inode.mtime_ns, now_ns, 0, inode.stored)
-        if inode.is_dir:
-            rec.nlink = 2 + subdirs.get(old, 0)
-            rec.parent = new_parent if old == plan.root else new_ino[parent_of[old]]
-        else:
-            rec.nlink = max(1, plan.links_inside.get(old, 0)) if old != plan.root else 1
-        pending.append((schema.inode_key(ino), rec.pack()))
-        for tag_prefix, make in ((schema.extent_prefix(old), lambda k: schema.extent_key(ino, schema.from_u64(k[9:17]))),
-                                 (schema.xattr_prefix(old), lambda k: schema.xattr_key(ino, k[9:]))):
-            for k, v in tree.range(tag_prefix):
-                pending.append((make(k), v))
-        if inode.is_lnk:
-            target = tree.get(schema.symlink_key(old))
-            if target is not None:
-                pending.append((schema.symlink_key(ino), target))
-        done += 1
-        if len(pending) >= WRITE_BATCH_KEYS:
-            flush()
-            if progress is not None:
-                progress(done)
-    for parent, name, child in plan.entries:
-        pending.append((schema.dirent_key(new_ino[parent], name), schema.u64(new_ino[child])))
-        pending.append((schema.link_key(new_ino[child], new_ino[parent], name), b""))
-        if len(pending) >= WRITE_BATCH_KEYS:
-            flush()
-    flush()
-    if progress is not None:
-        progress(done)
-
-
-def subtree_entries(meta, root: int, is_dir) -> list[tuple[int, bytes, int]]:
-    """(parent, name, child) of the live subtree below `root`, children before parents."""
-    out: list[tuple[int, bytes, int]] = []
-    todo = [root]
-    order = []
-    while todo:
-        d = todo.pop()
-        order.append(d)
-        prefix = schema.dirent_prefix(d)
-        for k, v in meta.range(prefix, schema.prefix_end(prefix)):
-            child = schema.from_u64(v)
-            out.append((d, k[len(prefix):], child))
-            if is_dir(child):
-                todo.append(child)
-    depth = {root: 0}
-    for parent, _n, child in out:
-        depth[child] = depth[parent] + 1
-    out.sort(key=lambda e: -depth[e[2]])
-    return out
-
-
-def iter_chunks(items: list, n: int) -> Iterable[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-class Progress:
-    """What a long job has done so far, for the `progress` ctl command."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.done = what, total, 0
-
-    def as_dict(self) -> dict:
-        return {"job": self.what, "done": self.done, "total": self.total}
-
-
-JOBS: "weakref.WeakKeyDictionary[object, Progress]" = weakref.WeakKeyDictionary()

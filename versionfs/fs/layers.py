@@ -1,0 +1,133 @@
+"""Unsealed writes of an open file: its dirty *layers* and how reads see them.
+
+Writes never touch blobs. They land in a *layer*: memory for small layers, a
+sparse local file under the dirty directory for big ones, plus the set of byte
+ranges written (`Intervals`) and the lowest size the file was truncated to
+while the layer was live. Sealing freezes the layers (new writes open a fresh
+layer on top, so writers never wait for a seal); reading walks the layers
+newest first, then the extents (`plan_read`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+from .extents import Extent, Intervals
+
+# Layers are kept in memory up to this size (see Layer).
+MEMORY_LAYER_BYTES = 1 << 20
+
+
+class Layer:
+    """Unsealed writes of one file since a point in time (see module doc).
+
+    The bytes live in memory while the layer spans at most MEMORY_LAYER_BYTES
+    (small files never cost a file create and unlink), and in a sparse file
+    under the dirty directory beyond that.
+    """
+
+    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired")
+
+    def __init__(self, path: str, size: int):
+        self.path = path
+        self.fd = -1
+        self.mem: bytearray | None = bytearray()
+        self.dirty = Intervals()
+        self.trunc: int | None = None
+        self.size = size
+        self.frozen = False
+        self.readers = 0          # reads in worker threads using this layer
+        self.retired = False
+
+    def pwrite(self, buf: bytes, offset: int) -> int:
+        end = offset + len(buf)
+        if self.mem is not None and end > MEMORY_LAYER_BYTES:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.pwrite(self.fd, self.mem, 0)
+            self.mem = None
+        if self.mem is None:
+            return os.pwrite(self.fd, buf, offset)
+        if end > len(self.mem):
+            self.mem.extend(bytes(end - len(self.mem)))
+        self.mem[offset:end] = buf
+        return len(buf)
+
+    def pread(self, n: int, offset: int) -> bytes:
+        if self.mem is None:
+            data = os.pread(self.fd, n, offset)
+        else:
+            data = bytes(self.mem[offset:offset + n])
+        if len(data) < n:                 # sparse tail
+            data += bytes(n - len(data))
+        return data
+
+    def truncate(self, size: int) -> None:
+        if self.mem is None:
+            os.ftruncate(self.fd, size)
+        elif len(self.mem) > size:
+            del self.mem[size:]
+
+    def close(self) -> None:
+        """Free the layer, or leave that to the last read still using it (a seal
+        can finish while a read waits in a worker thread for a chunk)."""
+        if self.readers > 0:
+            self.retired = True
+            return
+        self.mem = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+class FileData:
+    """Content state of one regular file while it is open or dirty."""
+
+    def __init__(self, ino: int, extents: list[Extent], size: int):
+        self.ino = ino
+        self.extents = extents
+        self.size = size              # live size, including unsealed writes
+        self.sealed_size = size       # size that goes with `extents` in the store
+        self.layers: list[Layer] = []
+        self.seal_lock = trio.Lock()
+        self.last_write = 0.0
+        self.deleted = False
+        self._seq = 0
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.layers)
+
+    def live_bytes(self) -> int:
+        return self.layers[-1].dirty.total() if self.layers and not self.layers[-1].frozen else 0
+
+
+def plan_read(layers: list[Layer], a: int, b: int) -> list:
+    """(start, end, source) pieces covering [a, b): source is a Layer, None
+    for zeros, or "base" for the extents under the layers."""
+    pieces: list = []
+    _plan(layers, len(layers) - 1, a, b, pieces)
+    return pieces
+
+
+def _plan(layers: list[Layer], level: int, a: int, b: int, out: list) -> None:
+    """Append (start, end, source) pieces for [a, b); source is a Layer,
+    None for zeros, or "base" for the extents."""
+    if level < 0:
+        out.append((a, b, "base"))
+        return
+    layer = layers[level]
+    for s, e, inside in layer.dirty.split(a, b):
+        if inside:
+            out.append((s, e, layer))
+        elif layer.trunc is not None and e > layer.trunc:
+            if s < layer.trunc:
+                _plan(layers, level - 1, s, layer.trunc, out)
+            out.append((max(s, layer.trunc), e, None))
+        else:
+            _plan(layers, level - 1, s, e, out)

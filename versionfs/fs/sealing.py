@@ -1,0 +1,210 @@
+"""Sealing: turning a file's frozen dirty layers into content-defined chunks.
+
+Runs in a worker thread (the trio side, which freezes the layers and swaps
+the result in, is `DataManager.seal`):
+
+* Re-chunking of a changed region starts at the boundary of the first extent
+  it touches and stops as soon as a CDC cut lands on the start of an untouched
+  old extent: from there on FastCDC would cut exactly as before, because each
+  cut depends only on the bytes after the previous cut. Inserting one byte at
+  the start of a 64 MiB file therefore re-hashes a chunk or two beyond the
+  insert; when an application rewrites the whole file the chunks that come out
+  are the old ones again and content addressing stores nothing new for them.
+* Chunks that are all zeros are not stored: they become holes.
+* The CPU work (CDC, hashing, compression, encryption, store writes) runs in
+  worker threads, so the trio thread keeps serving requests and both cores
+  work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+
+import pyfastcdc
+
+from .extents import Extent, Intervals
+from .layers import Layer
+from .reading import ChunkReader
+
+CHUNK_AVG = 1 << 20
+CHUNK_MIN = 256 << 10
+CHUNK_MAX = 4 << 20
+# Bytes of content handed to FastCDC at a time while sealing.
+CDC_WINDOW = 16 << 20
+# Chunk uploads (hash + compress + encrypt + store) in flight per seal.
+PUT_WORKERS = 2
+PUTS_IN_FLIGHT = 2 * CDC_WINDOW // CHUNK_AVG
+
+
+@dataclass(slots=True)
+class SealResult:
+    """What a seal changed: the store gets `removed` deleted and `added` put."""
+
+    size: int
+    extents: list[Extent]
+    removed: list[Extent]
+    added: list[Extent]
+    new_chunks: int
+
+
+class Sealer(ChunkReader):
+    """Reads frozen layers over their extents and stores what changed as chunks
+    (blocking; called from a worker thread). Chunks it stores go into the read
+    cache too."""
+
+    def __init__(self, blobs):
+        super().__init__(blobs)
+        self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
+        self._cdc = threading.local()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        super().close()
+
+    def seal_small_layers(self, frozen) -> list[SealResult]:
+        """Seal (file, extents, layers) triples of files of at most one chunk
+        with one `put_many`."""
+        contents = []
+        for _, extents, layers in frozen:
+            size = layers[-1].size
+            data = self._read_sync(extents, layers, 0, size) if size else b""
+            contents.append(None if not data or data == bytes(len(data)) else data)
+        pointers = iter(self._put_many([c for c in contents if c is not None]))
+        self._barrier()
+        results = []
+        for (_, extents, layers), data in zip(frozen, contents):
+            new = [] if data is None else [Extent(0, len(data), next(pointers).bytes)]
+            if data is not None:
+                self.cache.put(new[0].pointer, data)
+            old = set(extents)
+            results.append(SealResult(layers[-1].size, new, [e for e in extents if e not in set(new)],
+                                      [e for e in new if e not in old],
+                                      len({e.pointer for e in new} - {e.pointer for e in extents})))
+        return results
+
+    def seal_layers(self, extents: list[Extent], layers: list[Layer]) -> SealResult:
+        """Re-chunk what `layers` changed over `extents`; the chunks are durable
+        when this returns."""
+        size = layers[-1].size
+        # Where base content is still visible: below every truncation point.
+        tmin = min((l.trunc for l in layers if l.trunc is not None), default=None)
+        visible = Intervals()
+        base_limit = size if tmin is None else min(tmin, size)
+        for e in extents:
+            if e.offset >= base_limit:
+                break
+            visible.add(e.offset, min(e.end, base_limit))
+        touched = Intervals()       # positions whose content may differ from base
+        for i, layer in enumerate(layers):
+            limit = min((l.trunc for l in layers[i + 1:] if l.trunc is not None), default=size)
+            for a, b in layer.dirty:
+                b = min(b, limit, size)
+                if a < b:
+                    visible.add(a, b)
+                    touched.add(a, b)
+        clean = [e for e in extents
+                 if e.end <= base_limit and not touched.overlaps(e.offset, e.end)]
+        clean_starts = {e.offset: e for e in clean}
+        clean_ends = {e.end: e for e in clean}
+        base_starts = {e.offset for e in extents}
+        dropped: set[Extent] = set()
+        rechunked = Intervals()     # ranges the new chunks cover
+        futures: list[tuple[int, int, concurrent.futures.Future]] = []
+        cdc = self._chunker()
+
+        def read(a, b):
+            return self._read_sync(extents, layers, a, b)
+
+        for ra, rb in visible:
+            pos = ra
+            while pos < rb:
+                ext = clean_starts.get(pos)
+                if ext is not None:         # untouched chunk: keep it
+                    pos = ext.end
+                    continue
+                start = pos
+                # A chunk that ended where its data ended (an append point) was
+                # cut by end-of-data, not by content: re-chunk it with the new
+                # bytes so appends produce the same chunks as one big write.
+                prev = clean_ends.get(start)
+                if prev is not None and start not in base_starts and prev.offset >= ra:
+                    dropped.add(prev)
+                    start = prev.offset
+                pos = self._rechunk(cdc, read, start, rb, clean_starts, futures)
+                rechunked.add(start, pos)
+        added: list[Extent] = []
+        for off, length, fut in futures:
+            ptr = fut.result()
+            if ptr is not None:             # all-zero chunks become holes
+                added.append(Extent(off, length, ptr))
+        self._barrier()                     # chunks durable before the caller persists
+        old_set = set(extents)
+        # Re-chunking stops early only where a cut lands on a clean extent's
+        # start; a clean extent it ran over is replaced by the new chunks.
+        kept = [e for e in clean if e not in dropped and not rechunked.overlaps(e.offset, e.end)]
+        result_exts = sorted(kept + added, key=lambda e: e.offset)
+        result_set = set(result_exts)
+        removed = [e for e in extents if e not in result_set]
+        added = [e for e in added if e not in old_set]
+        old_ptrs = {e.pointer for e in extents}
+        new_chunks = len({e.pointer for e in added} - old_ptrs)
+        return SealResult(size, result_exts, removed, added, new_chunks)
+
+    def _chunker(self) -> pyfastcdc.FastCDC:
+        cdc = getattr(self._cdc, "cdc", None)
+        if cdc is None:
+            cdc = self._cdc.cdc = pyfastcdc.FastCDC(CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
+        return cdc
+
+    def _rechunk(self, cdc, read, start: int, stop: int, clean_starts: dict, futures: list) -> int:
+        """Chunk [start, ...) until a cut re-aligns with a clean extent or `stop`.
+
+        Returns the position where chunking stopped.
+        """
+        pos = start
+        pending: list[concurrent.futures.Future] = []
+        while pos < stop:
+            wend = min(stop, pos + CDC_WINDOW)
+            buf = read(pos, wend)
+            chunks = list(cdc.cut_buf(buf))
+            if wend < stop and len(chunks) > 1:
+                chunks.pop()          # the last cut was forced by the window end
+            for ch in chunks:
+                data = bytes(ch.data)
+                off = pos + ch.offset
+                fut = self._pool.submit(self._store_chunk, data)
+                futures.append((off, ch.length, fut))
+                pending.append(fut)
+                end = off + ch.length
+                if end in clean_starts:
+                    return end
+            pos = pos + chunks[-1].offset + chunks[-1].length
+            # Bound memory (about two windows of chunks in flight) without draining
+            # the queue: the put workers keep working while the next window is read.
+            pending = [fu for fu in pending if not fu.done()]
+            if len(pending) > PUTS_IN_FLIGHT:
+                concurrent.futures.wait(pending[:len(pending) - PUTS_IN_FLIGHT // 2])
+        return stop
+
+    def _store_chunk(self, data: bytes) -> bytes | None:
+        """Store one chunk; its pointer bytes, or None for an all-zero chunk."""
+        if (data[:1] == b"\0" and data[-1:] == b"\0") and data == bytes(len(data)):
+            return None
+        put = getattr(self.blobs, "put_deferred", None) or self.blobs.put
+        raw = put(data).bytes
+        self.cache.put(raw, data)
+        return raw
+
+    # Chunks are stored without waiting for them to be durable; one barrier per
+    # seal (a batch of fsyncs side by side) makes them durable before the seal
+    # returns, so the metadata that refers to them is written after they are safe.
+    def _put_many(self, contents: list[bytes]) -> list:
+        put = getattr(self.blobs, "put_many_deferred", None) or self.blobs.put_many
+        return put(contents)
+
+    def _barrier(self) -> None:
+        barrier = getattr(self.blobs, "barrier", None)
+        if barrier is not None:
+            barrier()
