@@ -26,7 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from versionfs.meta.mvcc import MVCCStore  # noqa: E402
-from versionfs.meta.wal import WAL  # noqa: E402
+from versionfs.meta.wal.wal import WAL  # noqa: E402
 
 VALUE = b"v" * 100
 

@@ -57,7 +57,7 @@ from typing import Iterator, NamedTuple
 import msgpack
 
 from .backend import Backend, QuotaExceededError
-from .wal import WAL
+from .wal.wal import WAL
 
 __all__ = [
     "MVCCStore",
@@ -877,7 +877,7 @@ class MVCCStore:
 
     @property
     def wal_dir(self) -> str:
-        """The write-ahead log's directory (``wal.read_entries`` ships from it)."""
+        """The write-ahead log's directory (``wal.decode.read_entries`` ships from it)."""
         return os.path.join(self.dir, "wal")
 
     @property
@@ -902,7 +902,7 @@ class MVCCStore:
     @staticmethod
     def restore(dirpath: str, stream, entries) -> None:
         """Create a store in the new directory ``dirpath`` from a ``backup_to`` copy
-        plus the WAL entries (``wal.Entry`` or (index, data), contiguous) that
+        plus the WAL entries (``wal.record.Entry`` or (index, data), contiguous) that
         follow the index it returned.  ``open`` then replays them."""
         dirpath = os.path.abspath(dirpath)
         if os.path.exists(os.path.join(dirpath, "db")) or WAL.exist(os.path.join(dirpath, "wal")):
