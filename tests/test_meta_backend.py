@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from versionfs.meta.backend import (
-    Backend,
+from versionfs.meta.backend.backend import Backend
+from versionfs.meta.backend.errors import (
     BackendLockedError,
     DiskFullError,
     QuotaExceededError,

@@ -56,7 +56,7 @@ from typing import Iterator, NamedTuple
 
 import msgpack
 
-from .backend import Backend, QuotaExceededError
+from .backend.backend import Backend
 from .wal.wal import WAL
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
     "StoreClosedError",
     "KeyTooLongError",
     "ReplayError",
-    "QuotaExceededError",
 ]
 
 log = logging.getLogger(__name__)

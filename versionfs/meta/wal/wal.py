@@ -13,7 +13,7 @@ import os
 import threading
 
 from ...blob.files import fsync_dir
-from ..backend import DiskFullError
+from ..backend.errors import DiskFullError
 from .decode import _scan
 from .errors import (CRCMismatchError, IndexNotFoundError, MetadataConflictError,
                      WALBrokenError, WALError, WALFileNotFoundError, WALModeError)
