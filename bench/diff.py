@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from versionfs.tree import schema  # noqa: E402
 from versionfs.tree.history import TreeAt, diff, log_entries  # noqa: E402
-from versionfs.meta.mvcc import MVCCStore  # noqa: E402
+from versionfs.meta.mvcc.store import MVCCStore  # noqa: E402
 
 PER_DIR = 1000
 

@@ -14,7 +14,7 @@ from versionfs.meta.backend.errors import (
     DiskFullError,
     QuotaExceededError,
 )
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 
 B = b"data"
 
