@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from versionfs.tree import schema  # noqa: E402
 from versionfs.tree.at_revision import TreeAt  # noqa: E402
 from versionfs.tree.diff import diff, log_entries  # noqa: E402
-from versionfs.meta.mvcc import MVCCStore  # noqa: E402
+from versionfs.meta.mvcc.store import MVCCStore  # noqa: E402
 
 PER_DIR = 1000
 

@@ -25,8 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from versionfs.meta.mvcc import MVCCStore  # noqa: E402
-from versionfs.meta.wal import WAL  # noqa: E402
+from versionfs.meta.mvcc.store import MVCCStore  # noqa: E402
+from versionfs.meta.wal.wal import WAL  # noqa: E402
 
 VALUE = b"v" * 100
 
@@ -126,7 +126,7 @@ def bench_snapshot(base: str, sizes: list[int]) -> dict:
 _REPLAY_CHILD = """
 import os, sys
 sys.path.insert(0, {root!r})
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 s = MVCCStore.open({d!r}, batch_interval=3600, batch_limit=10**9)
 for i in range({n}):
     with s.write() as b:

@@ -68,7 +68,7 @@ def open_layers(root: Path):
     from versionfs.blob.disk import DiskStore
     from versionfs.blob.paired import Paired
     from versionfs.blob.url import open_store
-    from versionfs.meta.mvcc import MVCCStore
+    from versionfs.meta.mvcc.store import MVCCStore
     (root / "slow").mkdir(parents=True, exist_ok=True)
     paired = Paired(DiskStore(root / "fast"), open_store(f"file://{root / 'slow'}"),
                     str(root / "uploads.journal"))

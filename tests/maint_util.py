@@ -61,7 +61,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def open_meta(state: Path):
-    from versionfs.meta.mvcc import MVCCStore
+    from versionfs.meta.mvcc.store import MVCCStore
     return MVCCStore.open(str(state / "meta"))
 
 

@@ -8,7 +8,7 @@ After each sync it prints the last synced batch number.
 import random
 import sys
 
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 
 
 def finish(store: MVCCStore, i: int) -> None:

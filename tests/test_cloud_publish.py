@@ -13,8 +13,9 @@ from versionfs.blob.disk import DiskStore
 from versionfs.blob.paired import Paired
 from versionfs.blob.s3 import S3Store
 from versionfs.bucket import publish
-from versionfs.meta.mvcc import MVCCStore
-from versionfs.meta.wal import IndexNotFoundError, read_entries
+from versionfs.meta.mvcc.store import MVCCStore
+from versionfs.meta.wal.decode import read_entries
+from versionfs.meta.wal.errors import IndexNotFoundError
 
 
 def _dump(store: MVCCStore) -> dict:

@@ -18,7 +18,7 @@ def populate(state_dir, count: int) -> None:
     """Write a directory `big` with `count` empty files straight into the
     metadata store, in the mount's own key format (creating 100k files one
     FUSE request at a time would dominate the test's time)."""
-    from versionfs.meta.mvcc import MVCCStore
+    from versionfs.meta.mvcc.store import MVCCStore
     meta = MVCCStore.open(state_dir / "meta")
     try:
         alloc = schema.InodeAllocator(meta)

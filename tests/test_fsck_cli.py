@@ -134,7 +134,7 @@ def test_corrupted_blob_is_found_by_read_data_and_repaired_from_the_good_copy(fs
 
 def test_broken_index_entries_are_found_and_rebuilt(fs, built):
     from versionfs.tree import schema
-    from versionfs.meta.mvcc import CHANGES, _U64
+    from versionfs.meta.mvcc.layout import _U64, CHANGES
     meta = open_meta(fs.state)
     try:
         ino = file_ino(meta, "docs/a.txt")

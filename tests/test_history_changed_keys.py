@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 
 
 def _model_changed(history: dict[int, dict[bytes, bytes | None]], a: int, b: int) -> set[bytes]:

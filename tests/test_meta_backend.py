@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from versionfs.meta.backend import (
-    Backend,
+from versionfs.meta.backend.backend import Backend
+from versionfs.meta.backend.errors import (
     BackendLockedError,
     DiskFullError,
     QuotaExceededError,
 )
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 
 B = b"data"
 

@@ -151,7 +151,7 @@ def test_opaque_stream_framed_and_read_back_verified(tmp_path):
 
 def test_backend_checkpoint_through_the_framing(tmp_path):
     """The MVCC backend's own compact copy, framed, validated and restored."""
-    from versionfs.meta.backend import Backend
+    from versionfs.meta.backend.backend import Backend
 
     src = Backend(str(tmp_path / "a"), buckets=(b"kv",))
     with src.batch_tx() as tx:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from versionfs.meta.mvcc import MVCCStore, RevisionNotFoundError
+from versionfs.meta.mvcc.store import MVCCStore
 
 CHILD = os.path.join(os.path.dirname(__file__), "meta_crash_child.py")
 

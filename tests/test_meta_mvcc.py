@@ -6,14 +6,14 @@ import types
 import pytest
 from meta_checks import abandon
 
-from versionfs.meta.mvcc import (
-    KV,
+from versionfs.meta.mvcc.errors import (
     KeyTooLongError,
-    MVCCStore,
-    RevisionInfo,
     RevisionNotFoundError,
     StoreClosedError,
 )
+from versionfs.meta.mvcc.layout import KV
+from versionfs.meta.mvcc.revisions import RevisionInfo
+from versionfs.meta.mvcc.store import MVCCStore
 
 
 @pytest.fixture

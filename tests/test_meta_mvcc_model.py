@@ -10,7 +10,8 @@ from meta_checks import abandon
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from versionfs.meta.mvcc import MVCCStore, RevisionNotFoundError
+from versionfs.meta.mvcc.errors import RevisionNotFoundError
+from versionfs.meta.mvcc.store import MVCCStore
 
 # Keys chosen to stress the order-preserving key encoding (NULs, prefixes, 0xff).
 KEYS = [b"", b"a", b"a\x00", b"a\x00b", b"a\x01", b"ab", b"b", b"\x00", b"\xff", b"a\xff", b"b\x00\x00"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from versionfs.meta.mvcc import CHANGES, MVCCStore, _U64
+from versionfs.meta.mvcc.layout import _U64, CHANGES
+from versionfs.meta.mvcc.store import MVCCStore
 
 
 @pytest.fixture

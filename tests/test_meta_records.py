@@ -8,15 +8,18 @@ import threading
 import lmdb
 import pytest
 
-from versionfs.meta import records
 from versionfs.meta.backup import (BackupCorruptError, BackupError,
                                    BackupFormatError, BackupTruncatedError,
                                    BackupWriter)
-from versionfs.meta.records import (KeyConflictError, NotPristineError,
-                                    RecordDB, RecordNotFoundError,
-                                    RecordStoreFullError, Type, TypeKey,
-                                    UnknownTypeError, register_type,
-                                    validate_backup)
+from versionfs.meta.records import backup as record_backup
+from versionfs.meta.records import encoding as record_encoding
+from versionfs.meta.records import types as record_types
+from versionfs.meta.records.backup import validate_backup
+from versionfs.meta.records.db import RecordDB
+from versionfs.meta.records.errors import (KeyConflictError, NotPristineError,
+                                           RecordNotFoundError, RecordStoreFullError,
+                                           UnknownTypeError)
+from versionfs.meta.records.types import Type, TypeKey, register_type
 
 USER = Type("user", [TypeKey("email", ["email"], unique=True),
                      TypeKey("team", ["team"]),
@@ -26,11 +29,11 @@ USER = Type("user", [TypeKey("email", ["email"], unique=True),
 
 @pytest.fixture(autouse=True)
 def clean_registry():
-    saved = dict(records._registry)
+    saved = dict(record_types._registry)
     register_type(USER)
     yield
-    records._registry.clear()
-    records._registry.update(saved)
+    record_types._registry.clear()
+    record_types._registry.update(saved)
 
 
 @pytest.fixture
@@ -166,7 +169,7 @@ def _inject_broken_index(path, db_id_prefix=b"u1"):
     and remove the email entry of u1."""
     env = lmdb.open(str(path), subdir=True, max_dbs=8)
     index = env.open_db(b"index")
-    lp = records._lp
+    lp = record_encoding._lp
     with env.begin(write=True) as txn:
         ghost = lp(b"user") + lp(b"team") + lp(b'["core"]') + lp(b"ghost")
         txn.put(ghost, b"", db=index)
@@ -286,7 +289,7 @@ def test_restore_rejects_other_kinds_and_malformed_frames(tmp_path):
         with pytest.raises(BackupFormatError, match="versionfs.mvcc"):
             b.restore_from(io.BytesIO(other.getvalue()))
         odd = io.BytesIO()
-        with BackupWriter(odd, records.BACKUP_KIND) as w:
+        with BackupWriter(odd, record_backup.BACKUP_KIND) as w:
             w.write_item(["record", b"id", "", b"{not json"])
         with pytest.raises(BackupCorruptError, match="frame 0"):
             validate_backup(io.BytesIO(odd.getvalue()))

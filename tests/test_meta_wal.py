@@ -5,16 +5,16 @@ import shutil
 
 import pytest
 
-from versionfs.meta.wal import (
-    WAL,
+from versionfs.meta.wal.errors import (
     CRCMismatchError,
-    Entry,
     IndexNotFoundError,
     MetadataConflictError,
     WALFileNotFoundError,
     WALModeError,
-    segment_name,
 )
+from versionfs.meta.wal.record import Entry
+from versionfs.meta.wal.segments import segment_name
+from versionfs.meta.wal.wal import WAL
 
 
 def segs(d):
@@ -112,19 +112,19 @@ def test_metadata_conflict(tmp_path):
     # Rebuild the last segment of d as if written under other metadata, with a
     # valid chain: re-frame it by replaying its entries through a WAL with the
     # other metadata but the same starting crc.
-    from versionfs.meta import wal as walmod
+    from versionfs.meta.wal import decode, record
 
     names = segs(d)
     last = os.path.join(d, names[-1])
     raw = open(last, "rb").read()
-    recs, _, _ = walmod._scan(raw, last, None, True)
-    crc = walmod._U32.unpack(recs[0].payload)[0]
+    recs, _, _ = decode._scan(raw, last, None, True)
+    crc = record._U32.unpack(recs[0].payload)[0]
     out = b""
-    first, crc = walmod._frame(walmod.TYPE_CRC, recs[0].payload, crc)
+    first, crc = record._frame(record.TYPE_CRC, recs[0].payload, crc)
     out += first
     for r in recs[1:]:
-        body = b"BBBB" if r.rtype == walmod.TYPE_METADATA else r.payload
-        frame, crc = walmod._frame(r.rtype, body, crc)
+        body = b"BBBB" if r.rtype == record.TYPE_METADATA else r.payload
+        frame, crc = record._frame(r.rtype, body, crc)
         out += frame
     open(last, "wb").write(out)
     with pytest.raises(MetadataConflictError):
@@ -153,11 +153,11 @@ def test_release_to_and_index_not_found(tmp_path):
 
 def _last_record_bounds(d):
     """(path, start, end) of the last record of the last segment."""
-    from versionfs.meta import wal as walmod
+    from versionfs.meta.wal import decode
 
     path = os.path.join(d, segs(d)[-1])
     raw = open(path, "rb").read()
-    recs, end, _ = walmod._scan(raw, path, None, True)
+    recs, end, _ = decode._scan(raw, path, None, True)
     start = recs[-2].end if len(recs) > 1 else 0
     return path, start, end
 

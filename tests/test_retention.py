@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from versionfs.tree.names import snapshot_dirname
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 from versionfs.common.units import UnitError, parse_duration
 from versionfs.maint.retention import (Policy, PolicyError, apply_retention, forget_snapshots,
                                        resolve_snapshot, select)

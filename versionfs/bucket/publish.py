@@ -55,8 +55,10 @@ from versionfs.blob.errors import BlobError, NotFoundError
 from versionfs.meta.backup import BackupReader, BackupWriter, framed_copy, verified_stream
 from versionfs.meta.kv import (BucketKV, DirectoryKV, ForeignObjectError, KeyExistsError, KeyModifiedError,
                  KeyNotFoundError, KVPair, S3KV)
-from versionfs.meta.mvcc import MVCCStore
-from versionfs.meta.wal import Entry, IndexNotFoundError, read_entries
+from versionfs.meta.mvcc.store import MVCCStore
+from versionfs.meta.wal.decode import read_entries
+from versionfs.meta.wal.errors import IndexNotFoundError
+from versionfs.meta.wal.record import Entry
 
 __all__ = ["Publisher", "HeadRecord", "PublishError", "NothingPublishedError",
            "StaleStateError", "DivergedError", "BlobsNotDurableError", "bucket_kv",

@@ -36,7 +36,7 @@ from versionfs.common import state as statemod
 from versionfs.blob.errors import BlobError
 from versionfs.bucket import publish
 from versionfs.bucket.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
-from versionfs.meta.mvcc import MVCCStore
+from versionfs.meta.mvcc.store import MVCCStore
 
 log = logging.getLogger(__name__)
 

@@ -474,7 +474,7 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
         if start_uploads and not read_only:
             state.paired.start()
         state.blobs = BlobStore(state.paired, state.codec)
-        from versionfs.meta.mvcc import MVCCStore
+        from versionfs.meta.mvcc.store import MVCCStore
         state.meta = MVCCStore.open(str(layout.meta), **_meta_options(cfg))
     except BaseException:
         try:

@@ -1,13 +1,4 @@
-"""Batched LMDB backend (a Python rendering of etcd's ``mvcc/backend``, seed 000).
-
-Writers queue puts and deletes into the *current batch* (``batch_tx()``); one
-writer thread commits the batch as a single LMDB write transaction once it is
-``batch_interval`` seconds old or holds ``batch_limit`` operations, whichever
-comes first.  LMDB write transactions are bound to the thread that began them,
-so every write transaction in this module runs on that one thread; other
-threads hand it work (``batch_tx``, ``run``) and read on their own read-only
-snapshots (``read_snapshot``), which LMDB's MVCC keeps consistent while writes
-go on.
+"""``Backend``: the LMDB environment, its writer thread, and how durable a commit is.
 
 Sync flags — why ``metasync=False`` (MDB_NOMETASYNC) and ``sync=True``:
 durability is the write-ahead log's job.  Every batch records the last WAL
@@ -39,30 +30,21 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import struct
-import tempfile
 import threading
 import time
 from collections import deque
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable
 
 import crc32c
 import lmdb
 
-from ..blob.files import fsync_dir
+from .batch import _BatchContext
+from .copies import CompactCopies
+from .errors import BackendError, BackendLockedError, DiskFullError, QuotaExceededError
+from .snapshot import ReadSnapshot
 
-__all__ = [
-    "Backend",
-    "BatchTx",
-    "ReadSnapshot",
-    "BackendError",
-    "QuotaExceededError",
-    "DiskFullError",
-    "BackendLockedError",
-    "DEFAULT_QUOTA_BYTES",
-    "MAX_QUOTA_BYTES",
-]
+__all__ = ["Backend", "DEFAULT_QUOTA_BYTES", "MAX_QUOTA_BYTES"]
 
 DEFAULT_QUOTA_BYTES = 2 * 1024**3
 MAX_QUOTA_BYTES = 8 * 1024**3
@@ -72,32 +54,6 @@ META_BUCKET = b"_backend"
 APPLIED_KEY = b"applied_index"
 _U64 = struct.Struct(">Q")
 log = logging.getLogger(__name__)
-_OP_OVERHEAD = 16  # bytes of LMDB node header per stored item, for accounting
-
-
-class BackendError(Exception):
-    """Base class of backend errors."""
-
-
-class QuotaExceededError(BackendError, OSError):
-    """The metadata store is over its space quota; the write was not made.
-
-    An ``OSError`` with ``errno.ENOSPC`` so the filesystem reports ENOSPC.
-    """
-
-    def __init__(self, message: str):
-        OSError.__init__(self, errno.ENOSPC, message)
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-class DiskFullError(QuotaExceededError):
-    """The disk under the metadata store is full; the write was not made."""
-
-
-class BackendLockedError(BackendError):
-    """Another process (or another Backend in this one) has this database open."""
 
 
 class _Future:
@@ -115,102 +71,7 @@ class _Future:
         return self.result
 
 
-class BatchTx:
-    """The open batch: queue puts and deletes; they commit together later.
-
-    Only valid inside ``with backend.batch_tx() as tx``; the backend lock is
-    held meanwhile, so everything queued in one block lands in one LMDB
-    transaction.
-    """
-
-    __slots__ = ("_b",)
-
-    def __init__(self, backend: "Backend"):
-        self._b = backend
-
-    def _ops(self, bucket: bytes) -> list:
-        b = self._b
-        ops = b._pending.get(bucket)
-        if ops is None:
-            if bucket not in b._dbs:
-                raise KeyError(f"no bucket {bucket!r} in metadata database {b.path}")
-            ops = b._pending[bucket] = []
-        return ops
-
-    def put(self, bucket: bytes, key: bytes, value: bytes) -> None:
-        self._ops(bucket).append((key, value))
-        b = self._b
-        b._pending_count += 1
-        b._pending_bytes += len(key) + len(value) + _OP_OVERHEAD
-
-    def put_many(self, bucket: bytes, items: list[tuple[bytes, bytes]], nbytes: int | None = None) -> None:
-        """Queue many puts at once (``nbytes``: their size, if the caller knows it)."""
-        self._ops(bucket).extend(items)
-        b = self._b
-        b._pending_count += len(items)
-        if nbytes is None:
-            nbytes = sum(len(k) + len(v) for k, v in items)
-        b._pending_bytes += nbytes + _OP_OVERHEAD * len(items)
-
-    def delete(self, bucket: bytes, key: bytes) -> None:
-        self._ops(bucket).append((key, None))
-        self._b._pending_count += 1
-
-    def set_applied_index(self, index: int) -> None:
-        """Record that this batch includes the WAL entry ``index``."""
-        self._b._pending_index = index
-
-    def __len__(self) -> int:
-        return self._b._pending_count
-
-
-class ReadSnapshot:
-    """A read-only LMDB transaction: a consistent view while writes go on."""
-
-    def __init__(self, backend: "Backend"):
-        self._backend = backend
-        self.txn = backend._env.begin()
-        backend._snapshots += 1
-
-    def cursor(self, bucket: bytes) -> lmdb.Cursor:
-        return self.txn.cursor(db=self._backend._dbs[bucket])
-
-    def get(self, bucket: bytes, key: bytes) -> bytes | None:
-        return self.txn.get(key, db=self._backend._dbs[bucket])
-
-    def range(
-        self, bucket: bytes, start: bytes, end: bytes | None = None, limit: int | None = None
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """Items with start <= key < end (end None: to the last key), streaming."""
-        cur = self.cursor(bucket)
-        if not cur.set_range(start):
-            return
-        n = 0
-        for k, v in cur:
-            if end is not None and k >= end:
-                return
-            yield k, v
-            n += 1
-            if limit is not None and n >= limit:
-                return
-
-    def size(self) -> int:
-        return self._backend.size()
-
-    def close(self) -> None:
-        if self.txn is not None:
-            self.txn.abort()
-            self.txn = None
-            self._backend._snapshots -= 1
-
-    def __enter__(self) -> "ReadSnapshot":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Backend:
+class Backend(CompactCopies):
     """LMDB database with batched commits on a dedicated writer thread."""
 
     def __init__(
@@ -539,73 +400,6 @@ class Backend:
                     h = crc32c.crc32c(v, crc32c.crc32c(k, h))
         return h
 
-    def defrag(self) -> None:
-        """Rewrite the database as a compact copy, returning free pages to the disk.
-
-        Runs on the writer thread (so no write transaction can be open) and
-        needs no read snapshot open.  A crash at any moment leaves either the
-        old or the new file, both complete.
-        """
-
-        def job():
-            if self._snapshots:
-                raise BackendError(f"defrag needs no open read snapshots ({self._snapshots} open)")
-            tmp = tempfile.mkdtemp(prefix=".defrag-", dir=self.path)
-            try:
-                self._env.copy(tmp, compact=True)
-                fd = os.open(os.path.join(tmp, "data.mdb"), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                self._env.close()
-                try:
-                    os.rename(os.path.join(tmp, "data.mdb"), os.path.join(self.path, "data.mdb"))
-                    fsync_dir(self.path)
-                finally:
-                    self._open_env()
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-
-        self.run(job, with_txn=False)
-
-    def backup_to(self, stream: BinaryIO) -> int:
-        """Write a compact, consistent copy of the database file to ``stream``.
-
-        Returns the number of bytes written.  Restore with ``Backend.restore``.
-        """
-        with tempfile.TemporaryFile(dir=self.path) as tmp:
-            self._env.copyfd(tmp.fileno(), compact=True)
-            tmp.seek(0)
-            n = 0
-            while True:
-                chunk = tmp.read(1 << 20)
-                if not chunk:
-                    return n
-                stream.write(chunk)
-                n += len(chunk)
-
-    @staticmethod
-    def restore(stream: BinaryIO, path: str) -> None:
-        """Create a database directory at ``path`` from a ``backup_to`` stream."""
-        os.makedirs(path, exist_ok=True)
-        target = os.path.join(path, "data.mdb")
-        if os.path.exists(target):
-            raise FileExistsError(f"refusing to restore over existing database {target}")
-        tmp = target + ".restore"
-        with open(tmp, "wb") as f:
-            shutil.copyfileobj(stream, f, 1 << 20)
-            f.flush()
-            os.fsync(f.fileno())
-        # Validate by opening the copy itself before it takes the real name.
-        try:
-            env = lmdb.open(tmp, readonly=True, subdir=False, lock=False, max_dbs=16)
-            env.close()
-        except lmdb.Error as exc:
-            os.unlink(tmp)
-            raise BackendError(f"backup stream is not a valid LMDB database: {exc}") from exc
-        os.rename(tmp, target)
-
     # ----------------------------------------------------------------- close
 
     def close(self) -> None:
@@ -627,30 +421,3 @@ class Backend:
     @property
     def closed(self) -> bool:
         return self._closed
-
-
-class _BatchContext:
-    __slots__ = ("_b",)
-
-    def __init__(self, backend: Backend):
-        self._b = backend
-
-    def __enter__(self) -> BatchTx:
-        b = self._b
-        b._cond.acquire()
-        if b._closing or b._closed:
-            b._cond.release()
-            raise BackendError(f"metadata database {b.path} is closed")
-        return BatchTx(b)
-
-    def __exit__(self, *exc) -> None:
-        b = self._b
-        try:
-            if b._pending_count:
-                if b._pending_since is None:
-                    b._pending_since = time.monotonic()
-                    b._cond.notify_all()
-                elif b._pending_count >= b.batch_limit:
-                    b._cond.notify_all()
-        finally:
-            b._cond.release()

@@ -1,257 +1,30 @@
-"""Write-ahead log (a Python rendering of etcd's ``wal`` package, seed 004).
+"""The WAL itself: create or open a segment directory, read it back, append, sync, cut and release segments.
 
-A WAL is a directory of segment files named ``%016x-%016x.wal`` (sequence
-number, index of the first entry the segment may hold).  Every segment starts
-with a CRC record (the running checksum carried over from the previous
-segment), the WAL's metadata record and the latest state record, then entry and
-state records are appended.
-
-Record frame (little endian)::
-
-    u32 length   u32 type   u32 crc   u32 header_crc   payload[length]
-
-``crc`` is CRC32C of ``type || payload`` *continued* from the previous
-record's crc, so the chain runs across records and segments and a dropped,
-reordered or altered record breaks it.  ``header_crc`` (CRC32C of the first
-12 header bytes) protects the length: a flipped length bit must read as
-corruption, never as "record runs past the end of file" (which is what a torn
-write looks like and is repaired silently).
-
-Why torn-tail repair is safe only at the end of the last segment: appends only
-ever happen there, and a segment is fsynced before the next one is created, so
-an incomplete frame (short header or short payload), an all-zero tail, or a
-last record with a zeroed 512-byte sector (a page that never reached the disk)
-can only be the remains of an interrupted append.  Anything else that does not
-check out is reported as ``CRCMismatchError``.
-
-Like etcd's WAL, a WAL is in read mode after ``open_at_index`` and in append
-mode after ``create`` or after ``read_all`` has consumed every record.
+Appends go to the end of the last segment only; ``read_all`` cuts a torn tail
+off it first (see ``repair``).  A new segment's head (CRC, metadata and state
+records) is written under a temporary name, fsynced and renamed into place, so
+a segment on disk always starts complete.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
-import struct
 import threading
-from typing import NamedTuple
 
-import crc32c
+from ...blob.files import fsync_dir
+from ..backend.errors import DiskFullError
+from .decode import _scan
+from .errors import (CRCMismatchError, IndexNotFoundError, MetadataConflictError,
+                     WALBrokenError, WALError, WALFileNotFoundError, WALModeError)
+from .record import (_U32, _U64, MAX_RECORD_BYTES, TYPE_CRC, TYPE_ENTRY,
+                     TYPE_METADATA, TYPE_STATE, Entry, _frame)
+from .repair import _truncate_file
+from .segments import _list_segments, segment_name
 
-from ..blob.files import fsync_dir
-from .backend import DiskFullError
-
-__all__ = [
-    "WAL",
-    "Entry",
-    "WALError",
-    "MetadataConflictError",
-    "WALFileNotFoundError",
-    "IndexNotFoundError",
-    "CRCMismatchError",
-    "WALModeError",
-    "WALBrokenError",
-    "DEFAULT_SEGMENT_BYTES",
-    "read_entries",
-]
+__all__ = ["WAL", "DEFAULT_SEGMENT_BYTES"]
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-MAX_RECORD_BYTES = 256 * 1024 * 1024
-SECTOR = 512
-
-_HEADER = struct.Struct("<IIII")  # length, type, crc, header_crc
-_HEADER_PREFIX = struct.Struct("<III")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
-_NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
-
-TYPE_CRC = 1
-TYPE_METADATA = 2
-TYPE_STATE = 3
-TYPE_ENTRY = 4
-_TYPES = (TYPE_CRC, TYPE_METADATA, TYPE_STATE, TYPE_ENTRY)
-
-
-class WALError(Exception):
-    """Base class of WAL errors."""
-
-
-class MetadataConflictError(WALError):
-    """Segments of one WAL carry different metadata."""
-
-
-class WALFileNotFoundError(WALError, FileNotFoundError):
-    """The directory holds no WAL segment."""
-
-
-class IndexNotFoundError(WALError):
-    """The WAL does not hold the requested index (released, or never written)."""
-
-
-class CRCMismatchError(WALError):
-    """A record failed its checksum somewhere other than a torn tail."""
-
-
-class WALModeError(WALError):
-    """Append attempted before read_all() consumed the log, or after close()."""
-
-
-class WALBrokenError(WALError):
-    """An fsync or write failed in a way that leaves the file state unknown."""
-
-
-class Entry(NamedTuple):
-    index: int
-    data: bytes
-
-
-def segment_name(seq: int, index: int) -> str:
-    return "%016x-%016x.wal" % (seq, index)
-
-
-def _parse_name(name: str) -> tuple[int, int] | None:
-    m = _NAME_RE.match(name)
-    if not m:
-        return None
-    return int(m.group(1), 16), int(m.group(2), 16)
-
-
-def _list_segments(dirpath: str) -> list[tuple[int, int, str]]:
-    """(seq, first_index, name) of every segment, in sequence order."""
-    try:
-        names = os.listdir(dirpath)
-    except FileNotFoundError:
-        return []
-    segs = []
-    for name in names:
-        parsed = _parse_name(name)
-        if parsed is not None:
-            segs.append((parsed[0], parsed[1], name))
-    segs.sort()
-    for a, b in zip(segs, segs[1:]):
-        if b[0] != a[0] + 1 or b[1] < a[1]:
-            raise CRCMismatchError(
-                f"wal: segments out of order in {dirpath}: {a[2]} then {b[2]}"
-            )
-    return segs
-
-
-def _frame(rtype: int, payload: bytes, prev_crc: int) -> tuple[bytes, int]:
-    crc = crc32c.crc32c(payload, crc32c.crc32c(_U32.pack(rtype), prev_crc))
-    prefix = _HEADER_PREFIX.pack(len(payload), rtype, crc)
-    return prefix + _U32.pack(crc32c.crc32c(prefix)) + payload, crc
-
-
-def _has_zero_sector(buf: bytes, start: int, end: int) -> bool:
-    """True when a whole file sector inside [start, end) is all zero bytes."""
-    first = (start + SECTOR - 1) // SECTOR * SECTOR
-    zero = bytes(SECTOR)
-    for off in range(first, end - SECTOR + 1, SECTOR):
-        if buf[off : off + SECTOR] == zero:
-            return True
-    return False
-
-
-class _Record(NamedTuple):
-    rtype: int
-    payload: bytes
-    crc: int
-    end: int
-
-
-def _scan(buf: bytes, path: str, running: int | None, is_last: bool):
-    """Decode one segment. Returns (records, valid_end, running_crc).
-
-    ``running`` is None for the first segment read (its CRC record seeds the
-    chain) or the crc the previous segment ended with.  A torn tail is
-    tolerated only when ``is_last``; ``valid_end`` < len(buf) means truncate.
-    """
-    records: list[_Record] = []
-    off = 0
-    n = len(buf)
-    hsize = _HEADER.size
-    while off < n:
-        if off + hsize > n:
-            if is_last:
-                return records, off, running
-            raise CRCMismatchError(f"wal: short header at offset {off} of {path}")
-        length, rtype, crc, hcrc = _HEADER.unpack_from(buf, off)
-        if crc32c.crc32c(buf[off : off + 12]) != hcrc or rtype not in _TYPES:
-            if is_last and buf.count(0, off) == n - off:
-                return records, off, running  # zero-filled tail: never written
-            raise CRCMismatchError(f"wal: bad record header at offset {off} of {path}")
-        end = off + hsize + length
-        if end > n:
-            if is_last:
-                return records, off, running
-            raise CRCMismatchError(f"wal: record at offset {off} of {path} runs past end")
-        payload = buf[off + hsize : end]
-        if not records:
-            if rtype != TYPE_CRC or length != 4:
-                raise CRCMismatchError(f"wal: {path} does not start with a crc record")
-            carried = _U32.unpack(payload)[0]
-            if running is None:
-                running = carried
-            elif carried != running:
-                raise CRCMismatchError(
-                    f"wal: crc chain broken between segments at {path}"
-                )
-        expect = crc32c.crc32c(payload, crc32c.crc32c(_U32.pack(rtype), running))
-        if expect != crc:
-            if is_last and end == n and _has_zero_sector(buf, off, end):
-                return records, off, running  # last record only partly on disk
-            raise CRCMismatchError(f"wal: crc mismatch in record at offset {off} of {path}")
-        running = crc
-        records.append(_Record(rtype, payload, crc, end))
-        off = end
-    return records, off, running
-
-
-def read_entries(dirpath: str, first_index: int, last_index: int) -> list[Entry]:
-    """Entries ``first_index..last_index`` of a WAL that may be open for appending elsewhere.
-
-    Read-only: nothing is truncated or repaired, so it is safe beside a live
-    writer as long as ``last_index`` was already appended when this is called
-    (a record is complete in the page cache before ``last_index`` moves past
-    it).  Used to ship the log to a bucket.  ``IndexNotFoundError`` when the
-    segments no longer (or do not yet) hold the whole range — a segment the
-    writer released meanwhile counts as that.
-    """
-    if last_index < first_index:
-        return []
-    segs = _list_segments(dirpath)
-    start = None
-    for i, (_seq, first, _name) in enumerate(segs):
-        if first <= first_index:
-            start = i
-    if start is None:
-        raise IndexNotFoundError(f"wal: index {first_index} is no longer in {dirpath}")
-    out: list[Entry] = []
-    running: int | None = None
-    want = first_index
-    for pos, (_seq, _first, name) in enumerate(segs[start:], start):
-        path = os.path.join(dirpath, name)
-        try:
-            with open(path, "rb") as f:
-                buf = f.read()
-        except FileNotFoundError:
-            raise IndexNotFoundError(f"wal: segment {name} was released while reading") from None
-        records, _end, running = _scan(buf, path, running, pos == len(segs) - 1)
-        for rec in records:
-            if rec.rtype != TYPE_ENTRY:
-                continue
-            eidx = _U64.unpack_from(rec.payload)[0]
-            if eidx < want:
-                continue
-            if eidx != want:
-                raise CRCMismatchError(f"wal: entry {eidx} where {want} was expected in {path}")
-            out.append(Entry(eidx, rec.payload[8:]))
-            want += 1
-            if eidx == last_index:
-                return out
-    raise IndexNotFoundError(f"wal: {dirpath} holds entries only up to {want - 1}, "
-                             f"not {last_index}")
 
 
 class WAL:
@@ -349,7 +122,7 @@ class WAL:
                 is_last = pos == len(self._segments) - 1
                 records, valid_end, running = _scan(buf, path, running, is_last)
                 if is_last and valid_end < len(buf):
-                    self._truncate_file(path, valid_end)
+                    _truncate_file(path, valid_end)
                 if not records:
                     # Only the last segment can be empty (a torn first write of
                     # a segment created by a cut is impossible: cut renames a
@@ -400,14 +173,6 @@ class WAL:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
             self._mode = "append"
             return metadata, state, entries
-
-    def _truncate_file(self, path: str, size: int) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # ---------------------------------------------------------------- append
 
