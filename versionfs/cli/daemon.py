@@ -212,6 +212,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     fuse_options=tuple(preflight.fuse_options(state_dir, st.config, opts)),
                     ready=readiness.ready,
                     idle_seal_seconds=st.config["mount.idle_seal_seconds"],
+                    seal_max_age_seconds=st.config["mount.seal_max_age_seconds"],
                     cloud=session, services=daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

@@ -129,8 +129,14 @@ for _k in [
     Key("encryption", "cipher", "str", "aes-256-gcm",
         "AEAD cipher: aes-256-gcm or chacha20-poly1305.",
         _one_of("aes-256-gcm", "chacha20-poly1305")),
-    Key("mount", "idle_seal_seconds", "float", 2.0,
-        "A file written and then left alone this long is sealed into chunks.",
+    Key("mount", "idle_seal_seconds", "float", 5.0,
+        "A file written and then left alone this long is sealed into chunks (a new "
+        "version, uploaded in the background). Until then fsync keeps it safe in the "
+        "local dirty journal, and many saves become one version.",
+        _positive),
+    Key("mount", "seal_max_age_seconds", "float", 60.0,
+        "A file that keeps being written is sealed at least this often. With "
+        "cloud.wal_ship_interval_seconds it bounds what a lost laptop can lose (the RPO).",
         _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),

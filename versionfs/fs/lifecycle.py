@@ -4,11 +4,15 @@ still holds, take snapshots, flush, report its status, and shut down.
 
 Sealing turns a file's dirty overlay into content-defined chunks in the blob
 store (`DataManager.seal`) and stores the new extents, size and inode record
-in one batch. Small files are sealed many to a batch shortly after release,
-larger ones on their own (also while still being written, once
-`STREAM_SEAL_BYTES` are pending), and whatever stayed dirty for
-`idle_seal_seconds` by the idle sealer, which also syncs the metadata now
-and then. The ctl commands (fs/ctl/) snapshot, flush and report through the
+in one batch: a new version of the file, which the bucket will get. It is
+coalesced, so that a file saved or fsynced many times becomes few versions
+(fsync itself only journals, durability.py): the idle sealer seals a file
+not written for `idle_seal_seconds` (open or closed), or dirty for
+`seal_max_age_seconds` however busy; a writer streaming a big file is sealed
+in the background once `STREAM_SEAL_BYTES` are pending; snapshot, flush and
+unmount seal everything. Small files are sealed many to a batch. The idle
+sealer also syncs the metadata now and then, which lets the journal release
+what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
 """
 
@@ -40,6 +44,8 @@ class LifecycleOps(MountCore):
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        if self.journal is not None:
+            self._replay_journal()
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
             nursery.start_soon(self._small_sealer)
@@ -119,13 +125,35 @@ class LifecycleOps(MountCore):
             b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        if self.journal is not None:
+            self.journal.sealed(f.ino, r.covered)
 
     async def seal_all(self) -> None:
+        """Seal every dirty file. A file whose seal fails is skipped (logged, in
+        `last_error`) and the others are still sealed; the first error is raised
+        at the end. Its data stays dirty (and journaled, see `shutdown`)."""
         self._small_due.update(i for i, f in self.files.items() if f.dirty)
-        await self._seal_small_now()
+        first_error: Exception | None = None
+        try:
+            await self._seal_small_now()
+        except Exception as exc:              # noqa: BLE001 - each file again below
+            log.warning("sealing small files together failed (%s); one by one", exc)
         for ino in list(self.files):
-            await self.seal_file(ino)
+            try:
+                await self.seal_file(ino)
+            except Exception as exc:          # noqa: BLE001 - reported, the rest go on
+                log.error("sealing inode %d failed: %s", ino, exc)
+                self.last_error = f"seal of inode {ino}: {exc!r}"
+                first_error = first_error or exc
             self._maybe_unload(ino)
+        if first_error is not None:
+            raise first_error
+
+    def _seal_due(self, f: FileData, now: float) -> bool:
+        """The sealing policy: a file left alone for `idle_seal_seconds`, or dirty
+        for `seal_max_age_seconds` however busy it is."""
+        return f.dirty and (now - f.last_write >= self.idle_seal_seconds
+                            or now - f.dirty_since >= self.seal_max_age_seconds)
 
     async def _idle_sealer(self) -> None:
         last_sync = time.monotonic()
@@ -133,13 +161,13 @@ class LifecycleOps(MountCore):
             await trio.sleep(min(0.5, self.idle_seal_seconds / 2))
             now = time.monotonic()
             for ino, f in list(self.files.items()):
-                if f.dirty and now - f.last_write >= self.idle_seal_seconds:
+                if self._seal_due(f, now):
                     self._queue_seal(f)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
                 try:
-                    await trio.to_thread.run_sync(self.meta.sync)
+                    await self.sync_metadata()
                 except Exception as exc:    # noqa: BLE001
                     log.exception("periodic metadata sync failed")
                     self.last_error = f"metadata sync: {exc!r}"
@@ -208,7 +236,7 @@ class LifecycleOps(MountCore):
         await self._kernel_writeback()
         await self.seal_all()
         info = self.meta.snapshot(name)
-        await trio.to_thread.run_sync(self.meta.sync)
+        await self.sync_metadata()
         self.snaps.refresh()
         return info
 
@@ -216,7 +244,7 @@ class LifecycleOps(MountCore):
         if not self.read_only:
             await self._kernel_writeback()
             await self.seal_all()
-            await trio.to_thread.run_sync(self.meta.sync)
+            await self.sync_metadata()
         if self.paired is not None:
             try:
                 await trio.to_thread.run_sync(self.paired.flush, timeout)
@@ -234,6 +262,11 @@ class LifecycleOps(MountCore):
             "fast_store_use": None,
             "last_upload": None,
             "last_error": self.last_error,
+            # fsynced writes waiting for their seal, and the work done so far:
+            # what fsync journaled and what sealing chunked (bytes since mount).
+            "journal_files": None if self.journal is None else self.journal.held_files(),
+            "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
+            "sealed_bytes": self.data.bytes_sealed,
         }
         if self.paired is not None:
             ps = self.paired.status()
@@ -248,10 +281,16 @@ class LifecycleOps(MountCore):
         return st
 
     async def shutdown(self) -> None:
-        """Seal everything and make the metadata durable (before unmounting)."""
+        """Seal everything and make the metadata durable (before unmounting).
+
+        Everything written is journaled first, so a seal that fails here loses
+        nothing: the next mount replays it (durability.py)."""
         if not self.read_only:
-            await self.seal_all()
-            await trio.to_thread.run_sync(self.meta.sync)
+            await self.journal_all_dirty()
+            try:
+                await self.seal_all()
+            finally:
+                await self.sync_metadata()
 
 
 def _write_back_inodes(inos: list[int]) -> None:

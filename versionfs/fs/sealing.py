@@ -47,6 +47,9 @@ class SealResult:
     removed: list[Extent]
     added: list[Extent]
     new_chunks: int
+    # The dirty journal's last index when the layers were frozen: the seal covers
+    # every journal record of the file up to it (journal.py).
+    covered: int = -1
 
 
 class Sealer(ChunkReader):
@@ -58,6 +61,7 @@ class Sealer(ChunkReader):
         super().__init__(blobs)
         self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
         self._cdc = threading.local()
+        self.bytes_sealed = 0      # content bytes read to be chunked (counter for tests/metrics)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -70,6 +74,7 @@ class Sealer(ChunkReader):
         for _, extents, layers in frozen:
             size = layers[-1].size
             data = self._read_sync(extents, layers, 0, size) if size else b""
+            self.bytes_sealed += len(data)
             contents.append(None if not data or data == bytes(len(data)) else data)
         pointers = iter(self._put_many([c for c in contents if c is not None]))
         self._barrier()
@@ -115,6 +120,7 @@ class Sealer(ChunkReader):
         cdc = self._chunker()
 
         def read(a, b):
+            self.bytes_sealed += b - a
             return self._read_sync(extents, layers, a, b)
 
         for ra, rb in visible:
