@@ -86,6 +86,14 @@ class _MountCollector:
             if st.get("fast_bytes") is not None:
                 yield GaugeMetricFamily("versionfs_fast_store_bytes", "bytes in the fast store",
                                         value=st["fast_bytes"])
+        yield GaugeMetricFamily("versionfs_seal_failing_files",
+                                "files whose last seal failed (data kept, retried with backoff)",
+                                value=len(getattr(self.fs, "seal_failures", {})))
+        journal = getattr(self.fs, "journal", None)
+        if journal is not None:
+            yield GaugeMetricFamily("versionfs_journal_files",
+                                    "files with fsynced writes not yet sealed",
+                                    value=journal.held_files())
         if self.scheduler is not None:
             yield CounterMetricFamily("versionfs_auto_snapshots_taken", "automatic snapshots taken",
                                       value=self.scheduler.taken)

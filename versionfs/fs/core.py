@@ -80,11 +80,15 @@ class MountCore:
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
         self._small_due: set[int] = set()
+        self._small_due_failed: list[int] = []      # the batch being sealed, to retry one by one
         self._small_wakeup = trio.Event()
         self._meta_changed = False
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
+        # Files whose last seal failed: ino -> (failures, monotonic retry time, error).
+        # Their data stays dirty (and journaled); the idle sealer retries with backoff.
+        self.seal_failures: dict[int, tuple[int, float, str]] = {}
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         if not read_only:

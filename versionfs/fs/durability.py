@@ -84,7 +84,8 @@ class DurabilityOps(MountCore):
         """What fsync/fdatasync of a live file does (see the module docstring)."""
         f = self.files.get(ino)
         if f is not None and (f.unsynced or f.unsynced_trunc is not None) and not self.read_only:
-            if f.unsynced.total() > JOURNAL_FSYNC_LIMIT or self.journal is None:
+            if (f.unsynced.total() > JOURNAL_FSYNC_LIMIT or self.journal is None
+                    or self._fast_store_full()):
                 await self.seal_file(ino)
                 self._store_inode(self._inode(ino))
             else:
@@ -93,6 +94,20 @@ class DurabilityOps(MountCore):
             # Times, mode and owner live in the metadata; the journal holds the size.
             self._store_inode(self.inodes[ino])
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
+
+    def _fast_store_full(self) -> bool:
+        """Blobs in the fast store plus dirty data not yet sealed reach the fast
+        store's limit: then fsync seals, so that data that cannot be stored fails
+        with ENOSPC now (or waits for uploads to make room) instead of piling up
+        in the journal beyond the store's budget."""
+        if self.paired is None:
+            return False
+        st = self.paired.status()
+        limit = st.get("fast_limit")
+        if not limit:
+            return False
+        dirty = sum(layer.dirty.total() for f in self.files.values() for layer in f.layers)
+        return (st.get("fast_bytes") or 0) + dirty >= limit
 
     async def _journal_file(self, f) -> None:
         ranges, trunc = list(f.unsynced), f.unsynced_trunc
