@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
@@ -174,4 +175,5 @@ def test_corrupt_blob_gives_eio_and_mount_survives(vfs):
     assert info.value.errno == 5                  # EIO
     open(vfs.path("g"), "w").write("still alive")
     assert open(vfs.path("g")).read() == "still alive"
-    assert "last error" in vfs.ok("status")
+    last_error = json.loads(vfs.ok("status --json"))["last_error"]
+    assert last_error and "blob" in last_error

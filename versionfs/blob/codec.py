@@ -168,6 +168,18 @@ class Codec:
 
     def decode(self, pointer: Pointer, stored) -> bytes:
         """Plaintext of ``stored``, verified against ``pointer``."""
+        return self._open_blob(pointer, stored, unpack=True)
+
+    def verify(self, pointer: Pointer, stored) -> None:
+        """CorruptBlobError unless ``stored`` is a good copy of ``pointer``'s blob.
+
+        What a store is given to check copies before trusting or propagating
+        them (``Paired.set_verifier``). An AEAD blob is checked by its tag alone:
+        the tag covers the compressed payload, so decompressing adds nothing.
+        """
+        self._open_blob(pointer, stored, unpack=False)
+
+    def _open_blob(self, pointer: Pointer, stored, unpack: bool) -> bytes | None:
         ptr = pointer.hex()
         what = f"blob {ptr}"
         fmt, payload = _split(stored, what, ptr)
@@ -189,6 +201,8 @@ class Codec:
             except (InvalidTag, ValueError):
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
                                        "under another name)", ptr) from None
+            if not unpack:
+                return None
             return self._unpack(payload, what, ptr) if packed else payload
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
 
@@ -236,6 +250,23 @@ class Codec:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
                                        "for another context)") from None
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
+
+
+_KEYLESS = Codec(None)
+
+
+def check_without_key(pointer: Pointer, stored) -> None:
+    """CorruptBlobError unless ``stored`` may be a good copy of ``pointer``'s blob,
+    judged without the key, as a store server must: the length field always
+    (a cut-off body fails), the content itself for unencrypted blobs; an AEAD
+    blob's tag needs the key, so only its shape is checked."""
+    fmt, payload = _split(stored, f"blob {pointer.hex()}", pointer.hex())
+    if fmt in _BLOB_AEAD:
+        if len(payload) < NONCE_SIZE + TAG_SIZE:
+            raise TruncatedBlobError(f"blob {pointer.hex()}: {len(payload)} payload bytes "
+                                     "cannot hold a nonce and a tag", pointer.hex())
+        return
+    _KEYLESS.verify(pointer, stored)
 
 
 def _seal_digest(header: bytes, data, context: bytes) -> bytes:

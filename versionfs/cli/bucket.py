@@ -10,7 +10,7 @@ import sys
 import threading
 
 from versionfs.blob.errors import BlobError
-from versionfs.blob.remote import StoreService, read_token_file
+from versionfs.blob.remote import CLIENT_TIMEOUT, MAX_CONNECTIONS, StoreService, read_token_file
 from versionfs.blob.url import open_store
 from versionfs.bucket import publish
 from versionfs.bucket.clone import clone
@@ -65,6 +65,10 @@ def serve_store(argv: list[str]) -> int:
     remote store) to other machines until SIGINT/SIGTERM. Clients use it as a
     slow store with the URL ``http[s]://HOST:PORT`` and the same token. The
     token file is created with a random token (mode 0600) if it does not exist.
+
+    Only complete uploads are stored, and blobs only if they verify as far as
+    the server can without the key; idle or stalled clients are disconnected
+    after --timeout, and connections beyond --max-connections get a 503.
     """
     parser = argparse.ArgumentParser(prog="versionfs serve-store",
                                      description=serve_store.__doc__.split("\n\n")[1])
@@ -73,6 +77,10 @@ def serve_store(argv: list[str]) -> int:
     parser.add_argument("--token-file", required=True, help="file holding the bearer token")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    parser.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS",
+                        help="close a connection idle or stalled this long (default %(default)g)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                        help="refuse connections beyond N with a 503 (default %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
 
@@ -88,8 +96,11 @@ def serve_store(argv: list[str]) -> int:
               "in the clear; use --tls-cert/--tls-key or a tunnel", file=sys.stderr)
     token = read_token_file(args.token_file, create=True)
     store = open_store(args.url)
+    if args.timeout <= 0 or args.max_connections <= 0:
+        parser.error("--timeout and --max-connections must be positive")
     service = StoreService(store, token, (host.strip("[]"), int(port)), ssl_context=context,
-                           verbose=args.verbose)
+                           verbose=args.verbose, client_timeout=args.timeout,
+                           max_connections=args.max_connections)
 
     def stop(signum, frame):
         threading.Thread(target=service.shutdown, daemon=True).start()
