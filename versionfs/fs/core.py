@@ -66,9 +66,12 @@ class MountCore:
         self.seal_max_age_seconds = seal_max_age_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
+        # Encrypted filesystems chunk under a key (chunking.py); only the
+        # derived chunking seed leaves the codec.
         self.data = DataManager(
             blobs, dirty_dir,
-            journal_index=lambda: -1 if self.journal is None else self.journal.last_index)
+            journal_index=lambda: -1 if self.journal is None else self.journal.last_index,
+            chunking_seed=blobs.codec.chunking_seed())
         self.dirty_dir = dirty_dir
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}

@@ -1,7 +1,7 @@
 """File contents: sealed content-defined chunks plus a local dirty overlay.
 
 A regular file's sealed content is a sorted list of `Extent`s, each one whole
-content-defined chunk (pyfastcdc, average ~1 MiB) stored as a blob; gaps
+content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted) stored as a blob; gaps
 between extents are holes and read as zeros, so sparse files cost nothing.
 
 Writes never touch blobs: they land in the file's dirty layers (layers.py).
@@ -46,15 +46,17 @@ class DataManager(Sealer):
     """Reads and writes file contents; turns dirty layers into chunks.
 
     `blobs` is a `BlobStore` (blocking, thread-safe); `dirty_dir` holds the
-    layer files of this mount and nothing else.
+    layer files of this mount and nothing else; `chunking_seed` keys the
+    chunker (`Codec.chunking_seed()`: None on unencrypted filesystems).
     """
 
-    def __init__(self, blobs, dirty_dir: str, journal_index: Callable[[], int] = lambda: -1):
+    def __init__(self, blobs, dirty_dir: str, journal_index: Callable[[], int] = lambda: -1,
+                 chunking_seed: int | None = None):
         self.dirty_dir = dirty_dir
         os.makedirs(dirty_dir, exist_ok=True)
         # The dirty journal's newest index; a seal records it at freeze time.
         self.journal_index = journal_index
-        super().__init__(blobs)
+        super().__init__(blobs, chunking_seed)
 
     def discard_leftovers(self) -> int:
         """Delete layer files a crashed mount left behind; returns how many."""
