@@ -54,7 +54,7 @@ class UploadJournal:
         self._synced = 0            # sequence known to be on disk
         self._records = 0           # records in the file (for compaction)
         created = not os.path.exists(self.path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         if created:
             fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
