@@ -82,8 +82,8 @@ def _passwd(args: argparse.Namespace) -> int:
             os.path.realpath(args.new_passphrase_file) == os.path.realpath(args.passphrase_file):
         raise UserError("--new-passphrase-file is the same file as --passphrase-file")
     old = secret_source(args, str(args.state_dir))
-    new = new_passphrase(args.new_passphrase_file, args.allow_weak_passphrase)
-    keymod.change_passphrase(args.state_dir, old, new)
+    keymod.change_passphrase(args.state_dir, old, lambda: new_passphrase(
+        args.new_passphrase_file, args.allow_weak_passphrase))
     print(f"passphrase changed for {os.path.abspath(args.state_dir)} and its slow store; "
           f"the old one no longer opens it")
     return EXIT_OK

@@ -90,11 +90,12 @@ def _open_encrypted(state_dir: str | os.PathLike[str]) -> tuple[Layout, dict[str
     return layout, identity, statemod._open_slow(layout.slow_url(cfg))
 
 
-def change_passphrase(state_dir: str | os.PathLike[str], old: Any, new: str) -> None:
+def change_passphrase(state_dir: str | os.PathLike[str], old: Any, new: Any) -> None:
     """Re-wrap the master key under ``new``, in the slow store and then locally.
 
-    ``old`` is the current passphrase or a RecoveryKey (or a callable giving
-    one). The slow store's copy is replaced only if it is still the one read
+    ``old`` is the current passphrase or a RecoveryKey, ``new`` the new
+    passphrase; either may be a callable giving it, asked in that order once
+    the state dir is known to be encrypted and the old one opens it. The slow store's copy is replaced only if it is still the one read
     (a conditional write), so two machines changing it at once cannot both
     win; if the slow store cannot be reached nothing changes, because a
     passphrase changed only here would leave the old one working for clones.
@@ -107,7 +108,7 @@ def change_passphrase(state_dir: str | os.PathLike[str], old: Any, new: str) -> 
         if bucket is not None:      # fail now, before the passphrase is asked, if unreachable
             _reachable(bucket)
         master, etag = statemod.read_master_key(layout, identity, old, bucket)
-        wrapped = keys.wrap_key(master, new)
+        wrapped = keys.wrap_key(master, new() if callable(new) else new)
         if bucket is not None:
             try:
                 if etag is None:
