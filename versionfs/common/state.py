@@ -17,6 +17,9 @@ Layout of ``STATE_DIR`` (created by ``init_state``)::
                    holding its pid, so one state dir has at most one daemon
     versionfs.log  the background daemon's log
 
+The state dir is 0700 and what is in it 0600 (see versionfs.common.privacy);
+``open_state`` tightens one an older version left 0755.
+
 ``open_state`` turns a state dir into live objects (``State``); the CLI and the
 tests use nothing else to get at the layers underneath.
 """
