@@ -89,6 +89,12 @@ TAG_SIZE = 16
 MAX_BLOB = 0xFFFFFFFF
 # Data this small is not worth a zstd frame.
 MIN_COMPRESS = 128
+# Most bytes one zstd payload may decompress to: twice the chunker's largest
+# chunk (fs.sealing.CHUNK_MAX, 4 MiB), leaving room for padding. A zstd frame
+# can claim or produce gigabytes from a few kilobytes (a decompression bomb
+# planted in an unencrypted bucket), so decode checks the claimed size before
+# allocating and stops at this many bytes; bigger plaintexts are stored raw.
+MAX_DECOMPRESSED = 8 << 20
 # Chunks at least this big are probed with samples before a whole zstd pass.
 PROBE_MIN = 256 << 10
 PROBE_BYTES = 16 << 10
@@ -168,7 +174,7 @@ class Codec:
 
     def _maybe_compress(self, data) -> tuple[bool, bytes]:
         n = len(data)
-        if self.compression_level <= 0 or n < MIN_COMPRESS:
+        if self.compression_level <= 0 or n < MIN_COMPRESS or n > MAX_DECOMPRESSED:
             return False, data
         if n >= PROBE_MIN and not self._probe_pays(data):
             return False, data
@@ -261,10 +267,22 @@ class Codec:
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
 
     def _unpack(self, payload, what: str, pointer_hex: str) -> bytes:
+        """Decompress at most MAX_DECOMPRESSED bytes: a frame claiming more is refused
+        before anything is allocated (zstd would trust the claim), one not saying
+        its size is cut off there."""
+        too_big = CorruptBlobError(f"{what}: decompresses to more than {MAX_DECOMPRESSED} "
+                                   "bytes, more than any blob versionfs writes (a "
+                                   "decompression bomb?)", pointer_hex)
         try:
-            return self._decompressor().decompress(payload)
+            if zstandard.frame_content_size(payload) > MAX_DECOMPRESSED:
+                raise too_big
+            with self._decompressor().stream_reader(payload) as reader:
+                plaintext = reader.read(MAX_DECOMPRESSED + 1)
         except zstandard.ZstdError as exc:
             raise CorruptBlobError(f"{what}: bad zstd data: {exc}", pointer_hex) from None
+        if len(plaintext) > MAX_DECOMPRESSED:
+            raise too_big
+        return plaintext
 
     def _need_key(self, what: str) -> None:
         if not self.encrypted:

@@ -67,7 +67,7 @@ class UploadJournal:
         self._compact_after = 0.0   # monotonic time of the next compaction attempt
         self._dir = os.path.dirname(os.path.abspath(self.path))
         created = not os.path.exists(self.path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._size = os.fstat(self._fd).st_size   # bytes in the file: whole records after replay
         if created:
             fsync_dir(self._dir)

@@ -14,25 +14,23 @@ from versionfs.blob.remote import CLIENT_TIMEOUT, MAX_CONNECTIONS, StoreService,
 from versionfs.blob.url import open_store
 from versionfs.bucket import publish
 from versionfs.bucket.clone import clone
-from versionfs.common import state as statemod
 
 from .command import EXIT_ERROR, EXIT_OK, UserError, command, error
+from .keys import add_secret_args, secret_source
 
 
 def _setup_clone(p: argparse.ArgumentParser) -> None:
     p.add_argument("slow_url", metavar="SLOW_URL",
                    help="the filesystem's slow store: s3://bucket/prefix or file:///path")
     p.add_argument("state_dir", metavar="STATE_DIR", help="new (or empty) directory for this machine")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help=f"read the passphrase from FILE (else ${statemod.PASSPHRASE_ENV} or a prompt)")
+    add_secret_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
 @command("clone", "recover a filesystem from its slow store onto this machine", _setup_clone)
 def cmd_clone(args: argparse.Namespace) -> int:
     try:
-        root = clone(args.slow_url, args.state_dir,
-                     lambda: statemod.get_passphrase(args.passphrase_file, what=args.slow_url),
+        root = clone(args.slow_url, args.state_dir, secret_source(args, args.slow_url),
                      quiet=args.quiet)
     except (publish.PublishError, BlobError) as e:
         raise UserError(f"clone failed: {e}") from None
