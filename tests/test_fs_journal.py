@@ -151,3 +151,23 @@ def test_many_fsyncs_become_one_version(vfs):
     vfs.ok("flush")
     assert fast_blobs(vfs) - blobs == 1
     assert status(vfs)["journal_files"] == 0
+
+
+def test_workload_with_seals_between_fsyncs_then_kill9(vfs):
+    """The power-cut workload (files opened per step, written at random offsets,
+    extended, truncated, rewritten, some steps fsynced), with seals landing
+    between fsyncs: after kill -9 every file is its fsynced state or a later
+    one, exactly — never a mix (what the journal mark in the metadata is for)."""
+    from test_powercut import Workload
+    for seed in (23, 24, 27):
+        root = vfs.mountpoint / f"w{seed}"
+        os.mkdir(root)
+        work = Workload(root, seed)
+        work.create_all()
+        for step in range(150):
+            work.step()
+            if step % 50 == 25:
+                vfs.ok("flush")                  # seals, between fsyncs
+        vfs.kill9()
+        vfs.start()
+        assert work.check(root) == [], seed

@@ -23,7 +23,6 @@ from cli_util import VERSIONFS, daemon_pid, force_cleanup, mount_type, ok, run_c
 from powercut import PowerCutDisk
 from test_meta_crash import check, run_child
 from versionfs.blob.files import fsync_dir
-from versionfs.meta.wal import IndexNotFoundError
 
 pytestmark = pytest.mark.fuse
 
@@ -477,18 +476,7 @@ def test_power_cut_during_gc(vfs_disk, request):
 
 # ---------------------------------------------------------------- the metadata store alone
 
-# Today's finding for strict (POSIX) names: LMDB creates meta/db/data.mdb and
-# nothing ever fsyncs meta/db, so the file's name is not durable; a cut loses
-# the whole database.  Until WAL segments are released the log replays it all;
-# after a release (Backend.durable_applied_index syncs data.mdb, never its
-# directory) MVCCStore.open fails: "wal: index 1 precedes the oldest segment".
-DATA_MDB_NAME_LOST = pytest.mark.xfail(
-    strict=True, raises=IndexNotFoundError,
-    reason="meta/db/data.mdb's directory is never fsynced: with strict names a power cut "
-           "loses the LMDB file, and once WAL segments were released the store cannot open")
-
-
-@pytest.mark.parametrize("names", ["ext4", pytest.param("strict", marks=DATA_MDB_NAME_LOST)])
+@pytest.mark.parametrize("names", ["ext4", "strict"])
 def test_power_cut_rounds_under_the_metadata_store(tmp_path, names):
     """tests/test_meta_crash.py's child (WAL + LMDB, small WAL segments) on the
     power-cut disk: killed, then the power cut, then everything it reported

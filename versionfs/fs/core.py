@@ -231,6 +231,7 @@ class MountCore:
             for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
                 b.delete(key)
         b.delete(schema.symlink_key(ino))
+        b.delete(schema.journal_mark_key(ino))
         b.delete(schema.inode_key(ino))
         b.delete(schema.orphan_key(ino))
 

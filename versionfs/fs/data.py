@@ -91,16 +91,17 @@ class DataManager(Sealer):
         f.last_write = time.monotonic()
         return n
 
-    def truncate(self, f: FileData, size: int) -> list[Extent] | None:
+    def truncate(self, f: FileData, size: int, metadata_only: bool = True) -> list[Extent] | None:
         """Set the file size.
 
         Returns the extents to delete from the store when the change is pure
         metadata (no chunk is cut); returns None when it went into a layer and
-        the file must be sealed later.
+        the file must be sealed later. `metadata_only=False` always takes the
+        layer: the caller must keep the change in order with the dirty journal.
         """
         f.unsynced.clip(size)
         f.unsynced_trunc = size if f.unsynced_trunc is None else min(f.unsynced_trunc, size)
-        if not f.layers:
+        if not f.layers and metadata_only:
             if size >= f.size:
                 f.size = f.sealed_size = size
                 return []

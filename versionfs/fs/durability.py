@@ -54,13 +54,14 @@ class DurabilityOps(MountCore):
                 self.journal.forget(r.ino)
                 continue
             f = self._file(r.ino)
-            for op in r.ops:
-                if op[0] == "W":
-                    self.data.write(f, op[1], op[2])
-                else:
-                    self._replay_truncate(inode, f, op[1])
-            if r.size is not None and r.size != f.size:
-                self._replay_truncate(inode, f, r.size)
+            ops = r.after(self.meta.get(schema.journal_mark_key(r.ino)), self.journal.id)
+            if not ops:
+                continue
+            for _index, kind, *args in ops:
+                if kind == "W":
+                    self.data.write(f, args[0], args[1])
+                elif args[0] != f.size:                  # "T", or "A" (the size at the fsync)
+                    self._replay_truncate(inode, f, args[0])
             inode.size = f.size
             f.unsynced.clip(0)                          # all of it is in the journal already
             f.unsynced_trunc = None
@@ -124,9 +125,17 @@ class DurabilityOps(MountCore):
         self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns)
 
     def _sync_journal_and_meta(self) -> None:
-        if self.journal is not None:
-            self.journal.sync()
+        if self.journal is None:
+            self.meta.sync()
+            return
+        # Seals noted before this metadata sync become durable with it: record
+        # them in the journal too, or a replay would apply older records of a
+        # file over content fsynced through its seal.
+        noted = self.journal.seals_noted()
+        self.journal.sync()
         self.meta.sync()
+        if noted:
+            self.journal.metadata_synced(noted)
 
     async def journal_all_dirty(self) -> None:
         """Journal every file written since its last fsync (before the last seals)."""

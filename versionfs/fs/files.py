@@ -96,7 +96,11 @@ class FileOps(MountCore):
         f = self._file(inode.ino)
         if size == f.size:
             return
-        removed = self.data.truncate(f, size)
+        # A file the dirty journal holds records of is truncated in a layer, never
+        # straight in the metadata: replay applies the journal on top of the
+        # metadata, so a metadata-only cut would be undone by older records.
+        journaled = self.journal is not None and self.journal.holds(inode.ino)
+        removed = self.data.truncate(f, size, metadata_only=not journaled)
         inode.size = size
         inode.mtime_ns = now
         if removed is None:

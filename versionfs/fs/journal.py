@@ -23,12 +23,13 @@ Records (msgpack lists)::
                                     it up to index is durable in the metadata
 
 A mount replays the journal before it serves anything: for every file, the
-W/T/A records after its last S record, in order, on top of the file as the
-metadata has it; then seals what it replayed. A record carries content, not a
-difference, so replaying one that a durable seal already covers only rewrites
-bytes with the content they had at that fsync. S records (written after the
-metadata that holds the seal was synced) let replay skip such records, so a
-file written and sealed after its last fsync does not revert.
+W/T/A records its sealed content does not include yet, in order, on top of the
+file as the metadata has it; then it seals what it replayed. Which records a
+seal includes is stored with the seal, atomically, in the metadata: the
+journal mark (schema.journal_mark_key: this journal's id and the last index
+the seal covers). So the base replay starts from always matches the records it
+skips, whichever of the seals reached the disk. S records, written once the
+metadata holding a seal was synced, let the journal release segments.
 
 A segment is released once every file with a record in it has a durable seal
 past that record: the journal holds only what is not yet sealed.
@@ -59,10 +60,17 @@ class Replayed:
     """What the journal holds for one file, to apply on top of its metadata."""
 
     ino: int
-    ops: list                      # ("W", offset, data) / ("T", size), in order
-    size: int | None = None        # from the last A record
-    mtime_ns: int | None = None
-    last_index: int = 0
+    ops: list                      # (index, "W", offset, data) / (index, "T", size) / (index, "A", size)
+
+    def after(self, mark: bytes | None, journal_id: str) -> list:
+        """The ops the file's sealed content does not include yet: those after
+        the mark its last seal left in the metadata (``DirtyJournal.mark``)."""
+        if mark is None:
+            return self.ops
+        mark_id, index = msgpack.unpackb(mark)
+        if mark_id != journal_id:
+            return self.ops
+        return [op for op in self.ops if op[0] > index]
 
 
 class DirtyJournal:
@@ -112,13 +120,7 @@ class DirtyJournal:
             if kind == SEALED or e.index <= sealed.get(ino, -1):
                 continue
             r = files.setdefault(ino, Replayed(ino, []))
-            if kind == WRITE:
-                r.ops.append((WRITE, rec[2], rec[3]))
-            elif kind == TRUNCATE:
-                r.ops.append((TRUNCATE, rec[2]))
-            elif kind == ATTRS:
-                r.size, r.mtime_ns = rec[2], rec[3]
-            r.last_index = e.index
+            r.ops.append((e.index, kind, *rec[2:]))
             self._holds.setdefault(ino, collections.deque()).append(e.index)
         return list(files.values())
 
@@ -158,6 +160,11 @@ class DirtyJournal:
         return self._base - 1 if last is None else last
 
     # -- seals ----------------------------------------------------------------
+
+    def mark(self, covered_to: int) -> bytes:
+        """The metadata value a seal covering records up to `covered_to` stores
+        (schema.journal_mark_key): replay skips what it names."""
+        return msgpack.packb([self.id, covered_to])
 
     def sealed(self, ino: int, covered_to: int) -> None:
         """A seal of `ino` that covers its records up to `covered_to` was written to
@@ -200,6 +207,11 @@ class DirtyJournal:
             return 0
         self._wal.sync()
         return self._wal.release_to(release)
+
+    def holds(self, ino: int) -> bool:
+        """Whether a replay now would apply records of `ino`."""
+        with self._lock:
+            return ino in self._holds
 
     def held_files(self) -> int:
         with self._lock:

@@ -143,7 +143,9 @@ class LifecycleOps(MountCore):
             b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
-        if self.journal is not None:
+        if self.journal is not None and self.journal.holds(f.ino):
+            # What the journal holds of this file up to `covered` is in this seal.
+            b.put(schema.journal_mark_key(f.ino), self.journal.mark(r.covered))
             self.journal.sealed(f.ino, r.covered)
 
     async def seal_all(self, *, skip_failing: bool = False) -> None:

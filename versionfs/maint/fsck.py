@@ -117,6 +117,7 @@ class _Tree:
     xattrs: dict[int, list[bytes]] = field(default_factory=dict)
     symlinks: set[int] = field(default_factory=set)
     orphans: set[int] = field(default_factory=set)
+    journal_marks: set[int] = field(default_factory=set)
     bad: list[tuple[bytes, str]] = field(default_factory=list)
     lost_found: int | None = None       # set once repairs need /lost+found
     rewrite: set[int] = field(default_factory=set)  # inodes repairs changed silently
@@ -147,6 +148,11 @@ def _scan(meta: Any, rev: int | None) -> _Tree:
                 t.symlinks.add(schema.from_u64(key[1:]))
             elif tag == b"O" and len(key) == 9:
                 t.orphans.add(schema.from_u64(key[1:]))
+            elif tag == b"J" and len(key) == 9:
+                mark = msgpack.unpackb(value)
+                if not (isinstance(mark, list) and len(mark) == 2 and isinstance(mark[1], int)):
+                    raise ValueError("not [journal id, index]")
+                t.journal_marks.add(schema.from_u64(key[1:]))
             elif key == schema.NEXT_INO_KEY:
                 pass
             else:
@@ -294,13 +300,16 @@ class _Checker:
                 ops.append((schema.inode_key(ino), inode.pack()))
         for ino in sorted(recovered):
             self._recover_extents(t, ino, where, fix, ops, names)
-        for ino in sorted((set(t.xattrs) | t.symlinks) - set(t.inodes) - set(recovered)):
-            self.problem(where, f"xattr/symlink records of inode {ino}, which does not exist"
-                         + ("; removed" if fix else ""), repaired=fix)
+        for ino in sorted((set(t.xattrs) | t.symlinks | t.journal_marks)
+                          - set(t.inodes) - set(recovered)):
+            self.problem(where, f"xattr/symlink/journal-mark records of inode {ino}, which does "
+                         "not exist" + ("; removed" if fix else ""), repaired=fix)
             for key in t.xattrs.get(ino, []):
                 ops.append((key, None))
             if ino in t.symlinks:
                 ops.append((schema.symlink_key(ino), None))
+            if ino in t.journal_marks:
+                ops.append((schema.journal_mark_key(ino), None))
         return ops
 
     def _check_extents(self, t: _Tree, ino: int, inode: schema.Inode, where: str, fix: bool) -> bool:

@@ -17,6 +17,11 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
                                      the reverse of b"D", so `diff`/`log`
                                      find an inode's path without a tree walk)
     b"C" b"next_ino"              -> 8-byte counter (inode allocation)
+    b"J" ino                      -> msgpack [journal id, index]: the file's
+                                     sealed content includes every record of
+                                     it in that dirty journal up to index
+                                     (versionfs.fs.journal; written with the
+                                     seal, so replay skips exactly those)
 
 Inode numbers are never reused (the counter only grows), so a snapshot's
 inode number always names the same object and `generation` can stay 0.
@@ -119,6 +124,10 @@ def orphan_key(ino: int) -> bytes:
 
 
 ORPHAN_PREFIX = b"O"
+
+
+def journal_mark_key(ino: int) -> bytes:
+    return b"J" + u64(ino)
 
 
 def now_ns() -> int:

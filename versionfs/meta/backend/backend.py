@@ -39,6 +39,7 @@ from typing import Callable
 import crc32c
 import lmdb
 
+from ...blob.files import fsync_dir
 from .batch import _BatchContext
 from .copies import CompactCopies
 from .errors import BackendError, BackendLockedError, DiskFullError, QuotaExceededError
@@ -132,6 +133,7 @@ class Backend(CompactCopies):
         self._thread.start()
 
     def _open_env(self) -> None:
+        created = not os.path.exists(os.path.join(self.path, "data.mdb"))
         self._env = lmdb.open(
             self.path,
             map_size=self._map_size,
@@ -143,6 +145,12 @@ class Backend(CompactCopies):
             mode=0o600,            # data.mdb/lock.mdb: the owner only (lmdb defaults to 0755)
         )
         self._dbs = {name: self._env.open_db(name) for name in self._bucket_names}
+        if created:
+            # LMDB creates data.mdb but never fsyncs its directory: without this a
+            # power cut can lose the whole file (its name), and once WAL segments
+            # were released after a commit nothing could rebuild it.
+            fsync_dir(self.path)
+            fsync_dir(os.path.dirname(os.path.abspath(self.path)))
 
     # ---------------------------------------------------------------- writes
 
