@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -57,8 +58,9 @@ def test_completions_know_every_command():
     bash = (REPO / "contrib" / "completion" / "versionfs.bash").read_text()
     zsh = (REPO / "contrib" / "completion" / "_versionfs").read_text()
     listed = re.search(r'local commands="([^"]+)"', bash).group(1).split()
-    assert set(cli.COMMANDS) <= set(listed)
-    for name in cli.COMMANDS:
+    names = set(cli.commands())
+    assert names <= set(listed)
+    for name in names:
         assert f"'{name}:" in zsh
     subprocess.run(["bash", "-n", str(REPO / "contrib" / "completion" / "versionfs.bash")], check=True)
 
@@ -87,3 +89,32 @@ def test_systemd_units_parse():
                     if "is not executable" not in line and "No such file" not in line
                     and line.strip()]
         assert not problems, r.stderr
+
+
+def test_command_index_matches_the_groups():
+    """cli.main.INDEX (which group to import for a command) names every command
+    and alias of every group, and nothing else."""
+    indexed = {}
+    for name, cmd in cli.commands().items():
+        for word in (name, *cmd.aliases):
+            indexed[word] = cmd.run.__module__.rsplit(".", 1)[1]
+    assert indexed == cli.INDEX
+
+
+def test_a_command_imports_only_its_own_group():
+    """`versionfs status` starts without the stores, the metadata engine or the
+    bucket code (start-up time); `--version` without any command group."""
+    def imported(*args):
+        code = ("import sys\nfrom versionfs.cli import main\ntry:\n    main.main(sys.argv[1:])\n"
+                "except SystemExit:\n    pass\nprint(' '.join(sorted(sys.modules)))")
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           cwd=REPO)
+        return set(r.stdout.split()[-1000:]) if r.stdout else set()
+    status = imported("status", "/nonexistent-mountpoint")
+    assert "versionfs.cli.snapshots" in status
+    heavy = {m for m in status if m.startswith(("versionfs.meta", "versionfs.bucket",
+                                                "versionfs.fs", "versionfs.blob.codec"))}
+    assert heavy == set()
+    version = imported("--version")
+    assert {m for m in version if m.startswith("versionfs.cli.")} <= {
+        "versionfs.cli.main", "versionfs.cli.command", "versionfs.cli.ctlclient"}

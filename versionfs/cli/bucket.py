@@ -15,7 +15,7 @@ from versionfs.blob.url import open_store
 from versionfs.bucket import publish
 from versionfs.bucket.clone import clone
 
-from .command import EXIT_ERROR, EXIT_OK, UserError, command, error
+from .command import EXIT_ERROR, EXIT_OK, UserError, command, error, user_error_types
 from .keys import add_secret_args, secret_source
 
 
@@ -46,7 +46,6 @@ def cmd_serve_store(args: argparse.Namespace) -> int:
 
 def run_serve_store(argv: list[str]) -> int:
     """serve-store owns its whole argument list (``versionfs.cli.main`` sends it here)."""
-    from .daemon import user_error_types
     try:
         return int(serve_store(argv) or 0)
     except user_error_types() as e:

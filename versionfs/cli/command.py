@@ -44,6 +44,14 @@ def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], Non
     return mark
 
 
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message is all the user needs: one line, no traceback."""
+    from versionfs.blob.errors import BlobError
+    from versionfs.common import config as configmod
+    from versionfs.common import state as statemod
+    return (UserError, statemod.StateError, configmod.ConfigError, ctlclient.CtlError, BlobError)
+
+
 def error(message: str) -> None:
     first = message.strip().splitlines()[0] if message.strip() else "failed"
     print(f"versionfs: error: {first}", file=sys.stderr)

@@ -21,18 +21,11 @@ from versionfs.cli import ctlclient
 from versionfs.common import state as statemod
 
 from . import preflight
-from .command import EXIT_ERROR, EXIT_OK, UserError
+from .command import EXIT_ERROR, EXIT_OK, UserError, user_error_types
 
 log = logging.getLogger("versionfs")
 
 READY_TIMEOUT_SECONDS = 300.0       # WAL replay after a crash may take a while
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors whose message is all the user needs: one line, no traceback."""
-    from versionfs.blob.errors import BlobError
-    from versionfs.common import config as configmod
-    return (UserError, statemod.StateError, configmod.ConfigError, ctlclient.CtlError, BlobError)
 
 
 def read_fd_secret(passphrase_fd: int | None, recovery_key_fd: int | None):

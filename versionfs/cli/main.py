@@ -1,7 +1,8 @@
 """The ``versionfs`` command line: one module per command group, collected here.
 
-``GROUPS`` is the one place that lists them; each marks its subcommands with
-``versionfs.cli.command.command``. Errors a user can make print one line,
+``GROUPS`` is the one place that lists them (``INDEX`` says which group holds
+which command, so a command imports only its own group); each marks its
+subcommands with ``versionfs.cli.command.command``. Errors a user can make print one line,
 ``versionfs: error: ...``, with exit status 1; anything unexpected prints one
 line too and the traceback only with VERSIONFS_DEBUG=1.
 """
@@ -13,19 +14,39 @@ import os
 import sys
 from typing import Sequence
 
+import importlib
+from types import ModuleType
+
 from versionfs import __version__
 from versionfs.common.privacy import restrict_umask
 
-from . import bucket, history, keys, maint, mount, setup, snapshots
-from .command import EXIT_ERROR, Command, error
-from .daemon import user_error_types
+from .command import EXIT_ERROR, Command, error, user_error_types
 
-GROUPS = (setup, mount, snapshots, history, maint, bucket, keys)
+# The command groups, one module each, and which commands each defines. The
+# index lets `versionfs CMD` import only CMD's group (start-up time: the other
+# groups pull in the stores, the metadata engine, the bucket code);
+# tests/test_cli_contrib.py checks it against what the groups really define.
+GROUPS = ("setup", "mount", "snapshots", "history", "maint", "bucket", "keys")
+INDEX = {
+    "init": "setup", "demo": "setup", "quickstart": "setup",
+    "mount": "mount", "umount": "mount", "unmount": "mount",
+    "snapshot": "snapshots", "snapshots": "snapshots", "ls-snapshots": "snapshots",
+    "status": "snapshots", "flush": "snapshots",
+    "log": "history", "diff": "history", "restore": "history",
+    "forget": "maint", "gc": "maint", "fsck": "maint",
+    "clone": "bucket", "serve-store": "bucket",
+    "key": "keys",
+}
 
 
-def _collect() -> dict[str, Command]:
+def group(name: str) -> ModuleType:
+    return importlib.import_module(f"versionfs.cli.{name}")
+
+
+def commands(groups=GROUPS) -> dict[str, Command]:
+    """The commands the given groups define (importing them), in group order."""
     table: dict[str, Command] = {}
-    for module in GROUPS:
+    for module in map(group, groups):
         for value in vars(module).values():
             cmd = getattr(value, "cli_command", None)
             if isinstance(cmd, Command) and value.__module__ == module.__name__:
@@ -35,17 +56,14 @@ def _collect() -> dict[str, Command]:
     return table
 
 
-COMMANDS: dict[str, Command] = _collect()
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(groups=GROUPS) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="versionfs",
         description="A versioned FUSE filesystem for cloud-backed home directories.")
     parser.add_argument("--version", action="version", version=f"versionfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for cmd in COMMANDS.values():
+    for cmd in commands(groups).values():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help, aliases=list(cmd.aliases))
         if cmd.setup:
             cmd.setup(p)
@@ -56,10 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     restrict_umask()              # everything versionfs writes is private (common/privacy.py)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        print(f"versionfs {__version__}")
+        return 0
     # serve-store owns its whole argument list.
     if argv[:1] == ["serve-store"]:
-        return bucket.run_serve_store(argv[1:])
-    parser = build_parser()
+        return group("bucket").run_serve_store(argv[1:])
+    # Only the named command's group is imported; anything else (--help, a typo)
+    # gets the whole parser.
+    known = INDEX.get(argv[0]) if argv else None
+    parser = build_parser((known,) if known else GROUPS)
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
