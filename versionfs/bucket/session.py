@@ -28,7 +28,6 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +43,9 @@ class CloudError(statemod.StateError):
     """A mount refused because of the bucket (lease held, diverged state); one line."""
 
 
-def instance_id(state_dir: Path) -> str:
-    """A random id of this state directory (not of the filesystem: clones differ).
-
-    The writer lease names it, so a daemon restarted on the same state dir
-    after a crash recognises the lease its dead predecessor left behind.
-    """
-    path = Path(state_dir) / "instance-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = uuid.uuid4().hex
-        tmp = path.with_name("instance-id.tmp")
-        tmp.write_text(value + "\n")
-        os.replace(tmp, path)
-        return value
-
-
 def holder_name(state_dir: Path) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) [{instance_id(state_dir)}]"
+    return (f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) "
+            f"[{statemod.instance_id(state_dir)}]")
 
 
 def _is_dead_predecessor(holder: str, state_dir: Path) -> bool:
@@ -71,7 +54,7 @@ def _is_dead_predecessor(holder: str, state_dir: Path) -> bool:
     We hold the state dir's flock, so no other daemon of it is alive: its
     lease is stale however long it still has to run.
     """
-    return holder.endswith(f"[{instance_id(state_dir)}]") and \
+    return holder.endswith(f"[{statemod.instance_id(state_dir)}]") and \
         holder != holder_name(state_dir)
 
 
