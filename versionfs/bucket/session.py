@@ -21,21 +21,19 @@ in ``flush``, which is asked to.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from versionfs.common import state as statemod
 from versionfs.blob.errors import BlobError
 from versionfs.bucket import publish
+from versionfs.bucket.catchup import fast_forward
 from versionfs.bucket.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
-from versionfs.meta.mvcc.store import MVCCStore
+from versionfs.bucket.seen import HeadWatermark, SeenHead
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +41,12 @@ class CloudError(statemod.StateError):
     """A mount refused because of the bucket (lease held, diverged state); one line."""
 
 
-def holder_name(state_dir: Path) -> str:
+def holder_name(state_dir) -> str:
     return (f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) "
             f"[{statemod.instance_id(state_dir)}]")
 
 
-def _is_dead_predecessor(holder: str, state_dir: Path) -> bool:
+def _is_dead_predecessor(holder: str, state_dir) -> bool:
     """True when ``holder`` is an earlier daemon of this very state directory.
 
     We hold the state dir's flock, so no other daemon of it is alive: its
@@ -64,37 +62,6 @@ def _when(ts: float) -> str:
     return f"{stamp} (in {left:.0f}s)" if left > 0 else f"{stamp} (expired)"
 
 
-# ------------------------------------------------------------------ catching up
-
-def _exchange_dirs(a: Path, b: Path) -> None:
-    """Swap two directories atomically (renameat2 RENAME_EXCHANGE)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd, rename_exchange = -100, 2
-    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"cannot swap {a} and {b}: {os.strerror(e)}")
-
-
-def fast_forward(state, bucket, head_pair, head: publish.HeadRecord, record: dict | None) -> None:
-    """Replace the state's metadata with the bucket's head (the caller checked that
-    nothing local would be lost); ``state.meta`` is reopened on the new copy."""
-    layout = state.layout
-    incoming = layout.root / "meta.incoming"
-    shutil.rmtree(incoming, ignore_errors=True)
-    log.info("catching up with the bucket: metadata index %d published %s by another machine",
-             head.last_index, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(head.time)))
-    publish.restore_meta(bucket, state.codec, str(incoming), head)
-    state.meta.close()
-    _exchange_dirs(layout.meta, incoming)
-    shutil.rmtree(incoming, ignore_errors=True)
-    writer = (record or {}).get("writer")
-    rec = {"etag": head_pair.last_index, "last_index": head.last_index}
-    if writer:
-        rec["writer"] = writer
-    publish.save_record(str(layout.root / publish.RECORD_NAME), rec)
-    state.meta = MVCCStore.open(str(layout.meta), **statemod._meta_options(state.config))
-
-
 # --------------------------------------------------------------------- session
 
 class CloudSession:
@@ -106,10 +73,12 @@ class CloudSession:
         self.read_only = read_only
         self.bucket = statemod.named_objects(state.slow)
         self.kv = publish.bucket_kv(self.bucket) if self.bucket is not None else None
+        self.watermark = HeadWatermark(state.path)
         self.lease: Lease | None = None
         self.publisher: publish.Publisher | None = None
         self.lease_error: str | None = None
         self.stopped: str | None = None       # why publishing stopped for good
+        self.refused: str | None = None       # read-only mount: a head refused as a rollback
         self._lease_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -128,21 +97,47 @@ class CloudSession:
         if session.bucket is None:
             log.warning("the slow store %s keeps no named objects: metadata is not published",
                         state.slow_url)
-        elif read_only:
+            return session
+        session._seed_watermark()
+        if read_only:
             session._catch_up_read_only()
         else:
             session._start_writer(steal_lease)
         return session
 
+    def _seed_watermark(self) -> None:
+        """A state dir from before rollback protection: what it published is the floor."""
+        record = publish.load_record(self.record_path)
+        if record and self.watermark.load() is None:
+            self.watermark.note(SeenHead(int(record.get("last_index", 0)), 0.0,
+                                         record.get("writer", "")))
+
+    def _read_head(self) -> tuple[Any, publish.HeadRecord] | None:
+        return publish.read_head(self.kv, self.state.codec)
+
     def _catch_up_read_only(self) -> None:
         try:
-            found = publish.read_head(self.kv, self.state.codec)
+            found = self._read_head()
         except (BlobError, OSError) as exc:
             log.warning("slow store unreachable (%s): mounting the local copy as it is", exc)
             return
         if found is None:
             return
         pair, head = found
+        try:
+            self._catch_up_to(pair, head)
+        except publish.RollbackError as exc:
+            self.refused = f"{exc}; mounted this machine's copy as it is"
+            log.error(self.refused)
+        except (BlobError, OSError) as exc:
+            log.warning("catching up with the bucket failed (%s): mounting the local copy "
+                        "as it is", exc)
+
+    def _catch_up_to(self, pair, head: publish.HeadRecord) -> None:
+        older = self.watermark.older(head.seen())
+        if older:
+            raise publish.RollbackError(older)
+        self.watermark.note(head.seen())
         record = publish.load_record(self.record_path) or {}
         if record.get("etag") == pair.last_index:
             return
@@ -153,7 +148,7 @@ class CloudSession:
             log.warning("this state dir holds metadata changes that were never published; "
                         "mounting it as it is, not the bucket's newer head")
             return
-        fast_forward(self.state, self.bucket, pair, head, record)
+        fast_forward(self.state, self.bucket, pair, head, record, self.watermark)
 
     def _start_writer(self, steal: bool) -> None:
         st = self.state
@@ -186,10 +181,16 @@ class CloudSession:
             try:
                 self.publisher.open()
             except publish.StaleStateError:
-                found = publish.read_head(self.kv, st.codec)
-                fast_forward(st, self.bucket, found[0], found[1], publish.load_record(self.record_path))
+                found = self._read_head()
+                fast_forward(st, self.bucket, found[0], found[1],
+                             publish.load_record(self.record_path), self.watermark)
                 self.publisher = self._new_publisher()
                 self.publisher.open()
+        except publish.RollbackError as exc:
+            self.lease.release()
+            raise CloudError(f"{exc}; nothing was changed here. Mount --read-only to use this "
+                             f"machine's copy; if the bucket was restored on purpose, clone it "
+                             f"into a new state dir") from None
         except publish.PublishError as exc:
             self.lease.release()
             raise CloudError(str(exc)) from None
@@ -204,7 +205,7 @@ class CloudSession:
     def _new_publisher(self) -> publish.Publisher:
         st = self.state
         return publish.Publisher(st.meta, st.paired, self.bucket, st.codec, self.record_path,
-                                 fs_id=st.id, fence=self._fence,
+                                 fs_id=st.id, fence=self._fence, watermark=self.watermark,
                                  checkpoint_interval=st.config["cloud.checkpoint_interval_seconds"])
 
     # -- lease -------------------------------------------------------------------
@@ -251,7 +252,7 @@ class CloudSession:
             self.publish(timeout=timeout)
         except publish.BlobsNotDurableError as exc:
             log.info("not publishing yet: %s", exc)
-        except publish.DivergedError as exc:
+        except (publish.DivergedError, publish.RollbackError) as exc:
             self._stop_publishing(str(exc))
         except (publish.PublishError, BlobError, OSError) as exc:
             log.warning("publishing metadata failed, will retry: %s", exc)
@@ -270,7 +271,7 @@ class CloudSession:
         if self.bucket is None:
             return {"published": "not published (the slow store keeps no metadata)"}
         if self.publisher is None:
-            return {"lease": "none (read-only mount)"}
+            return {"lease": "none (read-only mount)", "catch-up error": self.refused}
         ps = self.publisher.status
         lease = self.lease.info if self.lease is not None else None
         last = ps.last_publish
