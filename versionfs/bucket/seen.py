@@ -1,4 +1,4 @@
-"""What a state dir remembers of its bucket, durably: the newest head.
+"""What a state dir remembers of its bucket, durably: the newest head and the lease.
 
 ``STATE_DIR/head-seen.json`` — the newest head record this state dir has seen
 in the bucket or published there (index, time, writer).  Like borg's manifest
@@ -8,8 +8,14 @@ bucket), and an old head is in every other respect a valid one.  A machine
 accepts no head older than this (``HeadWatermark.older``), so an old head
 can neither replace newer local metadata nor become the base of a publish.
 
-It is written with ``write_durably`` (fsync of the file and its directory)
-before anything relies on it: a power cut leaves the old or the new record.
+``STATE_DIR/lease.json`` — the writer lease this state dir last held
+(holder, generation) and whether it still holds it, released it at unmount,
+or lost it to another machine.  A state dir that was the last holder may
+mount read-write while the bucket is unreachable (a laptop booting offline);
+one that lost the lease, or never held it, may not.
+
+Both are written with ``write_durably`` (fsync of the file and its directory)
+before anything relies on them: a power cut leaves the old or the new record.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from pathlib import Path
 
 from versionfs.common.state import write_durably
 
-__all__ = ["HeadWatermark", "SeenHead", "iso", "HEAD_SEEN_NAME"]
+__all__ = ["HeadWatermark", "SeenHead", "LeaseRecord", "iso", "HEAD_SEEN_NAME", "LEASE_RECORD_NAME"]
 
 log = logging.getLogger(__name__)
 
 HEAD_SEEN_NAME = "head-seen.json"
+LEASE_RECORD_NAME = "lease.json"
 
 
 def iso(ts: float) -> str:
@@ -93,3 +100,40 @@ class HeadWatermark:
         if seen is not None and (head.last_index, head.time) <= (seen.last_index, seen.time):
             return
         write_durably(self.path, json.dumps(asdict(head), sort_keys=True).encode())
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The lease this state dir last held: ``state`` is held, released or lost."""
+
+    holder: str
+    generation: int
+    state: str
+    time: float
+
+    @classmethod
+    def load(cls, state_dir: str | os.PathLike[str]) -> "LeaseRecord | None":
+        path = Path(state_dir) / LEASE_RECORD_NAME
+        doc = _load_json(path)
+        if doc is None:
+            return None
+        try:
+            return cls(str(doc["holder"]), int(doc["generation"]), str(doc["state"]),
+                       float(doc["time"]))
+        except (KeyError, TypeError, ValueError):
+            log.error("%s holds no lease record; ignoring it", path)
+            return None
+
+    @property
+    def last_holder(self) -> bool:
+        """True when no other machine took the lease since, as far as this one knows."""
+        return self.state in ("held", "released")
+
+    def save(self, state_dir: str | os.PathLike[str]) -> None:
+        write_durably(Path(state_dir) / LEASE_RECORD_NAME,
+                      json.dumps(asdict(self), sort_keys=True).encode())
+
+    @classmethod
+    def record(cls, state_dir: str | os.PathLike[str], holder: str, generation: int,
+               state: str) -> None:
+        cls(holder, generation, state, time.time()).save(state_dir)

@@ -15,6 +15,10 @@ Exported (all prefixed `versionfs_`):
   slow_store_fetches_total          blobs read from the slow store (fast-store misses)
   upload_backlog_blobs, upload_backlog_bytes, uploads_total
   snapshots, head_revision, auto_snapshots_taken_total, auto_snapshots_skipped_total
+  background_errors_total{task}     failures of a background task (publish, lease, ...);
+                                    each is also an ERROR/WARNING log line and a status line
+  unpublished_changes, publishing_stopped   the bucket session (1 = stopped for good,
+                                    the mount refuses writes; `status` says why)
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ CACHE_HITS = Counter("versionfs_chunk_cache_hits", "reads served by the decoded-
                      registry=REGISTRY)
 CACHE_MISSES = Counter("versionfs_chunk_cache_misses", "chunk reads that went to the blob store",
                        registry=REGISTRY)
+BACKGROUND_ERRORS = Counter("versionfs_background_errors",
+                            "failures of a background task, by task (each one is retried "
+                            "or shown in status)", ["task"], registry=REGISTRY)
 SLOW_FETCHES = Counter("versionfs_slow_store_fetches",
                        "blobs fetched from the slow store because the fast store lacked them",
                        registry=REGISTRY)
@@ -86,6 +93,10 @@ class _MountCollector:
             if st.get("fast_bytes") is not None:
                 yield GaugeMetricFamily("versionfs_fast_store_bytes", "bytes in the fast store",
                                         value=st["fast_bytes"])
+        cloud = getattr(self.fs, "cloud", None)
+        if cloud is not None:
+            for name, text, value in cloud.gauges():
+                yield GaugeMetricFamily(f"versionfs_{name}", text, value=value)
         if self.scheduler is not None:
             yield CounterMetricFamily("versionfs_auto_snapshots_taken", "automatic snapshots taken",
                                       value=self.scheduler.taken)
