@@ -23,18 +23,11 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from versionfs.cli import ctlclient  # noqa: E402
-
-VERSIONFS = [sys.executable, "-m", "versionfs"]
-MiB = 1 << 20
+from common import (MiB, arg_parser, fmt_time, load_average, native_and_mount, timed,
+                    write_file)
 
 
 @dataclass
@@ -54,24 +47,6 @@ def drop_caches() -> None:
     except OSError as e:
         print(f"warning: cannot drop the page cache ({e.strerror}); reads may be cached",
               file=sys.stderr)
-
-
-def timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
-def write_file(path: Path, blocks: list[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for block in blocks:
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_file(path: Path) -> None:
@@ -138,73 +113,9 @@ def source_tarball(workdir: Path) -> tuple[Path, int]:
     return tarball, count
 
 
-class Mount:
-    def __init__(self, workdir: Path):
-        self.state = workdir / "vfs-state"
-        self.mnt = workdir / "vfs-mnt"
-        self.mnt.mkdir()
-        self.pid: int | None = None
-        subprocess.run([*VERSIONFS, "init", str(self.state)], check=True, stdout=subprocess.DEVNULL)
-
-    def mount(self) -> None:
-        subprocess.run([*VERSIONFS, "mount", str(self.state), str(self.mnt)], check=True,
-                       stdout=subprocess.DEVNULL)
-        self.pid = _daemon_pid(self.mnt)
-
-    def cpu(self) -> float | None:
-        """CPU seconds (user + system) the mount daemon has used so far."""
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def timed(self, fn, *args) -> tuple[float, float | None]:
-        """(wall seconds, daemon CPU seconds) of fn(*args) on the mount."""
-        c0 = self.cpu()
-        t = timed(fn, *args)
-        c1 = self.cpu()
-        return t, (None if c0 is None or c1 is None else c1 - c0)
-
-    def umount(self) -> None:
-        subprocess.run([*VERSIONFS, "umount", str(self.mnt)], check=True)
-
-    def remount(self) -> None:
-        self.umount()
-        self.mount()
-
-    def snapshot(self) -> float:
-        return timed(ctlclient.command, self.mnt, "snapshot")
-
-    def cleanup(self) -> None:
-        if ctlclient.find_mount(self.mnt) is not None:
-            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)])
-
-
-def _daemon_pid(mnt: Path) -> int | None:
-    """The `versionfs mount` process serving mnt (for its CPU time), if found."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in argv and str(mnt).encode() in argv:
-            return int(d.name)
-    return None
-
-
 def run(args: argparse.Namespace) -> list[Row]:
-    workdir = Path(tempfile.mkdtemp(prefix="vfs-bench-", dir=args.workdir))
-    native = workdir / "native"
-    native.mkdir()
-    vfs = Mount(workdir)
     rows: list[Row] = []
-    try:
-        vfs.mount()
+    with native_and_mount(args.workdir, "vfs-bench-", args.keep) as (workdir, native, vfs):
         size = args.size_mib * MiB
         print(f"generating {args.size_mib} MiB of random data ...", file=sys.stderr)
         blocks = [os.urandom(MiB) for _ in range(args.size_mib)]
@@ -219,7 +130,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         print("sequential read, caches dropped ...", file=sys.stderr)
         drop_caches()
         t_native = timed(read_file, native / "big")
-        subprocess.run([*VERSIONFS, "flush", str(vfs.mnt)], check=True, stdout=subprocess.DEVNULL)
+        vfs.flush()
         vfs.remount()
         drop_caches()
         t_vfs, c_vfs = vfs.timed(read_file, vfs.mnt / "big")
@@ -269,18 +180,7 @@ def run(args: argparse.Namespace) -> list[Row]:
                                               str(native / f"copy{n_tree}")])
             rows.append(Row(f"snapshot {n_tree} files (native: cp -al)", t_native, t_vfs,
                             target="<= 50 ms"))
-        vfs.umount()
-    finally:
-        vfs.cleanup()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     return rows
-
-
-def fmt_time(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return f"{t * 1000:.1f} ms" if t < 1 else f"{t:.2f} s"
 
 
 def print_table(rows: list[Row]) -> None:
@@ -299,22 +199,20 @@ def print_table(rows: list[Row]) -> None:
         print(f"{r.name:<40} {nat:>16} {ours:>16} {speed:>8} {cpu:>11}  {r.target}")
     print("\nspeed = native time / versionfs time (1.00x = as fast as the plain directory)")
     print("daemon CPU = user + system CPU time of the mount daemon during the workload")
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
+    print(f"load average at the end: {load_average()} "
           f"on {os.cpu_count()} CPUs")
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workdir", default="/var/tmp", help="where both sides live (same disk)")
+    p = arg_parser(__doc__)
     p.add_argument("--size-mib", type=int, default=1024, help="size of the sequential file")
     p.add_argument("--files", type=int, default=10_000, help="number of small files")
     p.add_argument("--skip-100k", action="store_true", help="skip the 100k-file snapshot")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench/fs.py needs root (FUSE mounts, drop_caches)", file=sys.stderr)
         return 1
-    print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+    print(f"load average at the start: {load_average()}",
           file=sys.stderr)
     print_table(run(args))
     return 0

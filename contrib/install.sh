@@ -41,7 +41,9 @@ if [ "$system" = 1 ]; then
     here=$(pwd)
     ln -sf "$here/.venv/bin/versionfs" /usr/local/bin/versionfs
     install -m 0755 contrib/mount.versionfs /sbin/mount.versionfs
-    install -d /etc/versionfs /var/lib/versionfs
+    # 0700: env files (S3 credentials) and passphrase files live here.
+    install -d -m 0700 /etc/versionfs /var/lib/versionfs
+    chmod 0700 /etc/versionfs /var/lib/versionfs      # also when they already existed
     install -m 0644 contrib/systemd/versionfs@.service /etc/systemd/system/versionfs@.service
     install -d /etc/systemd/user
     install -m 0644 contrib/systemd/user/versionfs@.service /etc/systemd/user/versionfs@.service

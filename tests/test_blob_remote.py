@@ -1,13 +1,10 @@
 """RemoteStore + StoreService over real HTTP on 127.0.0.1, and open_store URLs."""
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 
 import pytest
-from blob_checks import check_named_object_contract
+from blob_checks import ServeStore, check_named_object_contract
 
 from versionfs.blob.blobstore import BlobStore
 from versionfs.blob.codec import Codec
@@ -23,7 +20,8 @@ from versionfs.blob.url import open_store
 
 @pytest.fixture
 def service(tmp_path):
-    svc = StoreService(DirectoryStore(tmp_path / "served"), "s3cret-token")
+    # verify=None: these tests store arbitrary bytes, not codec output
+    svc = StoreService(DirectoryStore(tmp_path / "served"), "s3cret-token", verify=None)
     svc.start_background()
     yield svc
     svc.shutdown()
@@ -104,21 +102,9 @@ def test_open_store_urls(tmp_path, monkeypatch, service):
 
 
 def test_serve_store_main_subprocess(tmp_path):
-    port = free_port()
-    token_file = tmp_path / "token"
-    code = ("import sys; from versionfs.cli.bucket import serve_store; "
-            "sys.exit(serve_store(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, (tmp_path / "store").as_uri(),
-                             "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in line, proc.stderr.read()
-        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
-        remote = open_store(f"http://127.0.0.1:{port}", token_file=str(token_file))
-        key = Pointer.random()
-        remote.put(key, b"served")
-        assert DirectoryStore(tmp_path / "store").get(key) == b"served"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+    with ServeStore(tmp_path) as served:
+        assert oct(served.token_file.stat().st_mode & 0o777) == "0o600"
+        remote = open_store(served.url, token_file=str(served.token_file))
+        key, blob = Codec(None).encode(b"served")      # serve-store keeps only blobs that verify
+        remote.put(key, blob)
+        assert DirectoryStore(tmp_path / "store").get(key) == blob

@@ -16,7 +16,7 @@ def test_defaults_are_valid_and_typed():
     assert cfg["meta.quota_bytes"] == 2 << 30
     assert cfg["store.fast_max_bytes"] == 0
     assert cfg["encryption.enabled"] is False
-    assert cfg.mount["idle_seal_seconds"] == 2.0
+    assert cfg.mount["idle_seal_seconds"] == 5.0
 
 
 def test_round_trip_writes_only_changes(tmp_path):

@@ -7,26 +7,13 @@ import io
 import logging
 import os
 import re
-import urllib.request
 
 import pytest
 
-from history_util import cli_fs, free_port  # noqa: F401  (fixture)
+from history_util import cli_fs, free_port, scrape  # noqa: F401  (fixture)
 from versionfs.common import logs as logsetup
 
 pytestmark = pytest.mark.fuse
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        assert r.status == 200
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def test_metrics_endpoint_answers_and_counters_move(cli_fs):

@@ -14,7 +14,7 @@ _versionfs() {
         cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}
         words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD
     fi
-    local commands="init mount umount snapshot snapshots status flush serve-store demo log diff restore forget gc fsck clone"
+    local commands="init mount umount snapshot snapshots status flush serve-store demo log diff restore forget gc fsck clone key"
 
     if [ "$cword" -eq 1 ]; then
         COMPREPLY=($(compgen -W "$commands --help --version" -- "$cur"))
@@ -23,7 +23,7 @@ _versionfs() {
     local cmd=${words[1]}
     case $prev in
         --slow) COMPREPLY=($(compgen -W "file:// s3://" -- "$cur")); return ;;
-        --passphrase-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --passphrase-file|--new-passphrase-file|--recovery-key-file|--output) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --cipher) COMPREPLY=($(compgen -W "aes-256-gcm chacha20-poly1305" -- "$cur")); return ;;
         -o) COMPREPLY=($(compgen -W "allow_other allow_root default_permissions ro nonempty passphrase_file=" -- "$cur")); return ;;
         --timeout) return ;;
@@ -33,8 +33,8 @@ _versionfs() {
     if [[ $cur == -* ]]; then
         local opts="--help"
         case $cmd in
-            init) opts="--slow --encrypt --cipher --passphrase-file --help" ;;
-            mount) opts="--foreground -o --read-only --passphrase-file --help" ;;
+            init) opts="--slow --encrypt --cipher --passphrase-file --allow-weak-passphrase --help" ;;
+            mount) opts="--foreground -o --read-only --passphrase-file --recovery-key-file --help" ;;
             umount|unmount) opts="--timeout --lazy --help" ;;
             status) opts="--json --help" ;;
             flush) opts="--timeout --help" ;;
@@ -45,13 +45,20 @@ _versionfs() {
             forget) opts="--state --passphrase-file --dry-run --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly --keep-within --keep-named --help" ;;
             gc) opts="--state --passphrase-file --dry-run --full --help" ;;
             fsck) opts="--read-data --repair --passphrase-file --quiet --help" ;;
-            clone) opts="--passphrase-file --quiet --help" ;;
+            clone) opts="--passphrase-file --recovery-key-file --quiet --help" ;;
+            key) opts="--passphrase-file --recovery-key-file --new-passphrase-file --allow-weak-passphrase --output --help" ;;
         esac
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
         return
     fi
     case $cmd in
         init|mount|demo|fsck) COMPREPLY=($(compgen -d -- "$cur")) ;;
+        key)
+            if [ "$cword" -eq 2 ]; then
+                COMPREPLY=($(compgen -W "passwd export" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -d -- "$cur"))
+            fi ;;
         clone)
             if [ "$cword" -eq 2 ]; then
                 COMPREPLY=($(compgen -W "file:// s3://" -- "$cur"))

@@ -3,9 +3,10 @@
 Modules, bottom up: ``pointer`` (Pointer, Null), ``errors``, ``store`` (the
 Store ABC over raw stored bytes), ``files``/``disk``/``directory`` (local
 stores), ``s3`` (S3Bucket named objects with conditional writes, S3Store),
-``remote`` (RemoteStore + StoreService over HTTP), ``journal`` + ``paired``
-(the fast/slow write-back pair), ``keys`` + ``codec`` (format byte, zstd,
-AEAD, keyed pointers), ``blobstore`` (plaintext in, verified plaintext out),
+``remote`` (RemoteStore + StoreService over HTTP), ``journal`` + ``copies``
++ ``paired`` (the fast/slow write-back pair, judging copies with a verifier),
+``keys`` + ``codec`` (format byte, zstd, AEAD, keyed pointers, verification),
+``blobstore`` (plaintext in, verified plaintext out; installs the verifier),
 ``url`` (open_store). Nothing here imports ``versionfs.meta`` or ``versionfs.fs``.
 """
 

@@ -16,11 +16,20 @@ class BlobStore:
     If a read fails verification and the store can fetch a second copy
     (``Paired.refetch``: the fast copy is bad but the slow one may be good),
     the blob is repaired from it; otherwise CorruptBlobError names the pointer.
+
+    A BlobStore is where a codec meets a store, so it hands the store the
+    codec's verifier (``set_verifier``, where the store has one): a Paired
+    store keeps codec output it cannot judge by itself, and with the verifier
+    it never uploads, or trusts on a re-put, a copy that does not verify.
+    Reads are verified here, by decoding, and not again in the store.
     """
 
     def __init__(self, store: Store, codec: Codec):
         self.store = store
         self.codec = codec
+        install = getattr(store, "set_verifier", None)
+        if install is not None:
+            install(codec.verify)
 
     def put(self, plaintext) -> Pointer:
         pointer, stored = self.codec.encode(plaintext)

@@ -10,6 +10,9 @@ Stored layout (big-endian)::
     0x12 AEAD+zstd    as 0x11, over the zstd frame
     0x13 AEAD         as 0x11 with ChaCha20-Poly1305
     0x14 AEAD+zstd    as 0x12 with ChaCha20-Poly1305
+    0x15 padded AEAD  payload = nonce[12] | AES-256-GCM(padded)
+    0x16 padded AEAD  as 0x15 with ChaCha20-Poly1305
+         padded = packed u8 (1: zstd frame) | data length u32 | data | zeros
     0x21 sealed plain payload = data | SHA-256(context, header, data)
     0x22 sealed AEAD  payload = nonce[12] | AES-256-GCM(data)   (AAD: header, context)
     0x23 sealed AEAD  as 0x22 with ChaCha20-Poly1305
@@ -25,6 +28,17 @@ header and the pointer (a blob copied under another name fails). Nonces are
 random: at 2^32 blobs per key the collision risk is 2^-33, far beyond a home
 directory's life. zstd is used only when it saves at least 1/32 of the size,
 so incompressible data costs one fast zstd pass and no decompression later.
+
+Encrypted blobs are written padded (0x15/0x16; 0x11-0x14 are still read): the
+stored size is a Padmé size class (`padded_size`: at most ~12% larger, about
+3% at 1 MiB, and never below `MIN_STORED`), with the padding and whether zstd
+was used inside the AEAD. A stored size then tells a content-defined chunk's
+length only to within its class, and a small file's size only to within
+`MIN_STORED` (a 4-byte file used to be a 37-byte blob). Together with keyed
+chunking (versionfs.fs.chunking, seeded by `Codec.chunking_seed`) this is what
+keeps a bucket listing from confirming a known file (README, "What the bucket
+reveals"). Unencrypted blobs stay unpadded: their names are content hashes,
+which reveal more than any size.
 """
 
 from __future__ import annotations
@@ -51,17 +65,21 @@ FMT_AEAD = 0x11
 FMT_AEAD_ZSTD = 0x12
 FMT_CHACHA = 0x13
 FMT_CHACHA_ZSTD = 0x14
+FMT_PAD_AEAD = 0x15
+FMT_PAD_CHACHA = 0x16
 FMT_SEAL_PLAIN = 0x21
 FMT_SEAL_AEAD = 0x22
 FMT_SEAL_CHACHA = 0x23
 
-# cipher name -> (AEAD class, blob format, compressed blob format, seal format)
+# cipher name -> (AEAD class, padded blob format, seal format)
 CIPHERS = {
-    "aes-256-gcm": (AESGCM, FMT_AEAD, FMT_AEAD_ZSTD, FMT_SEAL_AEAD),
-    "chacha20-poly1305": (ChaCha20Poly1305, FMT_CHACHA, FMT_CHACHA_ZSTD, FMT_SEAL_CHACHA),
+    "aes-256-gcm": (AESGCM, FMT_PAD_AEAD, FMT_SEAL_AEAD),
+    "chacha20-poly1305": (ChaCha20Poly1305, FMT_PAD_CHACHA, FMT_SEAL_CHACHA),
 }
+# format -> (cipher, packed); packed None: the padded layout says it.
 _BLOB_AEAD = {FMT_AEAD: ("aes-256-gcm", False), FMT_AEAD_ZSTD: ("aes-256-gcm", True),
-              FMT_CHACHA: ("chacha20-poly1305", False), FMT_CHACHA_ZSTD: ("chacha20-poly1305", True)}
+              FMT_CHACHA: ("chacha20-poly1305", False), FMT_CHACHA_ZSTD: ("chacha20-poly1305", True),
+              FMT_PAD_AEAD: ("aes-256-gcm", None), FMT_PAD_CHACHA: ("chacha20-poly1305", None)}
 _SEAL_AEAD = {FMT_SEAL_AEAD: "aes-256-gcm", FMT_SEAL_CHACHA: "chacha20-poly1305"}
 
 _HEADER = struct.Struct(">BI")
@@ -71,9 +89,40 @@ TAG_SIZE = 16
 MAX_BLOB = 0xFFFFFFFF
 # Data this small is not worth a zstd frame.
 MIN_COMPRESS = 128
+# Most bytes one zstd payload may decompress to: twice the chunker's largest
+# chunk (fs.sealing.CHUNK_MAX, 4 MiB), leaving room for padding. A zstd frame
+# can claim or produce gigabytes from a few kilobytes (a decompression bomb
+# planted in an unencrypted bucket), so decode checks the claimed size before
+# allocating and stops at this many bytes; bigger plaintexts are stored raw.
+MAX_DECOMPRESSED = 8 << 20
 # Chunks at least this big are probed with samples before a whole zstd pass.
 PROBE_MIN = 256 << 10
 PROBE_BYTES = 16 << 10
+# Inside a padded blob: packed u8 | data length u32.
+_PAD_HEAD = struct.Struct(">BI")
+_AEAD_OVERHEAD = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
+# The smallest stored size of an encrypted blob: every chunk or file whose
+# payload is under ~470 bytes looks the same.
+MIN_STORED = 512
+
+
+def padme(n: int) -> int:
+    """Padmé (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files
+    and Communication with PURBs", PETS 2019): round ``n`` up so that only its
+    top ~log2(log2(n)) + 1 bits may be non-zero. Leaks O(log log n) bits of
+    the length at most ~12% overhead (less for bigger sizes)."""
+    if n < 2:
+        return n
+    e = n.bit_length() - 1                  # floor(log2 n)
+    mask = (1 << (e - e.bit_length())) - 1  # e.bit_length() = floor(log2 e) + 1
+    return (n + mask) & ~mask
+
+
+def padded_size(payload: int) -> int:
+    """Stored size of an encrypted blob whose (maybe compressed) payload has
+    ``payload`` bytes: a Padmé class, at least MIN_STORED."""
+    need = _AEAD_OVERHEAD + _PAD_HEAD.size + payload
+    return max(need, min(padme(max(need, MIN_STORED)), HEADER_SIZE + MAX_BLOB))
 
 
 def _subkey(master: bytes, purpose: bytes) -> bytes:
@@ -103,7 +152,8 @@ class Codec:
             blob_key, seal_key = _subkey(master_key, b"blob"), _subkey(master_key, b"seal")
             self._blob_aead = {name: c[0](blob_key) for name, c in CIPHERS.items()}
             self._seal_aead = {name: c[0](seal_key) for name, c in CIPHERS.items()}
-            _, self._fmt_raw, self._fmt_zstd, self._fmt_seal = CIPHERS[cipher]
+            _, self._fmt_blob, self._fmt_seal = CIPHERS[cipher]
+            self._chunking_seed = int.from_bytes(_subkey(master_key, b"chunking"), "big")
 
     @classmethod
     def from_wrapped_key(cls, wrapped: bytes, passphrase: str | bytes, **kw) -> "Codec":
@@ -124,7 +174,7 @@ class Codec:
 
     def _maybe_compress(self, data) -> tuple[bool, bytes]:
         n = len(data)
-        if self.compression_level <= 0 or n < MIN_COMPRESS:
+        if self.compression_level <= 0 or n < MIN_COMPRESS or n > MAX_DECOMPRESSED:
             return False, data
         if n >= PROBE_MIN and not self._probe_pays(data):
             return False, data
@@ -146,6 +196,12 @@ class Codec:
                 return True
         return False
 
+    def chunking_seed(self) -> int | None:
+        """A 256-bit secret for keyed content-defined chunking (its own HKDF
+        context, so it reveals nothing about the other keys), or None when
+        not encrypted: plain filesystems chunk unkeyed, for dedup."""
+        return self._chunking_seed if self.encrypted else None
+
     # -- blobs -----------------------------------------------------------------
     def pointer_for(self, plaintext) -> Pointer:
         if self.encrypted:
@@ -160,14 +216,28 @@ class Codec:
         if not self.encrypted:
             fmt = FMT_PLAIN_ZSTD if packed else FMT_PLAIN
             return pointer, b"".join((_HEADER.pack(fmt, len(payload)), payload))
-        fmt = self._fmt_zstd if packed else self._fmt_raw
-        header = _HEADER.pack(fmt, NONCE_SIZE + len(payload) + TAG_SIZE)
+        stored_size = padded_size(len(payload))
+        header = _HEADER.pack(self._fmt_blob, stored_size - HEADER_SIZE)
+        padding = bytes(stored_size - _AEAD_OVERHEAD - _PAD_HEAD.size - len(payload))
+        inner = b"".join((_PAD_HEAD.pack(packed, len(payload)), payload, padding))
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._blob_aead[self.cipher].encrypt(nonce, payload, header + pointer.bytes)
+        sealed = self._blob_aead[self.cipher].encrypt(nonce, inner, header + pointer.bytes)
         return pointer, b"".join((header, nonce, sealed))
 
     def decode(self, pointer: Pointer, stored) -> bytes:
         """Plaintext of ``stored``, verified against ``pointer``."""
+        return self._open_blob(pointer, stored, unpack=True)
+
+    def verify(self, pointer: Pointer, stored) -> None:
+        """CorruptBlobError unless ``stored`` is a good copy of ``pointer``'s blob.
+
+        What a store is given to check copies before trusting or propagating
+        them (``Paired.set_verifier``). An AEAD blob is checked by its tag alone:
+        the tag covers the compressed payload, so decompressing adds nothing.
+        """
+        self._open_blob(pointer, stored, unpack=False)
+
+    def _open_blob(self, pointer: Pointer, stored, unpack: bool) -> bytes | None:
         ptr = pointer.hex()
         what = f"blob {ptr}"
         fmt, payload = _split(stored, what, ptr)
@@ -189,14 +259,30 @@ class Codec:
             except (InvalidTag, ValueError):
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
                                        "under another name)", ptr) from None
+            if not unpack:
+                return None
+            if packed is None:
+                packed, payload = _unpad(payload, what, ptr)
             return self._unpack(payload, what, ptr) if packed else payload
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
 
     def _unpack(self, payload, what: str, pointer_hex: str) -> bytes:
+        """Decompress at most MAX_DECOMPRESSED bytes: a frame claiming more is refused
+        before anything is allocated (zstd would trust the claim), one not saying
+        its size is cut off there."""
+        too_big = CorruptBlobError(f"{what}: decompresses to more than {MAX_DECOMPRESSED} "
+                                   "bytes, more than any blob versionfs writes (a "
+                                   "decompression bomb?)", pointer_hex)
         try:
-            return self._decompressor().decompress(payload)
+            if zstandard.frame_content_size(payload) > MAX_DECOMPRESSED:
+                raise too_big
+            with self._decompressor().stream_reader(payload) as reader:
+                plaintext = reader.read(MAX_DECOMPRESSED + 1)
         except zstandard.ZstdError as exc:
             raise CorruptBlobError(f"{what}: bad zstd data: {exc}", pointer_hex) from None
+        if len(plaintext) > MAX_DECOMPRESSED:
+            raise too_big
+        return plaintext
 
     def _need_key(self, what: str) -> None:
         if not self.encrypted:
@@ -236,6 +322,34 @@ class Codec:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
                                        "for another context)") from None
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
+
+
+_KEYLESS = Codec(None)
+
+
+def check_without_key(pointer: Pointer, stored) -> None:
+    """CorruptBlobError unless ``stored`` may be a good copy of ``pointer``'s blob,
+    judged without the key, as a store server must: the length field always
+    (a cut-off body fails), the content itself for unencrypted blobs; an AEAD
+    blob's tag needs the key, so only its shape is checked."""
+    fmt, payload = _split(stored, f"blob {pointer.hex()}", pointer.hex())
+    if fmt in _BLOB_AEAD:
+        if len(payload) < NONCE_SIZE + TAG_SIZE:
+            raise TruncatedBlobError(f"blob {pointer.hex()}: {len(payload)} payload bytes "
+                                     "cannot hold a nonce and a tag", pointer.hex())
+        return
+    _KEYLESS.verify(pointer, stored)
+
+
+def _unpad(inner: bytes, what: str, pointer_hex: str) -> tuple[bool, bytes]:
+    """(packed, payload) of an authenticated padded plaintext."""
+    if len(inner) < _PAD_HEAD.size:
+        raise CorruptBlobError(f"{what}: padded blob too short for its length field", pointer_hex)
+    packed, length = _PAD_HEAD.unpack_from(inner)
+    end = _PAD_HEAD.size + length
+    if packed > 1 or end > len(inner):
+        raise CorruptBlobError(f"{what}: bad padded layout", pointer_hex)
+    return bool(packed), inner[_PAD_HEAD.size:end]
 
 
 def _seal_digest(header: bytes, data, context: bytes) -> bytes:

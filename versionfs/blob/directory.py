@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import NotFoundError, PreconditionFailedError
-from .files import TEMP_PREFIX, FanOutStore, atomic_write, fsync_dir, read_file
+from .files import DIR_MODE, FILE_MODE, TEMP_PREFIX, FanOutStore, atomic_write, fsync_dir, read_file
 from .store import Buffer
 
 LOCK_NAME = ".lock"
@@ -28,6 +28,8 @@ class DirectoryStore(FanOutStore):
 
     def __init__(self, path: str | os.PathLike):
         self.base = Path(path)
+        if not self.base.exists():                 # ours: private wherever it lives
+            self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         super().__init__(self.base / "blobs")
         self.bucket = DirectoryBucket(self.base)
 
@@ -50,7 +52,7 @@ class DirectoryBucket:
 
     def __init__(self, path: str | os.PathLike):
         self.root = Path(path)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name:
@@ -62,7 +64,7 @@ class DirectoryBucket:
 
     @contextlib.contextmanager
     def _locked(self):
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -70,7 +72,7 @@ class DirectoryBucket:
             os.close(fd)
 
     def _write(self, path: Path, data: Buffer) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         atomic_write(str(path), data)
         return _etag(bytes(data))
 

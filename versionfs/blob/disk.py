@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from collections import OrderedDict
 from typing import Callable, Iterable
 
-from .errors import NotFoundError, StoreFullError
+from .errors import CorruptBlobError, NotFoundError, StoreFullError
 from .files import FanOutStore, _io_pool, _unlink_quietly, fdatasync_path, fsync_dir, read_file
 from .pointer import Pointer, as_pointer
 from .store import Buffer
+
+log = logging.getLogger(__name__)
 
 # A temp file older than this was left by a crash, not by a writer still at work.
 STALE_TEMP_SECONDS = 600
@@ -31,6 +34,14 @@ class DiskStore(FanOutStore):
     verified one level up: BlobStore.get decodes against the pointer (hash or
     AEAD tag) and, under a Paired store, replaces a bad fast copy from slow.
 
+    A file under a blob's name is not trusted to be the blob (a copy cached
+    without fsync may be short after a power cut; a disk may rot): a put of a
+    blob the store already has checks the stored copy with the verifier the
+    Paired store hands on (``set_verifier``; without one, by its size) and
+    replaces a copy that fails, logged at WARNING and counted in
+    ``damaged_copies``. Otherwise a re-put would keep the damaged copy, and
+    the upload that follows would send it over the slow store's good one.
+
     Deferred durability (``put_many_deferred`` + ``sync_deferred``): a writer
     that stores many blobs before it needs any of them durable (a seal of a
     64 MiB slice) writes each to its temp file without fsync, and one barrier
@@ -49,6 +60,9 @@ class DiskStore(FanOutStore):
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._guard: Callable[[Pointer], bool] = lambda key: False
+        self._verify: Callable[[Pointer, Buffer], None] | None = None
+        self._on_replaced: Callable[[Pointer], None] = lambda key: None
+        self.damaged_copies = 0     # stored copies found damaged by a re-put, and replaced
         self._index: OrderedDict[Pointer, int] = OrderedDict()
         self._used = 0
         self._staged: dict[Pointer, str] = {}     # key -> temp path, until sync_deferred
@@ -64,6 +78,15 @@ class DiskStore(FanOutStore):
     def set_eviction_guard(self, keep: Callable[[Pointer], bool]) -> None:
         """``keep(key)`` true means: never evict this blob (e.g. upload pending)."""
         self._guard = keep
+
+    def set_verifier(self, verify: Callable[[Pointer, Buffer], None],
+                     on_replaced: Callable[[Pointer], None] | None = None) -> None:
+        """``verify(key, stored)`` raises CorruptBlobError unless ``stored`` is a
+        good copy of ``key``'s blob; a re-put checks the stored copy with it, and
+        calls ``on_replaced(key)`` before it replaces a damaged one."""
+        self._verify = verify
+        if on_replaced is not None:
+            self._on_replaced = on_replaced
 
     def _remove_stale_temp(self, path: str) -> None:
         try:
@@ -141,11 +164,12 @@ class DiskStore(FanOutStore):
 
     def _put(self, items: Iterable[tuple[Pointer, Buffer]], sync: bool,
              defer: bool = False) -> None:
+        items = [(as_pointer(key), data) for key, data in items]
+        damaged = self._drop_damaged(items)
         new: dict[Pointer, Buffer] = {}
         barrier = False
         with self._lock:
             for key, data in items:
-                key = as_pointer(key)
                 if key in self._index:
                     self._index.move_to_end(key)
                     barrier = barrier or (sync and key in self._staged)
@@ -181,7 +205,7 @@ class DiskStore(FanOutStore):
                 for key, temp in temps.items():
                     if key in self._staged:
                         _unlink_quietly(temp)   # staged by a concurrent put
-                    elif os.path.exists(self.path_for(key)):
+                    elif key not in damaged and os.path.exists(self.path_for(key)):
                         _unlink_quietly(temp)   # a durable concurrent put won
                     else:
                         self._staged[key] = temp
@@ -189,9 +213,56 @@ class DiskStore(FanOutStore):
             self.sync_deferred()
 
     def cache_put(self, key: Pointer, data: Buffer) -> None:
-        """Put a copy of a blob that is safe elsewhere: no fsync (a torn copy
-        after a crash fails verification and is fetched again)."""
+        """Put a copy of a blob that is safe elsewhere, without fsync.
+
+        Cache fills are verified on use rather than made durable: every read
+        from the bucket (all of them after a clone) would otherwise pay an
+        fsync, and a torn copy left by a power cut is harmless because nothing
+        trusts a fast copy unverified: a read decodes it (and refetches it),
+        a re-put checks it (and replaces it), an upload verifies it (and never
+        sends it).
+        """
         self._put(((key, data),), sync=False)
+
+    def _drop_damaged(self, items: list[tuple[Pointer, Buffer]]) -> set[Pointer]:
+        """The keys of ``items`` whose copy under the final name is damaged or
+        gone; they leave the index, so the put writes them anew (class doc)."""
+        with self._lock:
+            stored = {key: data for key, data in items
+                      if key in self._index and key not in self._staged}
+        damaged = {}
+        for key, data in stored.items():
+            problem = self._copy_problem(key, data)
+            if problem is not None:
+                damaged[key] = problem
+        if not damaged:
+            return set()
+        with self._lock:
+            for key in damaged:
+                size = self._index.pop(key, None)
+                if size is not None:
+                    self._used -= size
+            self.damaged_copies += len(damaged)
+        for key, problem in damaged.items():
+            log.warning("fast store %s: the stored copy of blob %s is damaged (%s); "
+                        "replacing it with the copy being put", self.root, key.hex(), problem)
+            self._on_replaced(key)
+        return set(damaged)
+
+    def _copy_problem(self, key: Pointer, data: Buffer) -> str | None:
+        """Why the stored copy of ``key`` cannot be trusted, or None if it can."""
+        path = self.path_for(key)
+        try:
+            if self._verify is None:
+                size = os.stat(path).st_size
+                want = memoryview(data).nbytes
+                return None if size == want else f"{size} bytes stored, {want} put"
+            self._verify(key, read_file(path))
+            return None
+        except (FileNotFoundError, NotFoundError):
+            return "missing"
+        except CorruptBlobError as exc:
+            return str(exc)
 
     def _unstage(self, keys: list[Pointer]) -> None:
         """Drop staged blobs (deleted before their barrier): their temps go too."""

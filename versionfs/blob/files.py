@@ -22,6 +22,9 @@ from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
 
 TEMP_PREFIX = ".tmp-"
+# Blobs are for the store's owner only, whatever the umask (a file:// slow store
+# may live outside the private state dir).
+FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -56,7 +59,7 @@ def write_temp(directory: str, data: Buffer, *, sync: bool = True,
     little left to do: the disk works while the caller goes on hashing.
     """
     temp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         view = memoryview(data).cast("B")
         while view:
@@ -161,7 +164,7 @@ class FanOutStore(Store):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreUnavailableError(f"cannot create store directory {self.root}: {exc}") from exc
         self._root_str = str(self.root)
@@ -191,7 +194,7 @@ class FanOutStore(Store):
             dirs = [os.path.join(self._root_str, f"{i:02x}") for i in range(256)]
             for d in dirs:
                 try:
-                    os.mkdir(d)
+                    os.mkdir(d, DIR_MODE)
                     made = True
                 except FileExistsError:
                     pass

@@ -14,13 +14,21 @@ kdf 1 = Argon2id (p1 memory KiB, p2 iterations, p3 lanes);
 kdf 2 = scrypt (p1 log2 N, p2 r, p3 p). The trailing digest is not secret: it
 tells a damaged key file (CorruptBlobError) apart from a wrong passphrase
 (WrongPassphraseError), which a bare AEAD failure cannot.
+
+A recovery key is the master key itself, printable: version, the
+filesystem's id (16 bytes) and the key, then 4 bytes of SHA-256 so a typo is
+caught, in base32 groups of five (``encode_recovery_key``). It opens the
+filesystem without the passphrase and, since changing the passphrase only
+re-wraps the same master key, it stays valid for the filesystem's lifetime.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import struct
+from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -102,3 +110,50 @@ def unwrap_key(wrapped: bytes, passphrase: str | bytes) -> bytes:
         return AESGCM(kek).decrypt(nonce, body[_HEAD.size:], body[:_HEAD.size])
     except InvalidTag:
         raise WrongPassphraseError("wrong passphrase: it does not unlock this filesystem's key") from None
+
+
+# --- recovery keys -------------------------------------------------------------
+
+_RECOVERY_VERSION = 1
+_RECOVERY_SIZE = 1 + 16 + MASTER_KEY_SIZE + 4
+RECOVERY_GROUP = 5
+
+
+@dataclass(frozen=True)
+class RecoveryKey:
+    """A master key as the user keeps it, bound to one filesystem's id (hex)."""
+
+    fs_id: str
+    master: bytes
+
+    def __repr__(self) -> str:                   # never print the key by accident
+        return f"RecoveryKey(fs_id={self.fs_id!r})"
+
+
+def encode_recovery_key(master: bytes, fs_id: str) -> str:
+    """``master`` of filesystem ``fs_id`` (32 hex digits) as printable groups."""
+    if len(master) != MASTER_KEY_SIZE:
+        raise ValueError(f"a master key is {MASTER_KEY_SIZE} bytes, got {len(master)}")
+    body = bytes([_RECOVERY_VERSION]) + bytes.fromhex(fs_id) + master
+    text = base64.b32encode(body + hashlib.sha256(body).digest()[:4]).decode().rstrip("=")
+    return "-".join(text[i:i + RECOVERY_GROUP] for i in range(0, len(text), RECOVERY_GROUP))
+
+
+def decode_recovery_key(text: str) -> RecoveryKey:
+    """Inverse of ``encode_recovery_key``; spaces, dashes and case do not matter.
+
+    A mistyped key is a CorruptBlobError (the checksum), never a wrong key.
+    """
+    letters = "".join(ch for ch in text.upper() if ch.isalnum())
+    try:
+        raw = base64.b32decode(letters + "=" * (-len(letters) % 8))
+    except ValueError:
+        raise CorruptBlobError("not a versionfs recovery key (letters A-Z and digits 2-7 "
+                               "in groups)") from None
+    if len(raw) != _RECOVERY_SIZE or raw[0] != _RECOVERY_VERSION:
+        raise CorruptBlobError(f"not a versionfs recovery key ({len(letters)} characters; "
+                               f"a recovery key has {-(-_RECOVERY_SIZE * 8 // 5)})")
+    body, check = raw[:-4], raw[-4:]
+    if hashlib.sha256(body).digest()[:4] != check:
+        raise CorruptBlobError("the recovery key is mistyped (its checksum does not match)")
+    return RecoveryKey(body[1:17].hex(), body[17:])

@@ -23,6 +23,16 @@ Invariants:
   fast store made them durable, so the journal never lists a blob the fast
   store could lose. Such blobs are pinned from the put and uploaded after the
   barrier; ``flush``, ``wait_durable`` and ``close`` run a barrier first.
+- Nothing is uploaded that does not verify against its pointer: the pair keeps
+  codec output it cannot judge, so BlobStore gives it the codec's verifier
+  (``set_verifier``), which it hands on to the fast store. A fast copy that
+  fails counts as absent: a WARNING, ``damaged_fast_copies`` in ``status``,
+  replaced from slow on a read and by a re-put, never sent.
+- A blob is marked done only once the slow store holds a good copy; without
+  one to send it stays pending (retried, so writing the same content again
+  repairs it) and is reported: ERROR, ``last_error``, ``unuploadable``.
+- Upload workers never die silently: an error no retry covers (a journal
+  write) is an ERROR, ``last_error`` and ``upload_errors``; the worker goes on.
 """
 
 from __future__ import annotations
@@ -34,10 +44,11 @@ import time
 from collections import OrderedDict, deque
 from typing import Iterable, Iterator
 
-from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from .errors import (BlobError, NotFoundError, ReadOnlyError, StoreFullError,
-                     StoreUnavailableError)
+from .copies import CopyCheck, Verifier
+from .errors import (BlobError, CorruptBlobError, NotFoundError, ReadOnlyError,
+                     StoreFullError, StoreUnavailableError)
 from .journal import UploadJournal
 from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
@@ -47,6 +58,18 @@ log = logging.getLogger(__name__)
 
 class _Closed(Exception):
     """The pair is closing; an upload in progress stays in the journal."""
+
+
+class _Deleted(Exception):
+    """The blob being uploaded is being deleted; its upload is abandoned."""
+
+
+class NoGoodCopyError(BlobError):
+    """A journaled blob has no good copy to upload and the slow store lacks it."""
+
+    def __init__(self, message: str, key: Pointer):
+        super().__init__(message)
+        self.key = key
 
 
 class Paired(Store):
@@ -67,12 +90,16 @@ class Paired(Store):
         self._journaled: set[Pointer] = set()
         self._queue: deque[Pointer] = deque()
         self._in_flight: set[Pointer] = set()
+        self._deleting: set[Pointer] = set()      # delete_many waits for their uploads
         self._deferred: dict[Pointer, int] = {}   # put, not yet journaled (no barrier yet)
         self._barrier_lock = threading.Lock()
         self._workers: list[threading.Thread] = []
         self._uploaded = 0
         self._last_ok: float | None = None
         self._last_error: str | None = None
+        self._copies = CopyCheck()
+        self._errors = 0                           # worker errors outside the retries
+        self._unuploadable: dict[Pointer, str] = {}  # pending, no good copy anywhere: why
         self._journal: UploadJournal | None = None
         if journal_path is not None:
             self._journal = UploadJournal(journal_path)
@@ -83,6 +110,15 @@ class Paired(Store):
         guard = getattr(fast, "set_eviction_guard", None)
         if guard is not None:
             guard(self.is_pending)
+
+    def set_verifier(self, verify: Verifier) -> None:
+        """``verify(key, stored)`` raises CorruptBlobError unless ``stored`` is a
+        good copy of ``key``'s blob (``Codec.verify``); handed on to the fast
+        store so that a re-put replaces a damaged copy instead of trusting it."""
+        self._copies.verify = verify
+        hand_on = getattr(self.fast, "set_verifier", None)
+        if hand_on is not None:
+            hand_on(verify, self._copies.note_replaced)
 
     def __repr__(self) -> str:
         return f"Paired({self.fast!r}, {self.slow!r})"
@@ -170,6 +206,10 @@ class Paired(Store):
                 "uploaded_count": self._uploaded,
                 "last_upload_ok": self._last_ok,
                 "last_error": self._last_error,
+                "damaged_fast_copies": (self._copies.damaged
+                                        + getattr(self.fast, "damaged_copies", 0)),
+                "unuploadable": len(self._unuploadable),
+                "upload_errors": self._errors,
                 "fast_bytes": getattr(self.fast, "used_bytes", None),
                 "fast_limit": getattr(self.fast, "max_bytes", None),
             }
@@ -307,22 +347,40 @@ class Paired(Store):
         except (BlobError, OSError) as exc:
             raise StoreUnavailableError(f"blob {key.hex()}: slow store failed: {exc}") from exc
 
-    def _cache(self, key: Pointer, data: bytes) -> None:
-        """Copy a blob fetched from slow into fast; a cache fill needs no fsync."""
-        put = getattr(self.fast, "cache_put", self.fast.put)
+    def _cache(self, key: Pointer, data: bytes, durable: bool = False) -> None:
+        """Copy a blob fetched from slow into fast. A cache fill needs no fsync
+        (DiskStore.cache_put says why), unless it replaces the copy of a pending
+        blob, which its journal record relies on."""
+        put = self.fast.put if durable else getattr(self.fast, "cache_put", self.fast.put)
         try:
             put(key, data)
         except (StoreFullError, OSError) as exc:
             log.debug("not caching %s: %s", key.hex(), exc)
 
     def refetch(self, key: Pointer) -> bytes:
-        """Replace a fast copy that failed verification with the slow copy."""
+        """The slow copy of a blob whose fast copy failed verification on a read
+        (BlobStore.get): the fast copy counts as absent and is replaced by the
+        slow one once that verifies (without a verifier, only if the blob is not
+        pending: the fast copy may then be its only one)."""
         key = as_pointer(key)
+        self._copies.note_damaged(key, "failed verification on a read")
         data = self._slow_get(key)
-        if not self.is_pending(key):
+        problem = self._copies.problem(key, data)
+        if problem is not None:
+            self._fail(f"blob {key.hex()} is unreadable: its fast copy and the slow store's "
+                       f"copy both fail verification ({problem})")
+            raise CorruptBlobError(self._last_error, key.hex())
+        if self._copies.verify is not None or not self.is_pending(key):
             self.fast.delete(key)
-            self._cache(key, data)
+            self._cache(key, data, durable=self.is_pending(key))
         return data
+
+    def _fail(self, message: str) -> None:
+        """Report an error no retry covers: ``last_error``, an ERROR, a count."""
+        with self._cond:
+            self._last_error = message
+            self._errors += 1
+        log.error(message)
 
     def delete(self, key: Pointer) -> None:
         self.delete_many([key])
@@ -333,13 +391,20 @@ class Paired(Store):
             raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
         keys = [as_pointer(k) for k in keys]
         with self._cond:
-            for key in keys:
-                self._cond.wait_for(lambda: key not in self._in_flight)
-                if self._pending.pop(key, None) is not None:
-                    if key in self._journaled:
-                        self._journaled.discard(key)
-                        self._journal.done(key)
-                    self._cond.notify_all()
+            self._deleting.update(keys)         # an upload retrying one of them gives up
+            self._cond.notify_all()
+            try:
+                for key in keys:
+                    self._cond.wait_for(lambda: key not in self._in_flight)
+                    self._copies.forget(key)
+                    if self._pending.pop(key, None) is not None:
+                        self._unuploadable.pop(key, None)
+                        if key in self._journaled:
+                            self._journaled.discard(key)
+                            self._record_done(key)
+                        self._cond.notify_all()
+            finally:
+                self._deleting.difference_update(keys)
         self.slow.delete_many(keys)
         self.fast.delete_many(keys)
 
@@ -369,80 +434,145 @@ class Paired(Store):
                 self._in_flight.add(key)
             try:
                 self._upload(key)
-            except _Closed:
+            except (_Closed, _Deleted) as exc:
                 with self._cond:
                     self._in_flight.discard(key)
                     self._cond.notify_all()
-                return
-            with self._cond:
-                self._in_flight.discard(key)
-                if self._pending.pop(key, None) is not None:
-                    self._journaled.discard(key)
-                    self._journal.done(key)
-                self._uploaded += 1
-                self._last_ok = time.time()
-                if self._journal.needs_compaction(len(self._pending)):
-                    # Every pending key, journaled or about to be: a put whose record
-                    # went to the old file must not lose it to the rewrite.
-                    self._journal.compact(self._pending.items())
-                self._cond.notify_all()
+                if isinstance(exc, _Closed):
+                    return
+                continue
+            self._finish(key)
+
+    def _finish(self, key: Pointer) -> None:
+        """An upload is durable on slow: unpin it and record it done.
+
+        Under the lock, so that a new put of the same blob (which pins it again
+        under the lock) writes its put record after this done record.
+        """
+        self._copies.forget(key)
+        with self._cond:
+            self._in_flight.discard(key)
+            self._unuploadable.pop(key, None)
+            if self._pending.pop(key, None) is not None:
+                self._journaled.discard(key)
+                self._record_done(key)
+            self._uploaded += 1
+            self._last_ok = time.time()
+            self._maybe_compact()
+            self._cond.notify_all()
+
+    def _record_done(self, key: Pointer) -> None:
+        """A lost done record only means one more upload after a restart."""
+        try:
+            self._journal.done(key)
+        except OSError as exc:
+            self._fail(f"upload journal {self._journal.path}: cannot record that blob "
+                       f"{key.hex()} is uploaded ({exc}); it will be uploaded again "
+                       "after a restart")
+
+    def _maybe_compact(self) -> None:
+        if not self._journal.needs_compaction(len(self._pending)):
+            return
+        try:
+            # Every pending key, journaled or about to be: a put whose record
+            # went to the old file must not lose it to the rewrite.
+            self._journal.compact(self._pending.items())
+        except OSError as exc:
+            self._fail(f"upload journal {self._journal.path}: compaction failed ({exc}); "
+                       "it is tried again later")
 
     def _upload(self, key: Pointer) -> None:
         """Copy one blob to slow, retrying with exponential backoff until it works."""
         try:
-            for attempt in self._retrying():
+            for attempt in self._retrying(key):
                 with attempt:
                     self._upload_once(key)
         except Exception:
             if self._stop.is_set():
                 raise _Closed() from None
+            if key in self._deleting:
+                raise _Deleted() from None
             raise
 
-    def _retrying(self) -> Retrying:
-        """Retry forever with capped exponential backoff; only closing stops it
-        (the sleep is the stop event's wait, so close() interrupts a backoff)."""
+    def _retrying(self, key: Pointer | None = None) -> Retrying:
+        """Retry forever with capped exponential backoff; only closing, or a
+        delete of the blob being uploaded, stops it, and either interrupts the
+        backoff's sleep."""
+        def over(_state=None) -> bool:
+            return self._stop.is_set() or key in self._deleting
+
+        def sleep(seconds: float) -> None:
+            with self._cond:
+                self._cond.wait_for(over, seconds)
+
         return Retrying(retry=retry_if_exception_type(Exception),
                         wait=wait_exponential_jitter(multiplier=0.05, max=self.retry_max_wait,
                                                      jitter=0.1),
-                        stop=stop_when_event_set(self._stop), sleep=self._stop.wait,
-                        before_sleep=self._note_error, reraise=True)
+                        stop=over, sleep=sleep, before_sleep=self._note_error, reraise=True)
 
     def _upload_once(self, key: Pointer) -> None:
+        """Send the fast copy if it verifies. Without one to send, the blob is
+        done only if the slow store already holds a good copy; else it stays
+        pending (NoGoodCopyError is retried: the same content written again
+        brings a good fast copy)."""
+        if key in self._copies.replaced and self._copies.slow_has_good_copy(self.slow, key):
+            return
         try:
             data = self.fast.get(key)
         except NotFoundError:
-            if self.slow.contains(key):
+            problem = "missing from the fast store"
+        else:
+            problem = self._copies.problem(key, data)
+            if problem is None:
+                self.slow.put(key, data)
                 return
-            self._last_error = (f"blob {key.hex()} was journaled for upload but is missing "
-                                "from the fast store; it cannot be uploaded")
-            log.error(self._last_error)
+            if key not in self._unuploadable:
+                self._copies.note_damaged(key, f"fails verification before its upload ({problem})")
+            problem = f"damaged in the fast store ({problem})"
+        if self._copies.slow_has_good_copy(self.slow, key):
             return
-        self.slow.put(key, data)
+        raise NoGoodCopyError(f"blob {key.hex()} waits for upload but is {problem}, and the "
+                              "slow store has no good copy: it stays pending until the same "
+                              "content is written again", key)
 
     def _note_error(self, state) -> None:
         exc = state.outcome.exception()
-        self._last_error = f"upload failed (attempt {state.attempt_number}), retrying: {exc}"
-        log.warning(self._last_error)
+        message = f"upload failed (attempt {state.attempt_number}), retrying: {exc}"
+        if isinstance(exc, NoGoodCopyError):
+            with self._cond:
+                self._unuploadable[exc.key] = str(exc)
+            self._fail(message)             # not a passing outage: loud every time
+        else:
+            self._last_error = message
+            log.warning(message)
 
     def _reconcile(self) -> None:
-        """After journal damage, re-queue every fast blob the slow store lacks."""
+        """After journal damage, re-queue every fast blob the slow store lacks
+        (one that fails verification cannot be: it is reported instead)."""
         for key in self.fast.enumerate():
             if self._stop.is_set():
                 return
             if self.is_pending(key):
                 continue
             try:
-                if self._slow_lacks(key):
-                    self.put(key, self.fast.get(key))
+                if not self._slow_lacks(key):
+                    continue
+                data = self.fast.get(key)
+                problem = self._copies.problem(key, data)
+                if problem is not None:
+                    self._fail(f"reconcile: blob {key.hex()} is damaged in the fast store "
+                               f"({problem}) and the slow store lacks it")
+                    continue
+                self.put(key, data)
             except Exception as exc:  # noqa: BLE001 - closing, or the blob went away
                 if self._stop.is_set():
                     return
-                self._last_error = f"reconcile {key.hex()}: {exc}"
+                self._fail(f"reconcile {key.hex()}: {exc}")
 
     def _slow_lacks(self, key: Pointer) -> bool:
         for attempt in self._retrying():
-                with attempt:
-                    return not self.slow.contains(key)
+            with attempt:
+                return not self.slow.contains(key)
         raise _Closed()
 
 

@@ -10,11 +10,20 @@ Protocol (every request carries ``Authorization: Bearer <token>``)::
                                                If-None-Match: * / If-Match: "etag"
 
 Errors travel as status codes (404 not found, 412 precondition failed, 401 bad
-token, 403 read-only, 503 unavailable, 507 full) with the message as the body,
-and the client raises the same error classes the served store raised. Blobs
-cross the wire as the codec wrote them, so with encryption on the server never
-sees plaintext; the token is still a secret: use ``--tls-cert``/``--tls-key``
-(or a tunnel) on anything but loopback.
+token, 403 read-only, 422 blob fails verification, 503 unavailable, 507 full)
+with the message as the body, and the client raises the same error classes the
+served store raised. Blobs cross the wire as the codec wrote them, so with
+encryption on the server never sees plaintext; the token is still a secret:
+use ``--tls-cert``/``--tls-key`` (or a tunnel) on anything but loopback.
+
+The server trusts no client to behave: a PUT body must declare its length
+(Content-Length, once, a plain non-negative number; else 411 or 400) and
+arrive whole, or nothing is stored (the client may have died mid-upload); a
+blob body must also verify as far as the server can without the key
+(``codec.check_without_key``: the length field, and the content of
+unencrypted blobs; else 422). The served store writes atomically (a complete
+body replaces the old object at once). Idle or stalled connections are closed
+after a timeout, and connections beyond a limit get a 503 at once.
 """
 
 from __future__ import annotations
@@ -27,24 +36,37 @@ import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from .errors import (BlobError, NotFoundError, NotHashPointerError, NotImplementedStoreError,
-                     PreconditionFailedError, ReadOnlyError, StoreFullError,
-                     StoreUnavailableError)
+from .codec import check_without_key
+from .errors import (BlobError, CorruptBlobError, NotFoundError, NotHashPointerError,
+                     NotImplementedStoreError, PreconditionFailedError, ReadOnlyError,
+                     StoreFullError, StoreUnavailableError)
 from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
 
 MAX_BODY = 1 << 30
+CLIENT_TIMEOUT = 60.0       # seconds a connection may be idle or stall mid-request
+MAX_CONNECTIONS = 64
 _STATUS_OF = [  # most specific first
     (NotFoundError, 404), (PreconditionFailedError, 412), (ReadOnlyError, 403),
-    (StoreFullError, 507), (StoreUnavailableError, 503), (NotImplementedStoreError, 501),
-    (NotHashPointerError, 400), (ValueError, 400),
+    (CorruptBlobError, 422), (StoreFullError, 507), (StoreUnavailableError, 503),
+    (NotImplementedStoreError, 501), (NotHashPointerError, 400), (ValueError, 400),
+    (TimeoutError, 408),
 ]
 _ERROR_OF = {404: NotFoundError, 412: PreconditionFailedError, 403: ReadOnlyError,
-             507: StoreFullError, 503: StoreUnavailableError, 501: NotImplementedStoreError,
-             400: ValueError}
+             422: CorruptBlobError, 507: StoreFullError, 503: StoreUnavailableError,
+             501: NotImplementedStoreError, 400: ValueError, 411: ValueError, 413: ValueError,
+             408: StoreUnavailableError}
+
+
+class _Refused(Exception):
+    """A request refused with ``status`` before the store saw it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -54,6 +76,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):   # quiet by default; errors go to stderr below
         if self.server.verbose:
             super().log_message(fmt, *args)
+
+    def setup(self) -> None:
+        self.timeout = self.server.client_timeout     # the socket's, for every read and write
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()            # here, under the timeout (see StoreService)
 
     # -- plumbing ------------------------------------------------------------
     def _authorized(self) -> bool:
@@ -92,10 +120,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length", "0"))
+        """The whole body, or _Refused (module doc): never a part of one."""
+        if self.headers.get("Transfer-Encoding"):
+            raise _Refused(411, "send the body with a Content-Length, not a Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise _Refused(411, "a body needs a Content-Length")
+        if len(set(lengths)) != 1 or not lengths[0].strip().isdigit():
+            raise _Refused(400, f"bad Content-Length {', '.join(lengths)!r}")
+        length = int(lengths[0])
         if length > MAX_BODY:
-            raise ValueError(f"body of {length} bytes is over the {MAX_BODY}-byte limit")
-        return self.rfile.read(length)
+            raise _Refused(413, f"body of {length} bytes is over the {MAX_BODY}-byte limit")
+        data = self.rfile.read(length)
+        if len(data) != length:
+            raise _Refused(400, f"body ended after {len(data)} of {length} bytes; nothing stored")
+        return data
 
     def _dispatch(self) -> None:
         if not self._authorized():
@@ -118,12 +157,17 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._object(bucket, unquote(parts.path[len("/v1/objects/"):]))
             self._send(404, b"no such endpoint")
         except Exception as exc:  # noqa: BLE001 - every error becomes a status code
-            status = next((s for cls, s in _STATUS_OF if isinstance(exc, cls)), 500)
-            if status == 500:
-                print(f"serve-store: {self.command} {self.path}: {exc!r}", file=sys.stderr)
+            status = exc.status if isinstance(exc, _Refused) else next(
+                (s for cls, s in _STATUS_OF if isinstance(exc, cls)), 500)
+            if status == 500 or isinstance(exc, (_Refused, CorruptBlobError, TimeoutError)):
+                print(f"serve-store: {self.command} {self.path} failed ({status}): {exc}",
+                      file=sys.stderr)
             if self.command == "PUT":
                 self.close_connection = True    # the body may be unread
-            self._send(status, str(exc).encode())
+            try:
+                self._send(status, str(exc).encode())
+            except OSError:                     # the client is gone
+                self.close_connection = True
 
     def _require(self, *methods: str) -> None:
         if self.command not in methods:
@@ -136,7 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.command == "HEAD":
             self._send(200 if store.contains(key) else 404)
         elif self.command == "PUT":
-            store.put(key, self._body())
+            data = self._body()
+            if self.server.verify is not None:
+                self.server.verify(key, data)
+            store.put(key, data)
             self._send(204)
         elif self.command == "DELETE":
             store.delete(key)
@@ -168,21 +215,72 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StoreService(ThreadingHTTPServer):
-    """An HTTP server, one thread per connection, exposing ``store``."""
+    """An HTTP server, one thread per connection (at most ``max_connections``),
+    exposing ``store``.
+
+    ``verify(key, body)`` checks a blob before it is stored (the default checks
+    what it can without the key; None stores any bytes, for stores that hold
+    something other than codec output). With TLS the handshake runs in the
+    connection's thread under ``client_timeout``, not in the accepting one,
+    where a client that never finishes it would stall every other.
+    """
 
     daemon_threads = True
 
     def __init__(self, store: Store, token: str, address: tuple[str, int] = ("127.0.0.1", 0),
-                 *, ssl_context: ssl.SSLContext | None = None, verbose: bool = False):
+                 *, ssl_context: ssl.SSLContext | None = None, verbose: bool = False,
+                 verify: Callable[[Pointer, bytes], None] | None = check_without_key,
+                 client_timeout: float = CLIENT_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
         if not token:
             raise ValueError("the store service needs a non-empty token")
+        if client_timeout <= 0 or max_connections <= 0:
+            raise ValueError("the client timeout and the connection limit must be positive")
         self.store = store
         self.token = token
         self.verbose = verbose
+        self.verify = verify
+        self.client_timeout = client_timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
         if ssl_context is not None:
-            self.socket = ssl_context.wrap_socket(self.socket, server_side=True)
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
         self.scheme = "https" if ssl_context is not None else "http"
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse(self, request) -> None:
+        """Over the connection limit: a 503 at once (clients retry it), then close.
+        Briefly, from the accepting thread; a TLS connection is just closed."""
+        if not isinstance(request, ssl.SSLSocket):
+            body = b"too many connections; retry later"
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        """One line, not a traceback: a client that broke off (or failed the TLS
+        handshake) is not the server's error."""
+        exc = sys.exc_info()[1]
+        print(f"serve-store: connection from {client_address[0]}: {exc!r}", file=sys.stderr)
 
     @property
     def url(self) -> str:

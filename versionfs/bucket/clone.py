@@ -30,7 +30,7 @@ import tomli_w
 
 from versionfs.common import config as configmod
 from versionfs.common import state as statemod
-from versionfs.blob.errors import NotFoundError, WrongPassphraseError
+from versionfs.blob.errors import NotFoundError
 from versionfs.blob.files import fsync_dir
 from versionfs.bucket import publish
 from versionfs.bucket.seen import HeadWatermark, iso
@@ -48,7 +48,8 @@ def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=No
           quiet: bool = False) -> Path:
     """Build STATE_DIR from the filesystem in ``slow_url``; returns its absolute path.
 
-    ``passphrase_source`` is a str or a callable asked only when encrypted.
+    ``passphrase_source`` is a passphrase, a RecoveryKey, or a callable giving
+    one, asked only when encrypted.
     """
     root = Path(state_dir).absolute()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -70,20 +71,13 @@ def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=No
         wrapped = None
         master = None
         if identity.get("encrypted"):
-            from versionfs.blob import keys
             try:
                 wrapped = bucket.get(statemod.MASTER_KEY_OBJECT)[0]
             except NotFoundError:
                 raise statemod.StateError(f"{url} is encrypted but its wrapped key "
                                           f"{statemod.MASTER_KEY_OBJECT} is missing") from None
-            phrase = passphrase_source() if callable(passphrase_source) else passphrase_source
-            if not phrase:
-                raise statemod.PassphraseError(f"{url} is encrypted: give --passphrase-file FILE "
-                                               f"or set {statemod.PASSPHRASE_ENV}")
-            try:
-                master = keys.unwrap_key(wrapped, phrase)
-            except WrongPassphraseError:
-                raise statemod.PassphraseError(f"wrong passphrase for {url}") from None
+            secret = passphrase_source() if callable(passphrase_source) else passphrase_source
+            master = statemod.unlock_master(wrapped, secret, identity, url)
         cfg = configmod.Config()
         cfg.set("store.slow", url)
         cfg.set("encryption.enabled", bool(identity.get("encrypted")))

@@ -10,29 +10,27 @@ import sys
 import threading
 
 from versionfs.blob.errors import BlobError
-from versionfs.blob.remote import StoreService, read_token_file
+from versionfs.blob.remote import CLIENT_TIMEOUT, MAX_CONNECTIONS, StoreService, read_token_file
 from versionfs.blob.url import open_store
 from versionfs.bucket import publish
 from versionfs.bucket.clone import clone
-from versionfs.common import state as statemod
 
 from .command import EXIT_ERROR, EXIT_OK, UserError, command, error
+from .keys import add_secret_args, secret_source
 
 
 def _setup_clone(p: argparse.ArgumentParser) -> None:
     p.add_argument("slow_url", metavar="SLOW_URL",
                    help="the filesystem's slow store: s3://bucket/prefix or file:///path")
     p.add_argument("state_dir", metavar="STATE_DIR", help="new (or empty) directory for this machine")
-    p.add_argument("--passphrase-file", metavar="FILE",
-                   help=f"read the passphrase from FILE (else ${statemod.PASSPHRASE_ENV} or a prompt)")
+    add_secret_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
 
 @command("clone", "recover a filesystem from its slow store onto this machine", _setup_clone)
 def cmd_clone(args: argparse.Namespace) -> int:
     try:
-        root = clone(args.slow_url, args.state_dir,
-                     lambda: statemod.get_passphrase(args.passphrase_file, what=args.slow_url),
+        root = clone(args.slow_url, args.state_dir, secret_source(args, args.slow_url),
                      quiet=args.quiet)
     except (publish.PublishError, BlobError) as e:
         raise UserError(f"clone failed: {e}") from None
@@ -65,6 +63,10 @@ def serve_store(argv: list[str]) -> int:
     remote store) to other machines until SIGINT/SIGTERM. Clients use it as a
     slow store with the URL ``http[s]://HOST:PORT`` and the same token. The
     token file is created with a random token (mode 0600) if it does not exist.
+
+    Only complete uploads are stored, and blobs only if they verify as far as
+    the server can without the key; idle or stalled clients are disconnected
+    after --timeout, and connections beyond --max-connections get a 503.
     """
     parser = argparse.ArgumentParser(prog="versionfs serve-store",
                                      description=serve_store.__doc__.split("\n\n")[1])
@@ -73,6 +75,10 @@ def serve_store(argv: list[str]) -> int:
     parser.add_argument("--token-file", required=True, help="file holding the bearer token")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key for --tls-cert (PEM)")
+    parser.add_argument("--timeout", type=float, default=CLIENT_TIMEOUT, metavar="SECONDS",
+                        help="close a connection idle or stalled this long (default %(default)g)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, metavar="N",
+                        help="refuse connections beyond N with a 503 (default %(default)s)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
 
@@ -88,8 +94,11 @@ def serve_store(argv: list[str]) -> int:
               "in the clear; use --tls-cert/--tls-key or a tunnel", file=sys.stderr)
     token = read_token_file(args.token_file, create=True)
     store = open_store(args.url)
+    if args.timeout <= 0 or args.max_connections <= 0:
+        parser.error("--timeout and --max-connections must be positive")
     service = StoreService(store, token, (host.strip("[]"), int(port)), ssl_context=context,
-                           verbose=args.verbose)
+                           verbose=args.verbose, client_timeout=args.timeout,
+                           max_connections=args.max_connections)
 
     def stop(signum, frame):
         threading.Thread(target=service.shutdown, daemon=True).start()

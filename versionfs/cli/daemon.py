@@ -35,22 +35,28 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return (UserError, statemod.StateError, configmod.ConfigError, ctlclient.CtlError, BlobError)
 
 
-def read_fd_passphrase(fd: int | None) -> str | None:
+def read_fd_secret(passphrase_fd: int | None, recovery_key_fd: int | None):
+    """What the parent sent through its pipe: a passphrase, a RecoveryKey, or None."""
+    fd = passphrase_fd if passphrase_fd is not None else recovery_key_fd
     if fd is None:
         return None
     with os.fdopen(fd, "rb") as f:
         data = f.read().decode()
+    if data and fd == recovery_key_fd:
+        from versionfs.blob.keys import decode_recovery_key
+        return decode_recovery_key(data)
     return data or None
 
 
 def spawn(state_dir: Path, mountpoint: Path, option_lists: list[str], read_only: bool,
-                  passphrase: str | None) -> int:
+                  passphrase) -> int:
     """Start ``versionfs mount --foreground`` detached, and wait for its readiness line.
 
     The child is a fresh interpreter (no state inherited through fork) in its own
-    session, logging to STATE_DIR/versionfs.log; the passphrase travels through a
-    pipe, never argv or the environment.
+    session, logging to STATE_DIR/versionfs.log; the passphrase (or recovery key)
+    travels through a pipe, never argv or the environment.
     """
+    from versionfs.blob.keys import RecoveryKey, encode_recovery_key
     layout = statemod.Layout(state_dir)
     ready_r, ready_w = os.pipe()
     pass_r = pass_w = None
@@ -61,21 +67,26 @@ def spawn(state_dir: Path, mountpoint: Path, option_lists: list[str], read_only:
     if read_only:
         argv.append("--read-only")
     fds = [ready_w]
+    if isinstance(passphrase, RecoveryKey):
+        secret = encode_recovery_key(passphrase.master, passphrase.fs_id).encode()
+    else:
+        secret = passphrase.encode() if passphrase else b""
     if passphrase is not None:
         pass_r, pass_w = os.pipe()
-        argv += ["--passphrase-fd", str(pass_r)]
+        argv += ["--recovery-key-fd" if isinstance(passphrase, RecoveryKey) else "--passphrase-fd",
+                 str(pass_r)]
         fds.append(pass_r)
     env = dict(os.environ)
     env.pop(statemod.PASSPHRASE_ENV, None)
     env.pop("NOTIFY_SOCKET", None)
-    with open(layout.log, "ab") as logf:
+    with open(os.open(layout.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 pass_fds=fds, start_new_session=True, env=env, cwd="/")
     os.close(ready_w)
     if pass_r is not None and pass_w is not None:
         os.close(pass_r)
         with os.fdopen(pass_w, "wb") as f:
-            f.write(passphrase.encode() if passphrase else b"")
+            f.write(secret)
     message = _wait_ready(ready_r, proc, READY_TIMEOUT_SECONDS)
     if message != "ready":
         if proc.poll() is None:
@@ -212,6 +223,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     fuse_options=tuple(preflight.fuse_options(state_dir, st.config, opts)),
                     ready=readiness.ready,
                     idle_seal_seconds=st.config["mount.idle_seal_seconds"],
+                    seal_max_age_seconds=st.config["mount.seal_max_age_seconds"],
                     cloud=session, services=daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

@@ -14,12 +14,13 @@ import sys
 from typing import Sequence
 
 from versionfs import __version__
+from versionfs.common.privacy import restrict_umask
 
-from . import bucket, history, maint, mount, setup, snapshots
+from . import bucket, history, keys, maint, mount, setup, snapshots
 from .command import EXIT_ERROR, Command, error
 from .daemon import user_error_types
 
-GROUPS = (setup, mount, snapshots, history, maint, bucket)
+GROUPS = (setup, mount, snapshots, history, maint, bucket, keys)
 
 
 def _collect() -> dict[str, Command]:
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restrict_umask()              # everything versionfs writes is private (common/privacy.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     # serve-store owns its whole argument list.
     if argv[:1] == ["serve-store"]:

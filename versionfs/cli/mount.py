@@ -13,6 +13,7 @@ from versionfs.common import state as statemod
 from . import daemon, preflight
 from .preflight import parse_mount_options
 from .command import EXIT_ERROR, EXIT_OK, UserError, command, warn
+from .keys import add_secret_args, secret_source
 
 DAEMON_EXIT_TIMEOUT_SECONDS = 120.0
 
@@ -28,9 +29,10 @@ def _setup_mount(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="mount read-only")
     p.add_argument("--steal-lease", action="store_true",
                    help="take the writer lease from another machine you know is gone for good")
-    p.add_argument("--passphrase-file", metavar="FILE")
+    add_secret_args(p)
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--passphrase-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--recovery-key-fd", type=int, help=argparse.SUPPRESS)
 
 
 @command("mount", "mount a filesystem; returns once it answers", _setup_mount)
@@ -43,12 +45,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts.read_only = opts.read_only or args.read_only
     passphrase_file = args.passphrase_file or opts.passphrase_file
     if args.ready_fd is not None:                    # we are the background daemon
-        return daemon.run(state_dir, mountpoint, opts, daemon.read_fd_passphrase(args.passphrase_fd),
-                       args.ready_fd)
+        return daemon.run(state_dir, mountpoint, opts,
+                          daemon.read_fd_secret(args.passphrase_fd, args.recovery_key_fd),
+                          args.ready_fd)
     cfg = preflight.check(state_dir, mountpoint, opts)
     passphrase = None
     if cfg["encryption.enabled"]:
-        passphrase = statemod.get_passphrase(passphrase_file, what=str(state_dir))
+        args.passphrase_file = passphrase_file
+        passphrase = secret_source(args, str(state_dir))()
     if args.foreground:
         return daemon.run(state_dir, mountpoint, opts, passphrase, None)
     return daemon.spawn(state_dir, mountpoint, args.options, opts.read_only, passphrase)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from versionfs.cli import ctlclient
 from versionfs.common import state as statemod
+from versionfs.common.keys import require_strong_passphrase
 
 from .command import EXIT_OK, UserError, command
+from .keys import add_allow_weak
 from .mount import cmd_mount
 
 
@@ -27,6 +29,7 @@ def _setup_init(p: argparse.ArgumentParser) -> None:
                    help="AEAD cipher for --encrypt (default aes-256-gcm)")
     p.add_argument("--passphrase-file", metavar="FILE",
                    help=f"read the passphrase from FILE (else ${statemod.PASSPHRASE_ENV} or a prompt)")
+    add_allow_weak(p)
 
 
 @command("init", "create a new filesystem in a state directory", _setup_init)
@@ -35,6 +38,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if args.encrypt:
         passphrase = statemod.get_passphrase(args.passphrase_file, confirm=True,
                                              what="the new filesystem")
+        require_strong_passphrase(passphrase, args.allow_weak_passphrase)
     elif args.passphrase_file:
         raise UserError("--passphrase-file only makes sense with --encrypt")
     root = statemod.init_state(args.state_dir, args.slow, encrypt=args.encrypt,
@@ -43,7 +47,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"created versionfs filesystem in {root}")
     print(f"  slow store: {statemod.Layout(root).slow_url(cfg)}")
     if args.encrypt:
-        print("  encrypted; keep the passphrase safe: without it the data cannot be read")
+        print("  encrypted; keep the passphrase safe: without it the data cannot be read "
+              "(`versionfs key export` prints a recovery key to keep offline)")
     print(f"mount it with: versionfs mount {root} MOUNTPOINT")
     return EXIT_OK
 
@@ -86,7 +91,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         mountpoint.mkdir(parents=True, exist_ok=True)
         cmd_mount(argparse.Namespace(state_dir=str(state_dir), mountpoint=str(mountpoint),
                                      foreground=False, options=[], read_only=False,
-                                     passphrase_file=None, ready_fd=None, passphrase_fd=None))
+                                     passphrase_file=None, ready_fd=None, passphrase_fd=None,
+                                     recovery_key_fd=None, recovery_key_file=None))
     m, vfs = mountpoint, _self_command()
     print(f"""
 Try it:

@@ -68,6 +68,11 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
 
 
 def _slow_url(v: Any) -> str | None:
+    from versionfs.blob.url import check_no_secrets
+    try:
+        check_no_secrets(v)
+    except ValueError as e:
+        return str(e).replace("the store URL ", "", 1)
     if v == "" or re.match(r"^(file|s3|http|https)://", v):
         return None
     return ("must be empty (the slow/ directory in the state dir), file:///path, "
@@ -129,8 +134,14 @@ for _k in [
     Key("encryption", "cipher", "str", "aes-256-gcm",
         "AEAD cipher: aes-256-gcm or chacha20-poly1305.",
         _one_of("aes-256-gcm", "chacha20-poly1305")),
-    Key("mount", "idle_seal_seconds", "float", 2.0,
-        "A file written and then left alone this long is sealed into chunks.",
+    Key("mount", "idle_seal_seconds", "float", 5.0,
+        "A file written and then left alone this long is sealed into chunks (a new "
+        "version, uploaded in the background). Until then fsync keeps it safe in the "
+        "local dirty journal, and many saves become one version.",
+        _positive),
+    Key("mount", "seal_max_age_seconds", "float", 60.0,
+        "A file that keeps being written is sealed at least this often. With "
+        "cloud.wal_ship_interval_seconds it bounds what a lost laptop can lose (the RPO).",
         _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),
@@ -261,8 +272,16 @@ def _validated(key: Key, value: Any, where: str) -> Any:
     if key.check is not None:
         problem = key.check(coerced)
         if problem:
-            raise ConfigError(f"{where}: {key.dotted} {problem} (got {value!r})")
+            raise ConfigError(f"{where}: {key.dotted} {problem} (got {_shown(value)!r})")
     return coerced
+
+
+def _shown(value: Any) -> Any:
+    """``value`` for an error message, with any secret in a URL blanked out."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    value = re.sub(r"(?i)\b(token|password|secret\w*)=[^&#]*", r"\1=…", value)
+    return re.sub(r"://([^/@:]*):[^/@]*@", r"://\1:…@", value)
 
 
 def from_dict(data: dict[str, Any], where: str = "config") -> Config:
@@ -315,7 +334,8 @@ def save(cfg: Config, path: str | os.PathLike[str]) -> None:
     header = ("# versionfs configuration. Only settings that differ from the defaults are\n"
               "# listed; every key is documented in contrib/config.example.toml.\n\n")
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    # 0600: the config is the user's own business (see versionfs.common.privacy).
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(header + tomli_w.dumps(doc))
         f.flush()
         os.fsync(f.fileno())

@@ -14,6 +14,9 @@ Exported (all prefixed `versionfs_`):
   chunk_cache_hits_total, chunk_cache_misses_total   decoded-chunk cache
   slow_store_fetches_total          blobs read from the slow store (fast-store misses)
   upload_backlog_blobs, upload_backlog_bytes, uploads_total
+  damaged_fast_copies_total         fast-store copies that failed verification (treated as absent)
+  upload_blocked_blobs              blobs waiting for upload with no good copy in either store
+  upload_errors_total               upload-worker errors no retry covers (each also an ERROR line)
   snapshots, head_revision, auto_snapshots_taken_total, auto_snapshots_skipped_total
   background_errors_total{task}     failures of a background task (publish, lease, ...);
                                     each is also an ERROR/WARNING log line and a status line
@@ -90,9 +93,26 @@ class _MountCollector:
                                     value=st.get("pending_bytes") or 0)
             yield CounterMetricFamily("versionfs_uploads", "blobs uploaded to the slow store",
                                       value=st.get("uploaded_count") or 0)
+            yield CounterMetricFamily("versionfs_damaged_fast_copies",
+                                      "fast-store copies that failed verification",
+                                      value=st.get("damaged_fast_copies") or 0)
+            yield GaugeMetricFamily("versionfs_upload_blocked_blobs",
+                                    "blobs waiting for upload with no good copy anywhere",
+                                    value=st.get("unuploadable") or 0)
+            yield CounterMetricFamily("versionfs_upload_errors",
+                                      "upload-worker errors that no retry covers",
+                                      value=st.get("upload_errors") or 0)
             if st.get("fast_bytes") is not None:
                 yield GaugeMetricFamily("versionfs_fast_store_bytes", "bytes in the fast store",
                                         value=st["fast_bytes"])
+        yield GaugeMetricFamily("versionfs_seal_failing_files",
+                                "files whose last seal failed (data kept, retried with backoff)",
+                                value=len(getattr(self.fs, "seal_failures", {})))
+        journal = getattr(self.fs, "journal", None)
+        if journal is not None:
+            yield GaugeMetricFamily("versionfs_journal_files",
+                                    "files with fsynced writes not yet sealed",
+                                    value=journal.held_files())
         cloud = getattr(self.fs, "cloud", None)
         if cloud is not None:
             for name, text, value in cloud.gauges():

@@ -19,6 +19,9 @@ Layout of ``STATE_DIR`` (created by ``init_state``)::
                    differ); the writer lease in the bucket names it
     versionfs.log  the background daemon's log
 
+The state dir is 0700 and what is in it 0600 (see versionfs.common.privacy);
+``open_state`` tightens one an older version left 0755.
+
 ``open_state`` turns a state dir into live objects (``State``); the CLI and the
 tests use nothing else to get at the layers underneath.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import fcntl
 import getpass
+import logging
 import os
 import shutil
 import time
@@ -34,21 +38,25 @@ import tomllib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tomli_w
 
 from versionfs.common import config as configmod
+from versionfs.common.privacy import tighten_dir
 
 __all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
            "Layout", "State", "init_state", "open_state", "is_state_dir",
-           "get_passphrase", "read_pid", "named_objects", "write_durably", "instance_id",
+           "get_passphrase", "read_pid", "unlock_master", "read_master_key", "named_objects",
+           "write_durably", "instance_id",
            "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT", "PASSPHRASE_ENV"]
 
 STATE_FORMAT = 1
 MASTER_KEY_OBJECT = "keys/master"          # wrapped master key in the slow store
 FILESYSTEM_OBJECT = "versionfs.toml"        # identity of the filesystem in the slow store
 PASSPHRASE_ENV = "VERSIONFS_PASSPHRASE"
+
+log = logging.getLogger("versionfs.state")
 
 
 class StateError(Exception):
@@ -107,7 +115,7 @@ def is_state_dir(path: str | os.PathLike[str]) -> bool:
 
 def get_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *,
                    confirm: bool = False, env: dict[str, str] | None = None,
-                   what: str = "this filesystem") -> str:
+                   what: str = "this filesystem", prompt: str | None = None) -> str:
     """The passphrase from a file, ``$VERSIONFS_PASSPHRASE``, or a terminal prompt.
 
     A file's trailing newline is dropped (``echo secret > f`` must work).  With
@@ -129,10 +137,10 @@ def get_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *,
         return phrase
     if env.get(PASSPHRASE_ENV):
         return env[PASSPHRASE_ENV]
-    if not _have_tty():
+    if not have_tty():
         raise PassphraseError(f"{what} is encrypted: give --passphrase-file FILE or set "
                               f"{PASSPHRASE_ENV} (no terminal to ask on)")
-    phrase = getpass.getpass(f"Passphrase for {what}: ")
+    phrase = getpass.getpass(prompt or f"Passphrase for {what}: ")
     if not phrase:
         raise PassphraseError("empty passphrase")
     if confirm and getpass.getpass("Repeat passphrase: ") != phrase:
@@ -140,7 +148,7 @@ def get_passphrase(passphrase_file: str | os.PathLike[str] | None = None, *,
     return phrase
 
 
-def _have_tty() -> bool:
+def have_tty() -> bool:
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
@@ -171,7 +179,7 @@ def read_pid(path: str | os.PathLike[str]) -> int | None:
 
 
 def _take_lock(layout: Layout, shared: bool) -> int:
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -204,12 +212,13 @@ def _marker_data(layout: Layout) -> dict[str, Any]:
     return data
 
 
-def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     """Replace a small state file so that a power cut leaves the old or the new one.
 
     The temporary file is fsynced before the rename and the directory after
     it: without the first a crash can leave the new name on an empty file,
-    without the second the rename itself can be undone.
+    without the second the rename itself can be undone.  Private (0600) unless
+    told otherwise.
     """
     from versionfs.blob.files import fsync_dir
     path = Path(path)
@@ -293,7 +302,8 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
 
     from versionfs.blob.files import fsync_dir
     created_root = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)           # private whatever the umask (versionfs.common.privacy)
     try:
         for d in (layout.fast, layout.meta, layout.dirty):
             d.mkdir(mode=0o700)
@@ -363,7 +373,8 @@ def _normalise_url(url: str) -> str:
 
 # --- open ---------------------------------------------------------------------
 
-PassphraseSource = str | Callable[[], str] | None
+# A passphrase, or a blob.keys.RecoveryKey; or a callable giving one (asked only when needed).
+PassphraseSource = Any
 
 
 class State:
@@ -442,22 +453,61 @@ def load_config(path: str | os.PathLike[str]) -> configmod.Config:
     return configmod.load(layout.config)
 
 
-def _master_key(layout: Layout, passphrase: PassphraseSource) -> bytes:
+def unlock_master(wrapped: bytes, secret: Any, identity: dict[str, Any], what: str) -> bytes:
+    """The master key from a passphrase (unwrapping ``wrapped``) or a RecoveryKey."""
     from versionfs.blob import keys
     from versionfs.blob.errors import WrongPassphraseError
+    if isinstance(secret, keys.RecoveryKey):
+        if secret.fs_id != identity.get("id"):
+            raise PassphraseError(f"the recovery key belongs to filesystem {secret.fs_id}, "
+                                  f"not to {what} (filesystem {identity.get('id')})")
+        return secret.master
+    if not secret:
+        raise PassphraseError(f"{what} is encrypted: give --passphrase-file FILE, "
+                              f"--recovery-key-file FILE or set {PASSPHRASE_ENV}")
     try:
-        wrapped = layout.key.read_bytes()
+        return keys.unwrap_key(wrapped, secret)
+    except WrongPassphraseError:
+        raise PassphraseError(f"wrong passphrase for {what}") from None
+
+
+def read_master_key(layout: Layout, identity: dict[str, Any], passphrase: PassphraseSource,
+                    bucket: Any) -> tuple[bytes, str | None]:
+    """The master key, and the etag of the slow store's ``keys/master`` (None if absent).
+
+    The slow store's wrapped key is the one that counts: after ``versionfs key
+    passwd`` on any machine it differs from the local ``key`` file, which is then
+    replaced, so the old passphrase stops working here too. An unreachable or
+    damaged copy in the slow store falls back to the local file (mounting
+    offline works).
+    """
+    from versionfs.blob.errors import BlobError, NotFoundError
+    try:
+        local = layout.key.read_bytes()
     except FileNotFoundError:
         raise StateError(f"{layout.root} is encrypted but its key file {layout.key} is "
                          f"missing") from None
-    phrase = passphrase() if callable(passphrase) else passphrase
-    if not phrase:
-        raise PassphraseError(f"{layout.root} is encrypted: give --passphrase-file FILE "
-                              f"or set {PASSPHRASE_ENV}")
-    try:
-        return keys.unwrap_key(wrapped, phrase)
-    except WrongPassphraseError:
-        raise PassphraseError(f"wrong passphrase for {layout.root}") from None
+    secret = passphrase() if callable(passphrase) else passphrase
+    remote, etag = None, None
+    if bucket is not None:
+        try:
+            remote, etag = bucket.get(MASTER_KEY_OBJECT)
+        except NotFoundError:
+            pass
+        except BlobError as e:
+            log.warning("cannot read %s from the slow store (%s); using the local key file",
+                        MASTER_KEY_OBJECT, e)
+    if remote is not None and remote != local:
+        try:
+            master = unlock_master(remote, secret, identity, str(layout.root))
+        except BlobError as e:                   # damaged in the bucket: PassphraseError passes
+            log.warning("the slow store's %s is unusable (%s); using the local key file",
+                        MASTER_KEY_OBJECT, e)
+        else:
+            write_durably(layout.key, remote, 0o600)
+            log.info("the passphrase was changed: %s updated from the slow store", layout.key)
+            return master, etag
+    return unlock_master(local, secret, identity, str(layout.root)), etag
 
 
 def _make_codec(master: bytes | None, cfg: configmod.Config):
@@ -471,7 +521,8 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
                start_uploads: bool = False) -> State:
     """Open a state dir: lock it, unlock the key, open stores and metadata.
 
-    ``passphrase`` may be a callable, asked only if the filesystem is encrypted.
+    ``passphrase`` (a passphrase or a RecoveryKey) may be a callable, asked only
+    if the filesystem is encrypted.
     With ``read_only`` the Paired store has no journal (puts fail) and the lock
     is shared, so several readers may coexist but not with a mounted daemon.
     """
@@ -482,6 +533,7 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
         raise NotAStateDirError(f"{root} is not a directory, so not a versionfs state dir")
     layout = Layout(root)
     identity = _marker_data(layout)
+    tighten_dir(root)               # a state dir made by an older version may be 0755
     cfg = load_config(root)
     if bool(identity.get("encrypted")) != cfg["encryption.enabled"]:
         raise configmod.ConfigError(
@@ -491,13 +543,15 @@ def open_state(path: str | os.PathLike[str], passphrase: PassphraseSource = None
     lock_fd = _take_lock(layout, shared=read_only) if lock else None
     state = State(layout, cfg, identity, read_only, lock_fd)
     try:
-        master = _master_key(layout, passphrase) if identity.get("encrypted") else None
+        state.slow = _open_slow(state.slow_url)
+        master = None
+        if identity.get("encrypted"):
+            master = read_master_key(layout, identity, passphrase, named_objects(state.slow))[0]
         from versionfs.blob.blobstore import BlobStore
         from versionfs.blob.disk import DiskStore
         from versionfs.blob.paired import Paired
         state.codec = _make_codec(master, cfg)
         state.fast = DiskStore(layout.fast, max_bytes=cfg["store.fast_max_bytes"] or None)
-        state.slow = _open_slow(state.slow_url)
         state.paired = Paired(state.fast, state.slow,
                               None if read_only else layout.journal,
                               **_paired_options(cfg))

@@ -32,6 +32,7 @@ from versionfs.tree import schema
 from versionfs.tree.schema import ROOT_INO, Inode
 
 from .data import DataManager, Extent, FileData
+from .journal import open_journal
 from .snapshots import SnapshotViews, is_snap_ino
 from .special_inodes import CTL_DIR_INO, CTL_FILE_INO, SNAPS_DIR_INO, is_control_ino
 
@@ -50,7 +51,8 @@ class MountCore:
     """Shared state and inode bookkeeping of one mount (no request handlers)."""
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
-                 read_only: bool = False, idle_seal_seconds: float = 2.0, cloud=None):
+                 read_only: bool = False, idle_seal_seconds: float = 5.0,
+                 seal_max_age_seconds: float = 60.0, cloud=None):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
         # The bucket session (versionfs.bucket.session.CloudSession) or None:
@@ -61,7 +63,15 @@ class MountCore:
         self.mountpoint = mountpoint
         self.read_only = read_only
         self.idle_seal_seconds = idle_seal_seconds
-        self.data = DataManager(blobs, dirty_dir)
+        self.seal_max_age_seconds = seal_max_age_seconds
+        # fsynced writes not yet sealed (journal.py); replayed by `start`.
+        self.journal = None if read_only else open_journal(dirty_dir)
+        # Encrypted filesystems chunk under a key (chunking.py); only the
+        # derived chunking seed leaves the codec.
+        self.data = DataManager(
+            blobs, dirty_dir,
+            journal_index=lambda: -1 if self.journal is None else self.journal.last_index,
+            chunking_seed=blobs.codec.chunking_seed())
         self.dirty_dir = dirty_dir
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}
@@ -73,11 +83,15 @@ class MountCore:
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
         self._small_due: set[int] = set()
+        self._small_due_failed: list[int] = []      # the batch being sealed, to retry one by one
         self._small_wakeup = trio.Event()
         self._meta_changed = False
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
+        # Files whose last seal failed: ino -> (failures, monotonic retry time, error).
+        # Their data stays dirty (and journaled); the idle sealer retries with backoff.
+        self.seal_failures: dict[int, tuple[int, float, str]] = {}
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         if not read_only:
@@ -235,6 +249,8 @@ class MountCore:
 
     def _forget_inode(self, ino: int, b) -> None:
         self._delete_inode_keys(ino, b)
+        if self.journal is not None:           # its journal records die with it
+            self.journal.sealed(ino, self.journal.last_index)
         f = self.files.pop(ino, None)
         if f is not None:
             self.data.drop(f)

@@ -1,7 +1,7 @@
 """File contents: sealed content-defined chunks plus a local dirty overlay.
 
 A regular file's sealed content is a sorted list of `Extent`s, each one whole
-content-defined chunk (pyfastcdc, average ~1 MiB) stored as a blob; gaps
+content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted) stored as a blob; gaps
 between extents are holes and read as zeros, so sparse files cost nothing.
 
 Writes never touch blobs: they land in the file's dirty layers (layers.py).
@@ -16,9 +16,10 @@ trio-thread side: a file's layers and extents change only here.
 Crash policy for the dirty area: unsealed layers are discarded when a mount
 starts (`DataManager.discard_leftovers`). The metadata never refers to a dirty
 file — extents, size and inode record change together in one atomic MVCC
-batch after the chunks are stored — so the file simply reverts to its last
-sealed state, like a page cache that was not synced. Everything fsync'ed, closed
-or sealed by the idle timer (2 s by default) survives.
+batch after the chunks are stored — so the file reverts to its last sealed
+state, like a page cache that was not synced, and then gets back what fsync
+put in the dirty journal (journal.py, replayed by durability.py). Everything
+fsynced or sealed survives.
 """
 
 from __future__ import annotations
@@ -45,13 +46,17 @@ class DataManager(Sealer):
     """Reads and writes file contents; turns dirty layers into chunks.
 
     `blobs` is a `BlobStore` (blocking, thread-safe); `dirty_dir` holds the
-    layer files of this mount and nothing else.
+    layer files of this mount and nothing else; `chunking_seed` keys the
+    chunker (`Codec.chunking_seed()`: None on unencrypted filesystems).
     """
 
-    def __init__(self, blobs, dirty_dir: str):
+    def __init__(self, blobs, dirty_dir: str, journal_index: Callable[[], int] = lambda: -1,
+                 chunking_seed: int | None = None):
         self.dirty_dir = dirty_dir
         os.makedirs(dirty_dir, exist_ok=True)
-        super().__init__(blobs)
+        # The dirty journal's newest index; a seal records it at freeze time.
+        self.journal_index = journal_index
+        super().__init__(blobs, chunking_seed)
 
     def discard_leftovers(self) -> int:
         """Delete layer files a crashed mount left behind; returns how many."""
@@ -80,6 +85,7 @@ class DataManager(Sealer):
         layer = self._live_layer(f)
         n = layer.pwrite(buf, offset)
         layer.dirty.add(offset, offset + n)
+        f.unsynced.add(offset, offset + n)
         f.size = max(f.size, offset + n)
         layer.size = f.size
         f.last_write = time.monotonic()
@@ -92,6 +98,8 @@ class DataManager(Sealer):
         metadata (no chunk is cut); returns None when it went into a layer and
         the file must be sealed later.
         """
+        f.unsynced.clip(size)
+        f.unsynced_trunc = size if f.unsynced_trunc is None else min(f.unsynced_trunc, size)
         if not f.layers:
             if size >= f.size:
                 f.size = f.sealed_size = size
@@ -125,7 +133,9 @@ class DataManager(Sealer):
             layers = list(f.layers)
             for layer in layers:
                 layer.frozen = True
+            covered = self.journal_index()
             result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers)
+            result.covered = covered
             if not f.deleted:
                 persist(f, result)
                 f.extents = result.extents
@@ -159,7 +169,10 @@ class DataManager(Sealer):
                 for layer in layers:
                     layer.frozen = True
                 frozen.append((f, f.extents, layers))
+            covered = self.journal_index()
             results = await trio.to_thread.run_sync(self.seal_small_layers, frozen)
+            for r in results:
+                r.covered = covered
             persist([(f, r) for (f, _, _), r in zip(frozen, results) if not f.deleted])
             for (f, _, layers), r in zip(frozen, results):
                 if not f.deleted:

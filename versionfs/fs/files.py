@@ -5,8 +5,10 @@ A handle number (`MountCore.handles`) stands for what was opened: a
 stored extents plus a dirty overlay; a `SnapFileHandle` of a file in a
 snapshot, its extents frozen at open; or the ctl file's `CtlHandle`
 (ctl/registry.py). Written data stays in the overlay until the file is
-sealed (lifecycle.py): soon after release, as soon as enough has been
-written to stream it out, or on fsync.
+sealed (lifecycle.py): once it has not been written for a while, at least
+every `seal_max_age_seconds`, or as soon as enough has been written to stream
+it out. fsync journals what was written since the last fsync
+(durability.py).
 """
 
 from __future__ import annotations
@@ -146,9 +148,6 @@ class FileOps(MountCore):
         if not isinstance(h, FileHandle):
             return
         self.open_count[h.ino] -= 1
-        f = self.files.get(h.ino)
-        if f is not None and f.dirty:
-            self._queue_seal(f)
         self._maybe_delete(h.ino)
         self._maybe_unload(h.ino)
 
@@ -156,9 +155,7 @@ class FileOps(MountCore):
     async def fsync(self, fh, datasync):
         h = self.handles.get(fh)
         if isinstance(h, FileHandle):
-            await self.seal_file(h.ino)
-            self._store_inode(self._inode(h.ino))
-            await trio.to_thread.run_sync(self.meta.sync)
+            await self.sync_file(h.ino)
 
     @guard
     async def fsyncdir(self, fh, datasync):

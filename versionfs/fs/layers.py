@@ -11,6 +11,7 @@ newest first, then the extents (`plan_read`).
 from __future__ import annotations
 
 import os
+import time
 
 import trio
 
@@ -28,7 +29,8 @@ class Layer:
     under the dirty directory beyond that.
     """
 
-    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired")
+    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired",
+                 "created")
 
     def __init__(self, path: str, size: int):
         self.path = path
@@ -40,6 +42,7 @@ class Layer:
         self.frozen = False
         self.readers = 0          # reads in worker threads using this layer
         self.retired = False
+        self.created = time.monotonic()
 
     def pwrite(self, buf: bytes, offset: int) -> int:
         end = offset + len(buf)
@@ -98,10 +101,18 @@ class FileData:
         self.last_write = 0.0
         self.deleted = False
         self._seq = 0
+        # Written since the last fsync (what the next fsync journals, journal.py):
+        self.unsynced = Intervals()
+        self.unsynced_trunc: int | None = None
 
     @property
     def dirty(self) -> bool:
         return bool(self.layers)
+
+    @property
+    def dirty_since(self) -> float:
+        """monotonic time of the oldest write not yet sealed (0 when clean)."""
+        return self.layers[0].created if self.layers else 0.0
 
     def live_bytes(self) -> int:
         return self.layers[-1].dirty.total() if self.layers and not self.layers[-1].frozen else 0

@@ -4,11 +4,15 @@ still holds, take snapshots, flush, report its status, and shut down.
 
 Sealing turns a file's dirty overlay into content-defined chunks in the blob
 store (`DataManager.seal`) and stores the new extents, size and inode record
-in one batch. Small files are sealed many to a batch shortly after release,
-larger ones on their own (also while still being written, once
-`STREAM_SEAL_BYTES` are pending), and whatever stayed dirty for
-`idle_seal_seconds` by the idle sealer, which also syncs the metadata now
-and then. The ctl commands (fs/ctl/) snapshot, flush and report through the
+in one batch: a new version of the file, which the bucket will get. It is
+coalesced, so that a file saved or fsynced many times becomes few versions
+(fsync itself only journals, durability.py): the idle sealer seals a file
+not written for `idle_seal_seconds` (open or closed), or dirty for
+`seal_max_age_seconds` however busy; a writer streaming a big file is sealed
+in the background once `STREAM_SEAL_BYTES` are pending; snapshot, flush and
+unmount seal everything. Small files are sealed many to a batch. The idle
+sealer also syncs the metadata now and then, which lets the journal release
+what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
 """
 
@@ -33,6 +37,18 @@ log = logging.getLogger(__name__)
 
 # How long snapshot/flush wait for the kernel to hand over its dirty pages.
 KERNEL_WRITEBACK_TIMEOUT = 60.0
+# A failed seal is retried after 2, 4, 8, ... seconds, at most this long apart.
+SEAL_RETRY_MAX_SECONDS = 300.0
+
+
+class SealError(OSError):
+    """Files could not be sealed (their data is kept); errno EIO."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, message)
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 class LifecycleOps(MountCore):
@@ -40,6 +56,8 @@ class LifecycleOps(MountCore):
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        if self.journal is not None:
+            self._replay_journal()
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
             nursery.start_soon(self._small_sealer)
@@ -63,13 +81,18 @@ class LifecycleOps(MountCore):
             try:
                 await self._seal_small_now()
             except Exception as exc:          # noqa: BLE001 - retried by the idle sealer
-                log.exception("sealing small files failed; will retry")
-                self.last_error = f"seal of small files: {exc!r}"
+                log.warning("sealing small files together failed (%s); one by one", exc)
+                for ino in list(self._small_due_failed):
+                    self._schedule_seal(ino)
 
     async def _seal_small_now(self) -> None:
         due, self._small_due = self._small_due, set()
         files = [self.files[i] for i in due if i in self.files]
+        self._small_due_failed = [f.ino for f in files]
         await self.data.seal_small(files, self._persist_many)
+        self._small_due_failed = []
+        for f in files:
+            self._seal_succeeded(f.ino)
         for f in files:
             if f.dirty:                        # busy or grown meanwhile
                 self._schedule_seal(f.ino)
@@ -92,8 +115,9 @@ class LifecycleOps(MountCore):
         try:
             await self.seal_file(ino)
         except Exception as exc:            # noqa: BLE001 - retried by the idle sealer
-            log.exception("sealing inode %d failed; will retry", ino)
-            self.last_error = f"seal of inode {ino}: {exc!r}"
+            self._seal_failed(ino, exc)
+        else:
+            self._seal_succeeded(ino)
         finally:
             self._seal_scheduled.discard(ino)
             self._maybe_unload(ino)
@@ -119,13 +143,65 @@ class LifecycleOps(MountCore):
             b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        if self.journal is not None:
+            self.journal.sealed(f.ino, r.covered)
 
-    async def seal_all(self) -> None:
-        self._small_due.update(i for i, f in self.files.items() if f.dirty)
-        await self._seal_small_now()
+    async def seal_all(self, *, skip_failing: bool = False) -> None:
+        """Seal every dirty file. A file whose seal fails is reported (log,
+        status) and the others are still sealed; the first error is raised at
+        the end, and the file's data stays dirty (and journaled, see
+        `shutdown`). With `skip_failing`, files whose last seal failed and
+        whose retry time has not come are not tried again: flush and unmount
+        then answer at once instead of waiting on a store that is full."""
+        now = time.monotonic()
+        skipped = [ino for ino, (_, retry_at, _) in self.seal_failures.items()
+                   if skip_failing and now < retry_at and ino in self.files]
+        self._small_due.update(i for i, f in self.files.items() if f.dirty and i not in skipped)
+        first_error: Exception | None = None
+        try:
+            await self._seal_small_now()
+        except Exception as exc:              # noqa: BLE001 - each file again below
+            log.warning("sealing small files together failed (%s); one by one", exc)
         for ino in list(self.files):
-            await self.seal_file(ino)
+            if ino in skipped:
+                continue
+            try:
+                await self.seal_file(ino)
+            except Exception as exc:          # noqa: BLE001 - reported, the rest go on
+                self._seal_failed(ino, exc)
+                first_error = first_error or exc
+            else:
+                self._seal_succeeded(ino)
             self._maybe_unload(ino)
+        if first_error is not None:
+            raise first_error
+        if skipped:
+            count, _, error = self.seal_failures[skipped[0]]
+            raise SealError(f"{len(skipped)} file(s) could not be sealed (inode {skipped[0]}: "
+                            f"{error}); their data is kept and retried")
+
+    def _seal_due(self, f: FileData, now: float) -> bool:
+        """The sealing policy: a file left alone for `idle_seal_seconds`, or dirty
+        for `seal_max_age_seconds` however busy it is; a file whose seal failed,
+        once its retry time has come."""
+        failed = self.seal_failures.get(f.ino)
+        if failed is not None:
+            return f.dirty and now >= failed[1]
+        return f.dirty and (now - f.last_write >= self.idle_seal_seconds
+                            or now - f.dirty_since >= self.seal_max_age_seconds)
+
+    def _seal_failed(self, ino: int, exc: BaseException) -> None:
+        """Keep the data, say so (log, status, metrics), retry with backoff."""
+        count = self.seal_failures.get(ino, (0, 0.0, ""))[0] + 1
+        delay = min(SEAL_RETRY_MAX_SECONDS, 2.0 ** count)
+        self.seal_failures[ino] = (count, time.monotonic() + delay, repr(exc))
+        self.last_error = f"seal of inode {ino} failed ({count}x), retrying in {delay:.0f}s: {exc!r}"
+        log.error("sealing inode %d failed (%d time(s)); its data stays dirty and journaled, "
+                  "retrying in %.0fs: %s", ino, count, delay, exc)
+
+    def _seal_succeeded(self, ino: int) -> None:
+        if self.seal_failures.pop(ino, None) is not None:
+            log.info("sealing inode %d succeeded after earlier failures", ino)
 
     async def _idle_sealer(self) -> None:
         last_sync = time.monotonic()
@@ -133,13 +209,13 @@ class LifecycleOps(MountCore):
             await trio.sleep(min(0.5, self.idle_seal_seconds / 2))
             now = time.monotonic()
             for ino, f in list(self.files.items()):
-                if f.dirty and now - f.last_write >= self.idle_seal_seconds:
+                if self._seal_due(f, now):
                     self._queue_seal(f)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
                 try:
-                    await trio.to_thread.run_sync(self.meta.sync)
+                    await self.sync_metadata()
                 except Exception as exc:    # noqa: BLE001
                     log.exception("periodic metadata sync failed")
                     self.last_error = f"metadata sync: {exc!r}"
@@ -208,15 +284,19 @@ class LifecycleOps(MountCore):
         await self._kernel_writeback()
         await self.seal_all()
         info = self.meta.snapshot(name)
-        await trio.to_thread.run_sync(self.meta.sync)
+        await self.sync_metadata()
         self.snaps.refresh()
         return info
 
     async def flush_all(self, timeout: float | None) -> None:
         if not self.read_only:
             await self._kernel_writeback()
-            await self.seal_all()
-            await trio.to_thread.run_sync(self.meta.sync)
+            try:
+                await self.seal_all(skip_failing=True)
+            except OSError as exc:
+                await self.sync_metadata()
+                raise CommandError(f"flush: {exc.strerror or exc}", exc.errno or errno.EIO) from None
+            await self.sync_metadata()
         if self.paired is not None:
             try:
                 await trio.to_thread.run_sync(self.paired.flush, timeout)
@@ -234,6 +314,12 @@ class LifecycleOps(MountCore):
             "fast_store_use": None,
             "last_upload": None,
             "last_error": self.last_error,
+            # fsynced writes waiting for their seal, and the work done so far:
+            # what fsync journaled and what sealing chunked (bytes since mount).
+            "journal_files": None if self.journal is None else self.journal.held_files(),
+            "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
+            "sealed_bytes": self.data.bytes_sealed,
+            "seal_failing_files": len(self.seal_failures),
         }
         if self.paired is not None:
             ps = self.paired.status()
@@ -248,10 +334,19 @@ class LifecycleOps(MountCore):
         return st
 
     async def shutdown(self) -> None:
-        """Seal everything and make the metadata durable (before unmounting)."""
+        """Seal everything and make the metadata durable (before unmounting).
+
+        Everything written is journaled first, so a seal that fails here loses
+        nothing: the next mount replays it (durability.py)."""
         if not self.read_only:
-            await self.seal_all()
-            await trio.to_thread.run_sync(self.meta.sync)
+            await self.journal_all_dirty()
+            try:
+                await self.seal_all(skip_failing=True)
+            except Exception as exc:          # noqa: BLE001 - journaled: replayed next mount
+                log.error("unmounting with unsealed files (kept in the dirty journal, "
+                          "sealed at the next mount): %s", exc)
+            finally:
+                await self.sync_metadata()
 
 
 def _write_back_inodes(inos: list[int]) -> None:

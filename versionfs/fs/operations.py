@@ -13,6 +13,7 @@ and keeps the inode cache and the metadata store in step:
     files.py           open, create and the I/O on file handles
     xattrs.py          extended attributes
     lifecycle.py       start, background sealing, snapshot, flush, status, shutdown
+    durability.py      fsync through the dirty journal (journal.py), its replay
 
 The mixins call each other's helpers through `self` (setattr truncates
 through FileOps, a write schedules a seal in LifecycleOps). Every handler is
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import pyfuse3
 
+from .durability import DurabilityOps
 from .files import FileOps
 from .lifecycle import LifecycleOps
 from .namespace import NamespaceOps
@@ -31,7 +33,8 @@ from .special_dirs import SpecialDirOps
 from .xattrs import XattrOps
 
 
-class VersionFS(NamespaceOps, SpecialDirOps, FileOps, XattrOps, LifecycleOps, pyfuse3.Operations):
+class VersionFS(NamespaceOps, SpecialDirOps, FileOps, XattrOps, LifecycleOps, DurabilityOps,
+                pyfuse3.Operations):
     """One mount's request handlers; constructed with `MountCore`'s arguments."""
 
     enable_writeback_cache = True

@@ -11,6 +11,8 @@ the result in, is `DataManager.seal`):
   insert; when an application rewrites the whole file the chunks that come out
   are the old ones again and content addressing stores nothing new for them.
 * Chunks that are all zeros are not stored: they become holes.
+* On an encrypted filesystem the cut points are keyed (chunking.py), so the
+  chunk lengths of a known file cannot be predicted without the key.
 * The CPU work (CDC, hashing, compression, encryption, store writes) runs in
   worker threads, so the trio thread keeps serving requests and both cores
   work.
@@ -22,8 +24,7 @@ import concurrent.futures
 import threading
 from dataclasses import dataclass
 
-import pyfastcdc
-
+from .chunking import Chunker
 from .extents import Extent, Intervals
 from .layers import Layer
 from .reading import ChunkReader
@@ -47,17 +48,23 @@ class SealResult:
     removed: list[Extent]
     added: list[Extent]
     new_chunks: int
+    # The dirty journal's last index when the layers were frozen: the seal covers
+    # every journal record of the file up to it (journal.py).
+    covered: int = -1
 
 
 class Sealer(ChunkReader):
     """Reads frozen layers over their extents and stores what changed as chunks
     (blocking; called from a worker thread). Chunks it stores go into the read
-    cache too."""
+    cache too. `chunking_seed` (`Codec.chunking_seed()`) keys the cut points;
+    None chunks unkeyed."""
 
-    def __init__(self, blobs):
+    def __init__(self, blobs, chunking_seed: int | None = None):
         super().__init__(blobs)
+        self._chunking_seed = chunking_seed
         self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
         self._cdc = threading.local()
+        self.bytes_sealed = 0      # content bytes read to be chunked (counter for tests/metrics)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -70,6 +77,7 @@ class Sealer(ChunkReader):
         for _, extents, layers in frozen:
             size = layers[-1].size
             data = self._read_sync(extents, layers, 0, size) if size else b""
+            self.bytes_sealed += len(data)
             contents.append(None if not data or data == bytes(len(data)) else data)
         pointers = iter(self._put_many([c for c in contents if c is not None]))
         self._barrier()
@@ -115,6 +123,7 @@ class Sealer(ChunkReader):
         cdc = self._chunker()
 
         def read(a, b):
+            self.bytes_sealed += b - a
             return self._read_sync(extents, layers, a, b)
 
         for ra, rb in visible:
@@ -152,10 +161,10 @@ class Sealer(ChunkReader):
         new_chunks = len({e.pointer for e in added} - old_ptrs)
         return SealResult(size, result_exts, removed, added, new_chunks)
 
-    def _chunker(self) -> pyfastcdc.FastCDC:
+    def _chunker(self) -> Chunker:
         cdc = getattr(self._cdc, "cdc", None)
         if cdc is None:
-            cdc = self._cdc.cdc = pyfastcdc.FastCDC(CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
+            cdc = self._cdc.cdc = Chunker(CHUNK_AVG, CHUNK_MIN, CHUNK_MAX, self._chunking_seed)
         return cdc
 
     def _rechunk(self, cdc, read, start: int, stop: int, clean_starts: dict, futures: list) -> int:
@@ -168,19 +177,19 @@ class Sealer(ChunkReader):
         while pos < stop:
             wend = min(stop, pos + CDC_WINDOW)
             buf = read(pos, wend)
-            chunks = list(cdc.cut_buf(buf))
+            chunks = cdc.cuts(buf)
             if wend < stop and len(chunks) > 1:
                 chunks.pop()          # the last cut was forced by the window end
-            for ch in chunks:
-                data = bytes(ch.data)
-                off = pos + ch.offset
+            for offset, length in chunks:
+                data = buf[offset:offset + length]
+                off = pos + offset
                 fut = self._pool.submit(self._store_chunk, data)
-                futures.append((off, ch.length, fut))
+                futures.append((off, length, fut))
                 pending.append(fut)
-                end = off + ch.length
+                end = off + length
                 if end in clean_starts:
                     return end
-            pos = pos + chunks[-1].offset + chunks[-1].length
+            pos = pos + chunks[-1][0] + chunks[-1][1]
             # Bound memory (about two windows of chunks in flight) without draining
             # the queue: the put workers keep working while the next window is read.
             pending = [fu for fu in pending if not fu.done()]

@@ -95,7 +95,7 @@ class Backend(CompactCopies):
         self.after_commit = after_commit
         self._map_size = map_size or max(2 * quota_bytes, quota_bytes + 64 * 1024**2)
         os.makedirs(self.path, exist_ok=True)
-        self._lockfd = os.open(os.path.join(self.path, "backend.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        self._lockfd = os.open(os.path.join(self.path, "backend.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,6 +140,7 @@ class Backend(CompactCopies):
             sync=True,
             readahead=False,
             max_readers=256,
+            mode=0o600,            # data.mdb/lock.mdb: the owner only (lmdb defaults to 0755)
         )
         self._dbs = {name: self._env.open_db(name) for name in self._bucket_names}
 

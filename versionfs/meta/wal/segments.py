@@ -7,7 +7,7 @@ import re
 
 from .errors import CRCMismatchError
 
-__all__ = ["segment_name"]
+__all__ = ["segment_name", "first_index"]
 
 _NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 
@@ -41,3 +41,10 @@ def _list_segments(dirpath: str) -> list[tuple[int, int, str]]:
                 f"wal: segments out of order in {dirpath}: {a[2]} then {b[2]}"
             )
     return segs
+
+
+def first_index(dirpath: str) -> int:
+    """The first index the oldest segment in ``dirpath`` may hold: where a reader
+    of everything still kept (``WAL.open_at_index``) starts."""
+    segs = _list_segments(dirpath)
+    return segs[0][1] if segs else 0

@@ -320,7 +320,7 @@ class WAL:
         frame2, crc = _frame(TYPE_METADATA, self._metadata, crc)
         frame3, crc = _frame(TYPE_STATE, self._state, crc)
         head = frame1 + frame2 + frame3
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             try:
                 os.write(fd, head)

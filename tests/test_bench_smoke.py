@@ -1,0 +1,27 @@
+"""bench/fsync.py --quick runs to the end on a real mount and prints its tables
+(the numbers of a smoke run mean little; this catches a benchmark that rots)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fuse
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "fsync.py"
+
+
+def test_fsync_bench_quick(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for title in ("Time (ratio", "Time per operation", "Bytes on versionfs"):
+        assert title in out, out
+    for workload in ("SQLite WAL", "SQLite DELETE", "editor save", "append log", "git commit"):
+        assert sum(line.startswith(workload) for line in out.splitlines()) >= 3, out
+    assert "meets" in out or "MISSES" in out, out
+    assert list(tmp_path.iterdir()) == [], "the work directory was not removed"

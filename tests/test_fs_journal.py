@@ -1,0 +1,153 @@
+"""fsync through the dirty journal (versionfs/fs/journal.py, durability.py):
+durable in O(bytes written since the last fsync), no blob per fsync, replayed
+after a crash; sealing coalesced (issue 10).
+
+These kill the daemon with SIGKILL: the journal and the metadata WAL are
+fsynced files of the state dir, so what a power cut does to them is the job
+of the power-cut harness (tests/test_powercut.py); here the point is that
+the daemon itself never needs more than its journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+from fsmount import vfs  # noqa: F401  (fixture)
+
+
+def status(vfs) -> dict:
+    return json.loads(vfs.ok("status --json"))
+
+
+def fast_blobs(vfs) -> int:
+    return sum(len(files) for _, _, files in os.walk(vfs.state_dir / "fast"))
+
+
+def _apply(rng: random.Random, fd: int, model: bytearray) -> None:
+    """One random change: write at a random offset, extend, truncate or rewrite."""
+    op = rng.choice(["write", "write", "extend", "truncate", "rewrite"])
+    size = len(model)
+    if op == "write" and size:
+        off = rng.randrange(size)
+        data = rng.randbytes(rng.randint(1, 20_000))
+    elif op == "rewrite":
+        off, data = 0, rng.randbytes(rng.randint(1, 300_000))
+        os.ftruncate(fd, 0)
+        del model[:]
+    elif op == "truncate":
+        new = rng.randrange(size + 1) if size else 0
+        os.ftruncate(fd, new)
+        del model[new:]
+        return
+    else:
+        off = size + rng.randint(0, 50_000)
+        data = rng.randbytes(rng.randint(1, 100_000))
+    os.pwrite(fd, data, off)
+    if off > len(model):
+        model.extend(bytes(off - len(model)))
+    model[off:off + len(data)] = data
+
+
+def test_fsync_then_kill9_keeps_contents_size_and_mtime_exact(vfs):
+    """Random writes, extensions, truncations and rewrites of several files with
+    fsyncs between them (and seals forced now and then, so journal records and
+    seals interleave); after kill -9 every file is exactly as at its last fsync."""
+    rng = random.Random(1010)
+    names = [f"f{i}" for i in range(4)]
+    models = {n: bytearray() for n in names}
+    fds = {n: os.open(vfs.path(n), os.O_RDWR | os.O_CREAT, 0o644) for n in names}
+    synced: dict[str, tuple[bytes, int]] = {}
+    try:
+        for step in range(120):
+            name = rng.choice(names)
+            _apply(rng, fds[name], models[name])
+            if rng.random() < 0.3:
+                os.fsync(fds[name])
+                synced[name] = (bytes(models[name]), os.fstat(fds[name]).st_mtime_ns)
+            if step % 40 == 39:
+                vfs.ok("flush")                   # seals now and then, between fsyncs
+        for name in names:                         # every file ends fsynced
+            os.fsync(fds[name])
+            synced[name] = (bytes(models[name]), os.fstat(fds[name]).st_mtime_ns)
+        assert status(vfs)["journal_files"] > 0    # at least some of it only in the journal
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    vfs.kill9()
+    vfs.start()
+    for name, (data, mtime) in synced.items():
+        st = os.stat(vfs.path(name))
+        assert st.st_size == len(data), name
+        assert open(vfs.path(name), "rb").read() == data, name
+        assert st.st_mtime_ns == mtime, name
+    # replayed files are sealed and the journal lets go of them
+    vfs.ok("flush")
+    assert status(vfs)["journal_files"] == 0
+    for name, (data, _) in synced.items():
+        assert open(vfs.path(name), "rb").read() == data, name
+
+
+def test_unsynced_writes_never_corrupt_synced_data(vfs):
+    synced = os.urandom(300_000)
+    fd = os.open(vfs.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, synced)
+    os.fsync(fd)
+    os.pwrite(fd, b"N" * 5000, 1000)              # not fsynced: may or may not survive
+    os.pwrite(fd, b"T" * 7000, 300_000)
+    other = os.open(vfs.path("other"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(other, b"never synced")
+    vfs.kill9()
+    for dead in (fd, other):                       # the mount they were on is gone
+        try:
+            os.close(dead)
+        except OSError:
+            pass
+    vfs.start()
+    body = open(vfs.path("f"), "rb").read()
+    assert body[:1000] == synced[:1000] and body[6000:300_000] == synced[6000:]
+    assert body[1000:6000] in (synced[1000:6000], b"N" * 5000)
+    assert body[300_000:] in (b"", b"T" * 7000)
+
+
+def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
+    """The same 4 KiB append + fsync costs the same on a 1 MiB and a 200 MiB
+    file: 4 KiB journaled, nothing chunked, no blob (counters, not timings)."""
+    block = os.urandom(1 << 20)
+    for name, mib in (("small", 1), ("big", 200)):
+        with open(vfs.path(name), "wb") as f:
+            for i in range(mib):
+                f.write(block[i:] + block[:i])
+    vfs.ok("flush")
+    costs = {}
+    for name in ("small", "big"):
+        before, blobs = status(vfs), fast_blobs(vfs)
+        fd = os.open(vfs.path(name), os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, os.urandom(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        after = status(vfs)
+        costs[name] = (after["journal_bytes"] - before["journal_bytes"],
+                       after["sealed_bytes"] - before["sealed_bytes"],
+                       fast_blobs(vfs) - blobs)
+    assert costs["small"] == costs["big"] == (4096, 0, 0), costs
+
+
+def test_many_fsyncs_become_one_version(vfs):
+    """An append-only log (a line + fsync, many times) is sealed once, after it
+    goes quiet: one chunk, not one per fsync."""
+    blobs = fast_blobs(vfs)
+    fd = os.open(vfs.path("log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for i in range(300):
+            os.write(fd, f"line {i:05d} {'x' * 80}\n".encode())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert fast_blobs(vfs) == blobs                # fsync stored nothing
+    vfs.ok("flush")
+    assert fast_blobs(vfs) - blobs == 1
+    assert status(vfs)["journal_files"] == 0

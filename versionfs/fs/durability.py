@@ -1,0 +1,148 @@
+"""`DurabilityOps`: fsync through the dirty journal, and what a mount does
+with the journal at start and at the end.
+
+fsync/fdatasync of a file appends the bytes written since its last fsync
+(their current content), its truncation and its size to the dirty journal
+(journal.py) and fsyncs it, and stores the inode (times, mode, owner) in the
+metadata and fsyncs that: the cost follows what was written since the last fsync, never the
+file's size, and no blob is created. The file is sealed later (lifecycle.py),
+coalescing many fsyncs into one version. A file with more than
+`JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is sealed instead:
+for a big sequential writer that is the same work, without writing the bytes
+twice.
+
+At start the journal is replayed before the first request: the files it
+holds get their journaled writes back as dirty layers and are sealed like any
+written file. At the end (`shutdown`) every dirty file is journaled before
+the final seals, so a seal that fails there (a full disk, a broken store)
+loses nothing: the next mount replays it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from versionfs.tree import schema
+
+from .core import MountCore
+
+log = logging.getLogger(__name__)
+
+# Bytes written since the last fsync above which fsync seals instead of journaling.
+JOURNAL_FSYNC_LIMIT = 16 << 20
+# Journal records are cut into pieces of at most this many bytes.
+JOURNAL_PIECE = 4 << 20
+
+
+class DurabilityOps(MountCore):
+    """fsync, journal replay and the journal's part of shutdown (module docstring)."""
+
+    # -- start ----------------------------------------------------------------
+
+    def _replay_journal(self) -> None:
+        """Give the files the journal holds their journaled state back (dirty)."""
+        replayed = self.journal.replay()
+        applied = 0
+        for r in replayed:
+            if self.meta.get(schema.inode_key(r.ino)) is None:
+                self.journal.forget(r.ino)              # deleted since: nothing to restore
+                continue
+            inode = self._inode(r.ino)
+            if not inode.is_reg:
+                self.journal.forget(r.ino)
+                continue
+            f = self._file(r.ino)
+            for op in r.ops:
+                if op[0] == "W":
+                    self.data.write(f, op[1], op[2])
+                else:
+                    self._replay_truncate(inode, f, op[1])
+            if r.size is not None and r.size != f.size:
+                self._replay_truncate(inode, f, r.size)
+            inode.size = f.size
+            f.unsynced.clip(0)                          # all of it is in the journal already
+            f.unsynced_trunc = None
+            f.last_write = 0.0                          # idle: the sealer takes it soon
+            applied += 1
+        if applied:
+            log.warning("replayed the dirty journal: %d file(s) get their fsynced writes back",
+                        applied)
+
+    def _replay_truncate(self, inode, f, size: int) -> None:
+        removed = self.data.truncate(f, size)
+        if removed:                                   # whole extents cut off: metadata only
+            with self.meta.write() as b:
+                for e in removed:
+                    b.delete(schema.extent_key(inode.ino, e.offset))
+        inode.size = f.size
+
+    # -- fsync ----------------------------------------------------------------
+
+    async def sync_file(self, ino: int) -> None:
+        """What fsync/fdatasync of a live file does (see the module docstring)."""
+        f = self.files.get(ino)
+        if f is not None and (f.unsynced or f.unsynced_trunc is not None) and not self.read_only:
+            if (f.unsynced.total() > JOURNAL_FSYNC_LIMIT or self.journal is None
+                    or self._fast_store_full()):
+                await self.seal_file(ino)
+                self._store_inode(self._inode(ino))
+            else:
+                await self._journal_file(f)
+        if not self.read_only and ino in self.inodes:
+            # Times, mode and owner live in the metadata; the journal holds the size.
+            self._store_inode(self.inodes[ino])
+        await trio.to_thread.run_sync(self._sync_journal_and_meta)
+
+    def _fast_store_full(self) -> bool:
+        """Blobs in the fast store plus dirty data not yet sealed reach the fast
+        store's limit: then fsync seals, so that data that cannot be stored fails
+        with ENOSPC now (or waits for uploads to make room) instead of piling up
+        in the journal beyond the store's budget."""
+        if self.paired is None:
+            return False
+        st = self.paired.status()
+        limit = st.get("fast_limit")
+        if not limit:
+            return False
+        dirty = sum(layer.dirty.total() for f in self.files.values() for layer in f.layers)
+        return (st.get("fast_bytes") or 0) + dirty >= limit
+
+    async def _journal_file(self, f) -> None:
+        ranges, trunc = list(f.unsynced), f.unsynced_trunc
+        f.unsynced.clip(0)
+        f.unsynced_trunc = None
+        writes = []
+        for a, b in ranges:
+            for start in range(a, b, JOURNAL_PIECE):
+                end = min(b, start + JOURNAL_PIECE)
+                data = await self.data.read(f, start, end - start)
+                if data:
+                    writes.append((start, data))
+        inode = self._inode(f.ino)
+        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns)
+
+    def _sync_journal_and_meta(self) -> None:
+        if self.journal is not None:
+            self.journal.sync()
+        self.meta.sync()
+
+    async def journal_all_dirty(self) -> None:
+        """Journal every file written since its last fsync (before the last seals)."""
+        if self.journal is None:
+            return
+        for f in list(self.files.values()):
+            if (f.unsynced or f.unsynced_trunc is not None) and not f.deleted:
+                await self._journal_file(f)
+        await trio.to_thread.run_sync(self.journal.sync)
+
+    # -- after the metadata is synced -------------------------------------------
+
+    async def sync_metadata(self) -> None:
+        """fsync the metadata; then seals written before are durable, so the
+        journal records them and releases what it no longer needs."""
+        marker = self.journal.seals_noted() if self.journal is not None else 0
+        await trio.to_thread.run_sync(self.meta.sync)
+        if self.journal is not None and marker:
+            await trio.to_thread.run_sync(self.journal.metadata_synced, marker)

@@ -1,0 +1,218 @@
+"""The dirty journal: what fsync makes durable before a file is sealed.
+
+Sealing a file (cutting its changed bytes into content-defined chunks, storing
+them as blobs, recording the extents) costs a chunk or more and creates blobs
+that must be uploaded. An fsync must cost only what was written since the last
+one, so fsync does not seal: it appends the file's changed byte ranges (their
+current content), its truncations and its size and mtime to this journal and
+fsyncs it. Sealing happens later, coalesced (see versionfs.fs.sealing).
+
+The journal is a second write-ahead log (versionfs.meta.wal: framed records
+with a chained CRC32C, torn-tail repair, segments released when no longer
+needed), local to this machine and never published: the bucket receives the
+sealed chunks and the metadata that refers to them, never the journal.
+
+Records (msgpack lists)::
+
+    [ino, "W", offset, data]        bytes [offset, offset+len(data)) are data
+    [ino, "T", size]                truncated to size (before the W records after it)
+    [ino, "A", size, mtime_ns]      the file's size at the fsync (and its mtime, for
+                                    the record: times are restored from the metadata,
+                                    which fsync also syncs)
+    [ino, "S", index]               the file's seal that covers every record of
+                                    it up to index is durable in the metadata
+
+A mount replays the journal before it serves anything: for every file, the
+W/T/A records after its last S record, in order, on top of the file as the
+metadata has it; then seals what it replayed. A record carries content, not a
+difference, so replaying one that a durable seal already covers only rewrites
+bytes with the content they had at that fsync. S records (written after the
+metadata that holds the seal was synced) let replay skip such records, so a
+file written and sealed after its last fsync does not revert.
+
+A segment is released once every file with a record in it has a durable seal
+past that record: the journal holds only what is not yet sealed.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+
+import msgpack
+
+from versionfs.meta.wal.segments import first_index
+from versionfs.meta.wal.wal import WAL
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 16 << 20
+WRITE, TRUNCATE, ATTRS, SEALED = "W", "T", "A", "S"
+
+
+@dataclass
+class Replayed:
+    """What the journal holds for one file, to apply on top of its metadata."""
+
+    ino: int
+    ops: list                      # ("W", offset, data) / ("T", size), in order
+    size: int | None = None        # from the last A record
+    mtime_ns: int | None = None
+    last_index: int = 0
+
+
+class DirtyJournal:
+    """Append-only journal of fsynced, not yet sealed writes (see module doc).
+
+    Appends happen on the caller's thread (a write() of the records: cheap, and
+    it fixes their order against seals); ``sync`` is the fsync and blocks, so
+    the fs runs it in a worker thread.
+    """
+
+    def __init__(self, dirpath: str):
+        self.dir = dirpath
+        if WAL.exist(dirpath):
+            # After a release the oldest segment may hold no entry yet: indices
+            # go on from the one its name gives.
+            self._base = first_index(dirpath)
+            self._wal = WAL.open_at_index(dirpath, self._base, segment_bytes=SEGMENT_BYTES)
+            metadata, _state, entries = self._wal.read_all()
+            self.id = metadata.decode()
+        else:
+            self._base = 0
+            self.id = uuid.uuid4().hex
+            self._wal = WAL.create(dirpath, self.id.encode(), segment_bytes=SEGMENT_BYTES)
+            entries = []
+        self._entries = entries
+        self._lock = threading.Lock()
+        # ino -> indices of its record batches not yet covered by a durable seal
+        self._holds: dict[int, collections.deque[int]] = {}
+        # (ino, index) of seals persisted in the metadata but not yet synced there
+        self._seals_pending: list[tuple[int, int]] = []
+        self.bytes_logged = 0           # W payload bytes appended since the mount (metrics)
+
+    # -- replay ---------------------------------------------------------------
+
+    def replay(self) -> list[Replayed]:
+        """Per file, the records a mount must apply; call once, before any append."""
+        entries, self._entries = self._entries, []
+        sealed: dict[int, int] = {}
+        for e in entries:
+            rec = msgpack.unpackb(e.data)
+            if rec[1] == SEALED:
+                sealed[rec[0]] = max(sealed.get(rec[0], 0), rec[2])
+        files: dict[int, Replayed] = {}
+        for e in entries:
+            rec = msgpack.unpackb(e.data)
+            ino, kind = rec[0], rec[1]
+            if kind == SEALED or e.index <= sealed.get(ino, -1):
+                continue
+            r = files.setdefault(ino, Replayed(ino, []))
+            if kind == WRITE:
+                r.ops.append((WRITE, rec[2], rec[3]))
+            elif kind == TRUNCATE:
+                r.ops.append((TRUNCATE, rec[2]))
+            elif kind == ATTRS:
+                r.size, r.mtime_ns = rec[2], rec[3]
+            r.last_index = e.index
+            self._holds.setdefault(ino, collections.deque()).append(e.index)
+        return list(files.values())
+
+    # -- appends --------------------------------------------------------------
+
+    def log(self, ino: int, truncated_to: int | None, writes: list[tuple[int, bytes]],
+            size: int, mtime_ns: int) -> int:
+        """Append one fsync's records of a file; returns the index of the last one.
+        Not durable until ``sync``."""
+        records = []
+        if truncated_to is not None:
+            records.append(msgpack.packb([ino, TRUNCATE, truncated_to]))
+        for offset, data in writes:
+            records.append(msgpack.packb([ino, WRITE, offset, data]))
+            self.bytes_logged += len(data)
+        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
+        with self._lock:
+            first = self._append(records)
+            self._holds.setdefault(ino, collections.deque()).append(first)
+            return first + len(records) - 1
+
+    def _append(self, records: list[bytes]) -> int:
+        last = self._wal.last_index
+        first = self._base if last is None else last + 1
+        self._wal.save(None, [(first + i, data) for i, data in enumerate(records)])
+        return first
+
+    def sync(self) -> None:
+        """fsync what was appended (blocking)."""
+        self._wal.sync()
+
+    @property
+    def last_index(self) -> int:
+        """Index of the newest record (-1 when there is none); a seal that freezes
+        a file's layers now covers every record of it up to here."""
+        last = self._wal.last_index
+        return self._base - 1 if last is None else last
+
+    # -- seals ----------------------------------------------------------------
+
+    def sealed(self, ino: int, covered_to: int) -> None:
+        """A seal of `ino` that covers its records up to `covered_to` was written to
+        the metadata (not yet synced there)."""
+        with self._lock:
+            if ino in self._holds:
+                self._seals_pending.append((ino, covered_to))
+
+    def forget(self, ino: int) -> None:
+        """The file is gone for good (its deletion is durable): drop its holds."""
+        with self._lock:
+            self._holds.pop(ino, None)
+
+    def seals_noted(self) -> int:
+        """How many seals are noted now: pass it to ``metadata_synced`` after the
+        metadata sync that makes them durable."""
+        with self._lock:
+            return len(self._seals_pending)
+
+    def metadata_synced(self, noted: int) -> int:
+        """The metadata was synced after ``seals_noted()`` returned `noted`: those
+        seals are durable. Record them, release what no file needs any more;
+        returns segments released. Blocking."""
+        with self._lock:
+            done, self._seals_pending = self._seals_pending[:noted], self._seals_pending[noted:]
+            records = []
+            for ino, covered in done:
+                holds = self._holds.get(ino)
+                if holds is None:
+                    continue
+                while holds and holds[0] <= covered:
+                    holds.popleft()
+                if not holds:
+                    del self._holds[ino]
+                records.append(msgpack.packb([ino, SEALED, covered]))
+            if records:
+                self._append(records)
+            release = min((h[0] for h in self._holds.values()), default=self.last_index + 1)
+        if not records:
+            return 0
+        self._wal.sync()
+        return self._wal.release_to(release)
+
+    def held_files(self) -> int:
+        with self._lock:
+            return len(self._holds)
+
+    def segment_count(self) -> int:
+        return self._wal.segment_count()
+
+    def close(self) -> None:
+        self._wal.close()
+
+
+
+def open_journal(dirty_dir: str) -> DirtyJournal:
+    """The journal of a mount whose dirty layers live in `dirty_dir`."""
+    return DirtyJournal(os.path.join(dirty_dir, "journal"))
