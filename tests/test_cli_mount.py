@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -272,8 +273,9 @@ def test_umount_with_slow_store_down_warns_and_keeps_uploads(fs, s3_server, s3_u
     fs.init("--slow", s3_url, env=env)
     fs.mount(env=env)
     s3_server.stop()
+    late = os.urandom(1 << 20)
     try:
-        (fs.mnt / "late").write_bytes(os.urandom(1 << 20))
+        (fs.mnt / "late").write_bytes(late)
         r = run_cli("umount", fs.mnt, "--timeout", "2")
         assert r.returncode == 0, r.stderr
         lines = r.stderr.strip().splitlines()
@@ -285,5 +287,11 @@ def test_umount_with_slow_store_down_warns_and_keeps_uploads(fs, s3_server, s3_u
     # The upload journal kept the blob; the next mount uploads it.
     fs.mount(env=env)
     ok(run_cli("flush", fs.mnt, "--timeout", "60"))
-    assert len((fs.mnt / "late").read_bytes()) == 1 << 20
+    assert (fs.mnt / "late").read_bytes() == late
+    fs.umount()
+    # ... to the slow store: without the fast store it still reads back in full.
+    shutil.rmtree(fs.state / "fast")
+    (fs.state / "fast").mkdir(mode=0o700)
+    fs.mount(env=env)
+    assert (fs.mnt / "late").read_bytes() == late
     fs.umount()

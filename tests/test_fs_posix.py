@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -281,14 +282,26 @@ def test_statfs(vfs):
 
 
 def test_fsync_and_fdatasync_on_files_and_dirs(vfs):
-    fd = os.open(vfs.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.mkdir(vfs.path("d"))
+    fd = os.open(vfs.path("d/datasynced"), os.O_RDWR | os.O_CREAT, 0o644)
     os.write(fd, b"abc")
-    os.fdatasync(fd)
-    os.fsync(fd)
-    os.close(fd)
-    dfd = os.open(vfs.path(), os.O_RDONLY)
-    os.fsync(dfd)
+    os.fdatasync(fd)                             # data and size are durable now
+    fd2 = os.open(vfs.path("d/synced"), os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd2, b"0123456789")
+    os.fsync(fd2)
+    os.symlink("synced", vfs.path("d/link"))
+    dfd = os.open(vfs.path("d"), os.O_RDONLY)
+    os.fsync(dfd)                                # ... and so is the new entry
     os.close(dfd)
+    vfs.kill9()                                  # the daemon dies with both files open
+    for dead in (fd, fd2):
+        with contextlib.suppress(OSError):       # ENOTCONN; the descriptor is freed anyway
+            os.close(dead)
+    vfs.start()
+    assert open(vfs.path("d/datasynced"), "rb").read() == b"abc"
+    assert open(vfs.path("d/synced"), "rb").read() == b"0123456789"
+    assert stat.S_IMODE(os.stat(vfs.path("d/synced")).st_mode) == 0o600
+    assert os.readlink(vfs.path("d/link")) == "synced"
 
 
 _AS_OTHER = r"""

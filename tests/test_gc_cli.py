@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cli_util import assert_user_error, run_cli
-from maint_util import Fs, file_pointers, open_meta, tree_digest
+from maint_util import Fs, file_ino, file_pointers, open_meta, tree_digest
 
 pytestmark = pytest.mark.fuse
 
@@ -186,3 +186,27 @@ def test_gc_racing_with_writers_that_recreate_forgotten_content_loses_nothing(fs
     for i in written:
         assert (m / "new" / f"{i}").read_bytes() == contents[i], f"new/{i} lost"
     fs.umount()
+
+
+def test_gc_refuses_to_run_past_an_extent_record_it_cannot_decode(fs, s3_server, s3_bucket):
+    """Issue 11, finding 5: a damaged extent record stops gc instead of being skipped
+    (skipping it would make the blob it still refers to look like garbage)."""
+    from versionfs.tree import schema
+    fs.mount()
+    (fs.mnt / "victim.bin").write_bytes(os.urandom(1_500_000))
+    fs.cli("flush", fs.mnt)
+    fs.umount()
+    meta = open_meta(fs.state)
+    try:
+        ino = file_ino(meta, "victim.bin")
+        key = schema.extent_key(ino, 0)
+        meta.put(key, meta.get(key)[:-5])          # the record no longer decodes
+    finally:
+        meta.close()
+    slow_before, fast_before = slow_blobs(s3_server, s3_bucket), fast_blobs(fs.state)
+    for extra in ((), ("--full",)):
+        line = assert_user_error(run_cli("gc", "--state", fs.state, *extra),
+                                 f"extent record of inode {ino} offset 0", "refuses", "fsck")
+        assert "does not decode" in line
+    assert slow_blobs(s3_server, s3_bucket) == slow_before
+    assert fast_blobs(fs.state) == fast_before

@@ -16,13 +16,21 @@ from versionfs.maint.gc import GCError, GCGuard, KnownBlobIndex, note_live
 
 
 class GatedSlow(DirectoryStore):
-    """A real directory store whose delete waits for a gate: it only makes the
-    interleaving of a put with an in-progress delete deterministic."""
+    """A real directory store whose delete waits for a gate, and whose put waits
+    for ``put_gate`` (open unless a test closes it): they only make the
+    interleaving of a put with an in-progress delete, or with an upload,
+    deterministic."""
 
     def __init__(self, path):
         super().__init__(path)
         self.entered = threading.Event()
         self.gate = threading.Event()
+        self.put_gate = threading.Event()
+        self.put_gate.set()
+
+    def put(self, key, data):
+        assert self.put_gate.wait(10)
+        super().put(key, data)
 
     def delete_many(self, keys):
         self.entered.set()
@@ -41,13 +49,17 @@ def stores(tmp_path):
 
 
 def test_install_is_idempotent_and_delegates(stores):
-    blobs, paired, _ = stores
+    blobs, paired, slow = stores
     guard = GCGuard.install(blobs)
     assert GCGuard.install(blobs) is guard and blobs.store is guard
+    slow.put_gate.clear()                      # the upload cannot finish yet
     p = blobs.put(b"hello")
-    assert blobs.get(p) == b"hello" and guard.is_pending(p) in (True, False)
+    assert blobs.get(p) == b"hello"
+    assert guard.is_pending(p) is True and guard.status()["pending_count"] == 1
+    slow.put_gate.set()
     paired.flush(10)
-    assert guard.status()["pending_count"] == 0
+    assert guard.is_pending(p) is False and guard.status()["pending_count"] == 0
+    assert slow.contains(p)
 
 
 def test_a_put_during_the_epoch_protects_its_blob(stores):

@@ -345,25 +345,6 @@ def vfs_disk(request, tmp_path):
         v.cleanup()
 
 
-# Today's finding for ext4-ordered names (issue 11, finding 8): the mount writes
-# STATE/instance-id (temp file, rename) without fsync.  The next fsync of
-# anything commits the rename in ext4's journal, the file's data never: after
-# the cut instance-id is empty, the remount makes a new id and refuses the
-# lease its own dead predecessor holds ("...is mounted read-write by <this
-# host> ... [old id]").  With strict names the bucket's lease object
-# (STATE/slow/meta/lease, its directory slow/meta never fsynced into slow/)
-# is lost by the same cut, so that remount happens to succeed.
-INSTANCE_ID_LOST = pytest.mark.xfail(
-    strict=True, raises=RemountRefused,
-    reason="issue 11 #8: STATE/instance-id is written without fsync; after a power cut it is "
-           "empty, and the remount refuses the lease held by this very state dir")
-
-
-def _expect_lease(v: VersionfsOnDisk, request) -> None:
-    if v.disk.names == "ext4":
-        request.applymarker(INSTANCE_ID_LOST)
-
-
 def run_until_crash(v: VersionfsOnDisk, seed: int, seconds: float) -> tuple[Workload, dict]:
     """The workload in a thread; the daemon dies and the power goes after ``seconds``."""
     v.mount()
@@ -400,15 +381,13 @@ def writing_scenario(v: VersionfsOnDisk, seed: int) -> None:
         raise RemountRefused(refused)
 
 
-def test_power_cut_while_writing_with_fsyncs(vfs_disk, request):
-    _expect_lease(vfs_disk, request)
+def test_power_cut_while_writing_with_fsyncs(vfs_disk):
     writing_scenario(vfs_disk, seed=11)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(20))
-def test_power_cut_while_writing_with_fsyncs_many(vfs_disk, request, seed):
-    _expect_lease(vfs_disk, request)
+def test_power_cut_while_writing_with_fsyncs_many(vfs_disk, seed):
     writing_scenario(vfs_disk, seed)
 
 
@@ -418,10 +397,9 @@ STRICT_SLOW_AND_EXT4 = pytest.mark.parametrize(
 
 
 @STRICT_SLOW_AND_EXT4
-def test_power_cut_during_upload(vfs_disk, request):
+def test_power_cut_during_upload(vfs_disk):
     """Big files fsynced, then the cut while the uploader copies their chunks
     into the bucket (STATE/slow, on the same disk)."""
-    _expect_lease(vfs_disk, request)
     v, rng = vfs_disk, random.Random(7)
     v.mount()
     files = {f"big{i}": rng.randbytes(rng.randrange(1, 3_000_000)) for i in range(8)}
@@ -440,9 +418,8 @@ def test_power_cut_during_upload(vfs_disk, request):
 
 
 @STRICT_SLOW_AND_EXT4
-def test_power_cut_during_gc(vfs_disk, request):
+def test_power_cut_during_gc(vfs_disk):
     """Garbage from deleted files, everything flushed; the cut while gc deletes."""
-    _expect_lease(vfs_disk, request)
     v, rng = vfs_disk, random.Random(5)
     v.mount()
     kept = {f"keep{i}": rng.randbytes(rng.randrange(1, 500_000)) for i in range(4)}

@@ -9,8 +9,11 @@ the bucket and are fetched on first read (the Paired store falls back to the
 slow store and keeps a copy in the fast one), so the mount is usable at once.
 
 The state dir is built under a temporary name beside STATE_DIR and renamed
-into place only when complete, so an interrupted clone leaves nothing that
-looks like a filesystem.
+into place only when complete (every file in it fsynced, then the rename),
+so an interrupted clone or a power cut leaves nothing that looks like a
+filesystem.  Clone says which head it restored (index, time, writer) and
+remembers it as the newest head seen (``seen.HeadWatermark``), so the new
+state dir never accepts an older one later.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import tomli_w
 from versionfs.common import config as configmod
 from versionfs.common import state as statemod
 from versionfs.blob.errors import NotFoundError
+from versionfs.blob.files import fsync_dir
 from versionfs.bucket import publish
+from versionfs.bucket.seen import HeadWatermark, iso
 
 __all__ = ["clone"]
 
@@ -96,30 +101,27 @@ def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=No
                 publish.restore_meta(bucket, codec, str(layout.meta), head, progress=bar.update)
             configmod.save(cfg, layout.config)
             if wrapped is not None:
-                _write(layout.key, wrapped, 0o600)
+                statemod.write_durably(layout.key, wrapped, 0o600)
             publish.save_record(str(tmp / publish.RECORD_NAME),
                                 {"writer": uuid.uuid4().hex, "etag": pair.last_index,
                                  "last_index": head.last_index})
-            _write(layout.marker, tomli_w.dumps(identity).encode(), 0o600)
+            HeadWatermark(tmp).note(head.seen())
+            statemod.write_durably(layout.marker, tomli_w.dumps(identity).encode())
+            for d in (layout.fast, layout.dirty):
+                fsync_dir(d)
             if root.exists():
                 root.rmdir()
             os.rename(tmp, root)
+            fsync_dir(root.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if not quiet:
-            print(f"cloned {url} into {root}: metadata index {head.last_index}, "
+            print(f"cloned {url} into {root}: the head published {iso(head.time)} by "
+                  f"writer {head.writer[:12]} (metadata index {head.last_index}), "
                   f"{head.snapshots} snapshot(s), {time.monotonic() - start:.1f}s; file data is "
                   f"fetched on first read", file=sys.stderr)
         return root
     finally:
         slow.close()
 
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)

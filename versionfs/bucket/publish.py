@@ -32,7 +32,10 @@ the CAS fails and nothing is overwritten: this copy is stale, and
 ``Publisher.open`` says whether it can simply be fast-forwarded (no local
 changes since) or has diverged (local changes, and newer ones in the bucket).
 The single-writer lease (``lease.py``) keeps that from happening in normal
-use; the CAS is what keeps it safe when clocks or networks misbehave.
+use; the CAS is what keeps it safe when clocks or networks misbehave.  And
+no head older than the newest this state dir has seen or published is ever
+accepted, as the base of a publish or as metadata to catch up with
+(``seen.HeadWatermark``: rollback protection, ``RollbackError``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import msgpack
 import zstandard
 
 from versionfs.blob.errors import BlobError, NotFoundError
+from versionfs.bucket.seen import HeadWatermark, SeenHead, iso
 from versionfs.meta.backup import BackupReader, BackupWriter, framed_copy, verified_stream
 from versionfs.meta.kv import (BucketKV, DirectoryKV, ForeignObjectError, KeyExistsError, KeyModifiedError,
                  KeyNotFoundError, KVPair, S3KV)
@@ -61,7 +65,7 @@ from versionfs.meta.wal.errors import IndexNotFoundError
 from versionfs.meta.wal.record import Entry
 
 __all__ = ["Publisher", "HeadRecord", "PublishError", "NothingPublishedError",
-           "StaleStateError", "DivergedError", "BlobsNotDurableError", "bucket_kv",
+           "StaleStateError", "DivergedError", "BlobsNotDurableError", "RollbackError", "bucket_kv",
            "read_head", "restore_meta", "HEAD_KEY", "LEASE_KEY", "RECORD_NAME"]
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,10 @@ class BlobsNotDurableError(PublishError):
     """The blobs the metadata refers to are not all on the slow store yet (offline?)."""
 
 
+class RollbackError(PublishError):
+    """The bucket's head is older than one this state dir has seen or published."""
+
+
 # --------------------------------------------------------------------- records
 
 @dataclass
@@ -132,6 +140,9 @@ class HeadRecord:
         except (ValueError, TypeError, KeyError) as exc:
             raise PublishError(f"the bucket's {HEAD_KEY} is not a head record this versionfs "
                                f"can read ({exc})") from None
+
+    def seen(self) -> SeenHead:
+        return SeenHead(self.last_index, self.time, self.writer)
 
     def objects(self) -> list[str]:
         names = [f"{self.checkpoint['name']}/part-{i:06d}" for i in range(self.checkpoint["parts"])]
@@ -224,7 +235,8 @@ class Publisher:
 
     def __init__(self, meta: MVCCStore, paired, bucket, codec, record_path: str, *,
                  fs_id: str, fence: Callable[[], int] = lambda: 0,
-                 checkpoint_interval: float = 3600.0, clock: Callable[[], float] = time.time):
+                 checkpoint_interval: float = 3600.0, clock: Callable[[], float] = time.time,
+                 watermark: HeadWatermark | None = None):
         self.meta = meta
         self.paired = paired
         self.bucket = bucket
@@ -235,6 +247,7 @@ class Publisher:
         self.fence = fence
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
+        self.watermark = watermark
         self.status = PublishStatus()
         self._lock = threading.Lock()
         self._head: tuple[KVPair, HeadRecord] | None = None
@@ -247,7 +260,8 @@ class Publisher:
 
         ``StaleStateError`` when someone published since and nothing changed
         here (the caller fast-forwards with ``restore_meta``),
-        ``DivergedError`` when both changed.
+        ``DivergedError`` when both changed, ``RollbackError`` when the head
+        is older than one this state dir has seen or published.
         """
         record = load_record(self.record_path) or {}
         self._writer = record.get("writer") or uuid.uuid4().hex
@@ -257,6 +271,11 @@ class Publisher:
             pair, rec = head
             if rec.fs != self.fs_id:
                 raise PublishError(f"the slow store holds filesystem {rec.fs}, not {self.fs_id}")
+            if self.watermark is not None:
+                older = self.watermark.older(rec.seen())
+                if older:
+                    raise RollbackError(older)
+                self.watermark.note(rec.seen())
             ours = pair.last_index == record.get("etag") or rec.writer == self._writer
             if not ours:
                 local = self.meta.last_index
@@ -264,11 +283,11 @@ class Publisher:
                     raise DivergedError(
                         f"this state dir has {local - published} unpublished metadata change(s), "
                         f"and another machine published newer metadata (index {rec.last_index}, "
-                        f"{_iso(rec.time)}); mount it --read-only to copy your changes out, then "
+                        f"{iso(rec.time)}); mount it --read-only to copy your changes out, then "
                         f"clone the filesystem again (versionfs clone)")
                 raise StaleStateError(
                     f"another machine published newer metadata (index {rec.last_index}, "
-                    f"{_iso(rec.time)})")
+                    f"{iso(rec.time)})")
             if rec.last_index > self.meta.last_index:
                 raise DivergedError(
                     f"the bucket's metadata (index {rec.last_index}) is ahead of this state dir "
@@ -362,6 +381,8 @@ class Publisher:
         self._head = (pair, new)
         save_record(self.record_path, {"writer": self._writer, "etag": pair.last_index,
                                        "last_index": target})
+        if self.watermark is not None:
+            self.watermark.note(new.seen())
         self.status.published_index = target
         self.status.last_publish = new.time
         # The chain before the previous checkpoint: a clone that read an older
@@ -409,7 +430,7 @@ class Publisher:
             return self.kv.atomic_put(HEAD_KEY, sealed, prev[0] if prev else None)
         except (KeyModifiedError, KeyExistsError, KeyNotFoundError):
             now = read_head(self.kv, self.codec)
-            who = f"writer {now[1].writer[:12]} at {_iso(now[1].time)}" if now else "nobody (deleted)"
+            who = f"writer {now[1].writer[:12]} at {iso(now[1].time)}" if now else "nobody (deleted)"
             raise DivergedError(f"the bucket's head record changed behind this mount (now: {who}); "
                                 f"nothing was overwritten; this mount stops publishing") from None
 
@@ -428,7 +449,8 @@ def restore_meta(bucket, codec, dirpath: str, head: HeadRecord,
     """Build a metadata store in the new directory ``dirpath`` from ``head``.
 
     Downloads the checkpoint, restores it, appends the WAL objects after it,
-    then opens the store once so the replay happens (and is checked) here.
+    then opens the store once so the replay happens (and is checked) here,
+    and checks that it ends exactly at the head's index.
     ``progress(nbytes)`` is called as published bytes arrive.
     """
     entries: list[Entry] = []
@@ -450,7 +472,14 @@ def restore_meta(bucket, codec, dirpath: str, head: HeadRecord,
     stream = _CheckpointStream(bucket, codec, head.checkpoint, progress)
     reader = BackupReader(stream, CHECKPOINT_KIND)
     MVCCStore.restore(dirpath, verified_stream(reader), entries)
-    MVCCStore.open(dirpath).close()
+    restored = MVCCStore.open(dirpath)
+    try:
+        got = restored.last_index
+    finally:
+        restored.close()
+    if got != head.last_index:
+        raise PublishError(f"the metadata restored from the bucket ends at index {got}, "
+                           f"its head record says {head.last_index}")
 
 
 def _get(bucket, name: str) -> bytes:
@@ -486,6 +515,3 @@ class _CheckpointStream(io.RawIOBase):
         self._buf = self._buf[n:]
         return n
 
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))

@@ -14,64 +14,69 @@ daemon right after the state dir is opened:
 ``snapshot`` starts it); ``status`` reports what is published and the lease
 (versionfs.fs.ctl.basic, through the mount's ``fs.cloud``).
 
-Offline: every bucket operation here runs on background threads and only logs
-and retries when the store is unreachable; the mount never waits for it except
-in ``flush``, which is asked to.
+Offline: every bucket operation here runs on background threads and retries
+when the store is unreachable; the mount never waits for it except in
+``flush``, which is asked to.  A read-write mount whose bucket is unreachable
+at mount time still mounts when this state dir was the last holder of the
+lease (``seen.LeaseRecord``, a laptop booting offline); the lease thread takes
+the lease back by CAS when the bucket answers and publishing resumes if the
+bucket's head is still the one this state dir last saw.
+
+Supervision: the two threads (``vfs-lease``, ``vfs-publish``) never end
+silently.  A failure is retried with capped exponential backoff (tenacity),
+and every failure is a log line (ERROR unless it is the bucket being
+unreachable), a ``status`` line and the ``background_errors_total`` metric.
+What cannot be retried stops publishing for good, visibly: the lease taken
+by another machine, another machine's publish, a rolled-back head.  From then
+on ``writable`` is False and ``read_only_reason`` says why and what to do: the
+filesystem layer answers writes with EROFS, since nothing written could ever
+be published.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
-import uuid
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from versionfs.common import state as statemod
-from versionfs.blob.errors import BlobError
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
+
+from versionfs.blob.errors import BlobError, StoreUnavailableError
 from versionfs.bucket import publish
+from versionfs.bucket.catchup import fast_forward
 from versionfs.bucket.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
-from versionfs.meta.mvcc.store import MVCCStore
+from versionfs.bucket.seen import HeadWatermark, LeaseRecord, SeenHead
+from versionfs.common import metrics
+from versionfs.common import state as statemod
 
 log = logging.getLogger(__name__)
+
+# What a failed background attempt may be without being a bug (logged without traceback).
+_EXPECTED = (BlobError, OSError, LeaseError, publish.PublishError)
+_WHAT_TO_DO = ("this mount keeps what was written here but publishes nothing more and "
+               "refuses writes: copy out what you need, unmount it, and clone the "
+               "filesystem again (versionfs clone) or mount it --read-only")
+
 
 class CloudError(statemod.StateError):
     """A mount refused because of the bucket (lease held, diverged state); one line."""
 
 
-def instance_id(state_dir: Path) -> str:
-    """A random id of this state directory (not of the filesystem: clones differ).
-
-    The writer lease names it, so a daemon restarted on the same state dir
-    after a crash recognises the lease its dead predecessor left behind.
-    """
-    path = Path(state_dir) / "instance-id"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        value = uuid.uuid4().hex
-        tmp = path.with_name("instance-id.tmp")
-        tmp.write_text(value + "\n")
-        os.replace(tmp, path)
-        return value
+def holder_name(state_dir) -> str:
+    return (f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) "
+            f"[{statemod.instance_id(state_dir)}]")
 
 
-def holder_name(state_dir: Path) -> str:
-    return f"{socket.gethostname()} pid {os.getpid()} ({state_dir}) [{instance_id(state_dir)}]"
-
-
-def _is_dead_predecessor(holder: str, state_dir: Path) -> bool:
+def _is_dead_predecessor(holder: str, state_dir) -> bool:
     """True when ``holder`` is an earlier daemon of this very state directory.
 
     We hold the state dir's flock, so no other daemon of it is alive: its
     lease is stale however long it still has to run.
     """
-    return holder.endswith(f"[{instance_id(state_dir)}]") and \
+    return holder.endswith(f"[{statemod.instance_id(state_dir)}]") and \
         holder != holder_name(state_dir)
 
 
@@ -80,39 +85,6 @@ def _when(ts: float) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
     return f"{stamp} (in {left:.0f}s)" if left > 0 else f"{stamp} (expired)"
 
-
-# ------------------------------------------------------------------ catching up
-
-def _exchange_dirs(a: Path, b: Path) -> None:
-    """Swap two directories atomically (renameat2 RENAME_EXCHANGE)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd, rename_exchange = -100, 2
-    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"cannot swap {a} and {b}: {os.strerror(e)}")
-
-
-def fast_forward(state, bucket, head_pair, head: publish.HeadRecord, record: dict | None) -> None:
-    """Replace the state's metadata with the bucket's head (the caller checked that
-    nothing local would be lost); ``state.meta`` is reopened on the new copy."""
-    layout = state.layout
-    incoming = layout.root / "meta.incoming"
-    shutil.rmtree(incoming, ignore_errors=True)
-    log.info("catching up with the bucket: metadata index %d published %s by another machine",
-             head.last_index, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(head.time)))
-    publish.restore_meta(bucket, state.codec, str(incoming), head)
-    state.meta.close()
-    _exchange_dirs(layout.meta, incoming)
-    shutil.rmtree(incoming, ignore_errors=True)
-    writer = (record or {}).get("writer")
-    rec = {"etag": head_pair.last_index, "last_index": head.last_index}
-    if writer:
-        rec["writer"] = writer
-    publish.save_record(str(layout.root / publish.RECORD_NAME), rec)
-    state.meta = MVCCStore.open(str(layout.meta), **statemod._meta_options(state.config))
-
-
-# --------------------------------------------------------------------- session
 
 class CloudSession:
     """Lease + publisher of one mounted state dir (inert when the slow store has
@@ -123,10 +95,13 @@ class CloudSession:
         self.read_only = read_only
         self.bucket = statemod.named_objects(state.slow)
         self.kv = publish.bucket_kv(self.bucket) if self.bucket is not None else None
+        self.watermark = HeadWatermark(state.path)
         self.lease: Lease | None = None
         self.publisher: publish.Publisher | None = None
-        self.lease_error: str | None = None
+        self.errors: dict[str, str | None] = {"lease": None, "publish": None}
         self.stopped: str | None = None       # why publishing stopped for good
+        self.offline: str | None = None       # why the lease is not held yet (offline boot)
+        self.refused: str | None = None       # read-only mount: a head refused as a rollback
         self._lease_lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -139,27 +114,63 @@ class CloudSession:
     def record_path(self) -> str:
         return str(self.state.layout.root / publish.RECORD_NAME)
 
+    @property
+    def writable(self) -> bool:
+        """False once nothing written could be published any more (see the module doc)."""
+        return self.stopped is None
+
+    @property
+    def read_only_reason(self) -> str | None:
+        return self.stopped
+
     @classmethod
     def start(cls, state, *, read_only: bool, steal_lease: bool = False) -> "CloudSession":
         session = cls(state, read_only)
         if session.bucket is None:
             log.warning("the slow store %s keeps no named objects: metadata is not published",
                         state.slow_url)
-        elif read_only:
+            return session
+        session._seed_watermark()
+        if read_only:
             session._catch_up_read_only()
         else:
             session._start_writer(steal_lease)
         return session
 
+    def _seed_watermark(self) -> None:
+        """A state dir from before rollback protection: what it published is the floor."""
+        record = publish.load_record(self.record_path)
+        if record and self.watermark.load() is None:
+            self.watermark.note(SeenHead(int(record.get("last_index", 0)), 0.0,
+                                         record.get("writer", "")))
+
+    def _read_head(self) -> tuple[Any, publish.HeadRecord] | None:
+        return publish.read_head(self.kv, self.state.codec)
+
     def _catch_up_read_only(self) -> None:
         try:
-            found = publish.read_head(self.kv, self.state.codec)
+            found = self._read_head()
         except (BlobError, OSError) as exc:
             log.warning("slow store unreachable (%s): mounting the local copy as it is", exc)
             return
         if found is None:
             return
         pair, head = found
+        try:
+            self._catch_up_to(pair, head)
+        except publish.RollbackError as exc:
+            self.refused = f"{exc}; mounted this machine's copy as it is"
+            log.error(self.refused)
+            metrics.BACKGROUND_ERRORS.labels("catch-up").inc()
+        except (BlobError, OSError) as exc:
+            log.warning("catching up with the bucket failed (%s): mounting the local copy "
+                        "as it is", exc)
+
+    def _catch_up_to(self, pair, head: publish.HeadRecord) -> None:
+        older = self.watermark.older(head.seen())
+        if older:
+            raise publish.RollbackError(older)
+        self.watermark.note(head.seen())
         record = publish.load_record(self.record_path) or {}
         if record.get("etag") == pair.last_index:
             return
@@ -170,11 +181,49 @@ class CloudSession:
             log.warning("this state dir holds metadata changes that were never published; "
                         "mounting it as it is, not the bucket's newer head")
             return
-        fast_forward(self.state, self.bucket, pair, head, record)
+        fast_forward(self.state, self.bucket, pair, head, record, self.watermark)
 
+    # -- taking the lease ------------------------------------------------------------
     def _start_writer(self, steal: bool) -> None:
         st = self.state
         self.lease = Lease(self.kv, publish.LEASE_KEY, holder_name(st.path), self.ttl)
+        self.publisher = self._new_publisher()
+        try:
+            self._take_lease(steal)
+        except LeaseHeldError as e:
+            raise CloudError(
+                f"{st.slow_url} is mounted read-write by {e.info.holder}; its lease expires "
+                f"{_when(e.info.expires)}. Mount with --read-only for the latest published state, "
+                f"or with --steal-lease if that machine is gone for good") from None
+        except (BlobError, OSError) as exc:
+            self._go_offline(exc, steal)
+            self._start_threads()
+            return
+        try:
+            self._open_publisher(at_mount=True)
+        except (BlobError, OSError) as exc:
+            self._go_offline(exc, steal=False)      # the lease is ours: go on offline
+        except publish.RollbackError as exc:
+            self._release_quietly()
+            raise CloudError(f"{exc}; nothing was changed here. Mount --read-only to use this "
+                             f"machine's copy; if the bucket was restored on purpose, clone it "
+                             f"into a new state dir") from None
+        except publish.PublishError as exc:
+            self._release_quietly()
+            raise CloudError(str(exc)) from None
+        except BaseException:
+            self._release_quietly()
+            raise
+        self._start_threads()
+
+    def _release_quietly(self) -> None:
+        try:
+            self.lease.release()
+        except (BlobError, OSError, LeaseError) as exc:
+            log.warning("could not release the writer lease (it expires by itself): %s", exc)
+
+    def _take_lease(self, steal: bool) -> None:
+        st = self.state
         try:
             if steal:
                 old = self.lease.steal()
@@ -191,38 +240,107 @@ class CloudSession:
                     log.warning("took over the writer lease left by %s, an earlier daemon of "
                                 "this state dir that did not unmount cleanly", e.info.holder)
         except LeaseHeldError as e:
-            raise CloudError(
-                f"{st.slow_url} is mounted read-write by {e.info.holder}; its lease expires "
-                f"{_when(e.info.expires)}. Mount with --read-only for the latest published state, "
-                f"or with --steal-lease if that machine is gone for good") from None
-        except (BlobError, OSError) as exc:
-            raise CloudError(f"cannot take the writer lease in {st.slow_url}: {exc}; "
-                             f"mount --read-only to use the local copy") from None
-        try:
-            self.publisher = self._new_publisher()
-            try:
-                self.publisher.open()
-            except publish.StaleStateError:
-                found = publish.read_head(self.kv, st.codec)
-                fast_forward(st, self.bucket, found[0], found[1], publish.load_record(self.record_path))
-                self.publisher = self._new_publisher()
-                self.publisher.open()
-        except publish.PublishError as exc:
-            self.lease.release()
-            raise CloudError(str(exc)) from None
-        except BaseException:
-            self.lease.release()
+            LeaseRecord.record(st.path, e.info.holder, e.info.generation, "lost")
             raise
-        for target, name in ((self._renew_loop, "vfs-lease"), (self._ship_loop, "vfs-publish")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
+        LeaseRecord.record(st.path, self.lease.holder, self.lease.info.generation, "held")
+
+    def _open_publisher(self, at_mount: bool) -> None:
+        """Check the bucket's head; at mount a stale copy is fast-forwarded first."""
+        try:
+            self.publisher.open()
+        except publish.StaleStateError:
+            if not at_mount:
+                raise
+            found = self._read_head()
+            fast_forward(self.state, self.bucket, found[0], found[1],
+                         publish.load_record(self.record_path), self.watermark)
+            self.publisher = self._new_publisher()
+            self.publisher.open()
+
+    def _go_offline(self, exc: Exception, steal: bool) -> None:
+        """The bucket is unreachable at mount: go on offline if this state dir was the
+        last lease holder (CloudError otherwise)."""
+        st = self.state
+        record = LeaseRecord.load(st.path)
+        if steal or record is None or not record.last_holder:
+            why = ("--steal-lease needs the bucket" if steal else
+                   "this state dir is not the last holder of the writer lease, so it cannot "
+                   "mount read-write while the bucket is unreachable")
+            raise CloudError(f"cannot take the writer lease in {st.slow_url}: {exc}; {why}; "
+                             f"mount --read-only to use the local copy") from None
+        self.offline = (f"the bucket was unreachable at mount ({exc}); this state dir was the "
+                        f"last lease holder, so the mount is read-write and takes the lease "
+                        f"back when the bucket answers")
+        log.warning("mounting read-write offline: %s", self.offline)
+
+    def _reconnect(self) -> None:
+        """Offline boot: take the lease back by CAS and check the head (lease thread)."""
+        try:
+            with self._lease_lock:
+                self._take_lease(False)
+        except LeaseHeldError as e:
+            self._stop_publishing(f"while this mount was offline, {e.info.holder} took the "
+                                  f"writer lease; {_WHAT_TO_DO}")
+            return
+        try:
+            self._open_publisher(at_mount=False)
+        except (publish.StaleStateError, publish.DivergedError, publish.RollbackError) as exc:
+            with self._lease_lock:
+                self._release_quietly()
+            todo = ("nothing changed here since: unmount and mount again to catch up with it"
+                    if isinstance(exc, publish.StaleStateError) else _WHAT_TO_DO)
+            self._stop_publishing(f"{exc}; nothing was overwritten; {todo}")
+            return
+        self.offline = None
+        log.info("the bucket answers again: writer lease taken back, publishing resumes")
+        self._wake.set()
 
     def _new_publisher(self) -> publish.Publisher:
         st = self.state
         return publish.Publisher(st.meta, st.paired, self.bucket, st.codec, self.record_path,
-                                 fs_id=st.id, fence=self._fence,
+                                 fs_id=st.id, fence=self._fence, watermark=self.watermark,
                                  checkpoint_interval=st.config["cloud.checkpoint_interval_seconds"])
+
+    # -- supervision -------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        for target, name in ((self._lease_loop, "vfs-lease"), (self._ship_loop, "vfs-publish")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _attempt(self, task: str, fn: Callable[[], None], max_wait: float) -> None:
+        """Run ``fn`` until it succeeds, backing off between failures; only stop() ends it."""
+        retrying = Retrying(retry=retry_if_exception_type(Exception),
+                            wait=wait_exponential_jitter(initial=0.5, max=max_wait, jitter=0.5),
+                            stop=stop_when_event_set(self._stop), sleep=self._stop.wait,
+                            before_sleep=lambda rs: self._failed(task, rs), reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if not self._stop.is_set():
+                        fn()
+        except Exception as exc:            # noqa: BLE001 - stopping: the last failure
+            log.info("%s stopped while retrying: %s", task, exc)
+            return
+        self.errors[task] = None
+
+    def _failed(self, task: str, retry_state) -> None:
+        exc = retry_state.outcome.exception()
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0
+        text = f"{type(exc).__name__}: {exc}"
+        self.errors[task] = (f"{text} (failed {retry_state.attempt_number} time(s), "
+                             f"retrying in {wait:.0f}s)")
+        metrics.BACKGROUND_ERRORS.labels(task).inc()
+        unreachable = isinstance(exc, (StoreUnavailableError, ConnectionError, TimeoutError))
+        log.log(logging.WARNING if unreachable else logging.ERROR, "%s failed, retrying in "
+                "%.0fs: %s", task, wait, text,       # a traceback once per series, for bugs
+                exc_info=retry_state.attempt_number == 1 and not isinstance(exc, _EXPECTED))
+
+    def _stop_publishing(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = why
+            metrics.BACKGROUND_ERRORS.labels("publish").inc()
+            log.error(why)
 
     # -- lease -------------------------------------------------------------------
     def _fence(self) -> int:
@@ -233,26 +351,29 @@ class CloudSession:
             try:
                 info = self.lease.renew()
             except LeaseLostError as exc:
-                self._stop_publishing(f"the writer lease was lost ({exc}); this mount no longer "
-                                      f"publishes: unmount it and clone again")
+                LeaseRecord.record(self.state.path, self.lease.holder, 0, "lost")
+                self._stop_publishing(f"the writer lease was lost ({exc}); {_WHAT_TO_DO}")
                 raise publish.PublishError(self.stopped) from None
-            self.lease_error = None
             return info.generation
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                self._fence()
-            except publish.PublishError:
-                return
-            except (BlobError, OSError, LeaseError) as exc:
-                self.lease_error = f"renewing the lease failed, retrying: {exc}"
-                log.warning(self.lease_error)
+    def _lease_loop(self) -> None:
+        while not self._stop.wait(min(self.ttl / 3, self.ship_interval) if self.offline
+                                  else self.ttl / 3):
+            if self.stopped:
+                return                      # nothing left to renew; status says why
+            self._attempt("lease", self._lease_once, max_wait=max(1.0, self.ttl / 6))
 
-    def _stop_publishing(self, why: str) -> None:
-        if not self.stopped:
-            self.stopped = why
-            log.error(why)
+    def _lease_once(self) -> None:
+        if self.stopped:
+            return
+        if self.offline:
+            self._reconnect()
+            return
+        try:
+            self._fence()
+        except publish.PublishError:
+            if not self.stopped:
+                raise
 
     # -- publishing --------------------------------------------------------------
     def _ship_loop(self) -> None:
@@ -261,45 +382,66 @@ class CloudSession:
             self._wake.clear()
             if self._stop.is_set() or self.stopped:
                 return
-            self._publish_quietly(timeout=self.ship_interval)
+            if not self.offline:
+                self._attempt("publish", self._ship_once, max_wait=max(30.0, self.ship_interval))
 
-    def _publish_quietly(self, timeout: float | None) -> None:
+    def _ship_once(self) -> None:
         try:
-            self.publish(timeout=timeout)
+            self.publish(timeout=self.ship_interval)
         except publish.BlobsNotDurableError as exc:
             log.info("not publishing yet: %s", exc)
-        except publish.DivergedError as exc:
-            self._stop_publishing(str(exc))
-        except (publish.PublishError, BlobError, OSError) as exc:
-            log.warning("publishing metadata failed, will retry: %s", exc)
+        except (publish.DivergedError, publish.RollbackError) as exc:
+            self._stop_publishing(f"{exc}; {_WHAT_TO_DO}")
+        except publish.PublishError:
+            if not self.stopped:
+                raise
 
     def publish(self, timeout: float | None = None) -> bool:
         if self.publisher is None:
             return False
         if self.stopped:
             raise publish.PublishError(self.stopped)
+        if self.offline:
+            raise publish.PublishError(f"not published: {self.offline}")
         return self.publisher.publish(timeout=timeout)
 
     def publish_soon(self) -> None:
         self._wake.set()
 
+    # -- reporting -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         if self.bucket is None:
             return {"published": "not published (the slow store keeps no metadata)"}
         if self.publisher is None:
-            return {"lease": "none (read-only mount)"}
+            return {"lease": "none (read-only mount)", "catch-up error": self.refused}
         ps = self.publisher.status
         lease = self.lease.info if self.lease is not None else None
         last = ps.last_publish
+        if self.offline:
+            held = f"not held yet: {self.offline}"
+        elif lease is None:
+            held = "not held"
+        else:
+            held = f"held until {_when(lease.expires)}"
         return {
             "published index": ps.published_index,
             "unpublished changes": self.publisher.pending(),
             "last publish": None if last is None else
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
-            "publish error": self.stopped or ps.last_error,
-            "lease": None if lease is None else f"held until {_when(lease.expires)}",
-            "lease error": self.lease_error,
+            "publish error": self.stopped or self.errors["publish"] or ps.last_error,
+            "lease": held,
+            "lease error": self.errors["lease"],
+            "writes refused": self.read_only_reason,
         }
+
+    def gauges(self) -> list[tuple[str, str, float]]:
+        """For the metrics endpoint: (name, help, value)."""
+        if self.publisher is None:
+            return []
+        return [("unpublished_changes", "metadata changes not yet published to the bucket",
+                 self.publisher.pending()),
+                ("publishing_stopped", "1 when publishing stopped for good (see status)",
+                 1 if self.stopped else 0)]
 
     def close(self, timeout: float = 60.0) -> None:
         """Final publish (best effort), stop the threads, give the lease back."""
@@ -307,11 +449,14 @@ class CloudSession:
         self._wake.set()
         for t in self._threads:
             t.join(timeout=timeout)
-        if self.publisher is not None and not self.stopped:
-            self._publish_quietly(timeout=timeout)
+        if self.publisher is not None and not self.stopped and not self.offline:
+            try:
+                self.publish(timeout=timeout)
+            except Exception as exc:        # noqa: BLE001 - the journal and WAL keep it all
+                log.warning("final publish failed (the next mount publishes it): %s", exc)
         if self.lease is not None:
             with self._lease_lock:
-                try:
-                    self.lease.release()
-                except (BlobError, OSError, LeaseError) as exc:
-                    log.warning("could not release the writer lease (it expires by itself): %s", exc)
+                info = self.lease.info
+                self._release_quietly()
+                if info is not None and self.lease.info is None and not self.stopped:
+                    LeaseRecord.record(self.state.path, info.holder, info.generation, "released")

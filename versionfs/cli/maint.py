@@ -152,9 +152,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(answer)
         return EXIT_OK
     with _open(args.state, args.passphrase_file) as st:
-        result = gcmod.collect_garbage(st.meta, st.paired, gcmod.index_path_for(st.meta),
-                                       full=args.full, dry_run=args.dry_run,
-                                       progress=sys.stderr.isatty())
+        try:
+            result = gcmod.collect_garbage(st.meta, st.paired, gcmod.index_path_for(st.meta),
+                                           full=args.full, dry_run=args.dry_run,
+                                           progress=sys.stderr.isatty())
+        except gcmod.GCError as exc:
+            raise UserError(str(exc)) from None
         st.meta.sync()
     print("\n".join(result.lines()))
     if result.failed:

@@ -320,7 +320,10 @@ def load(path: str | os.PathLike[str]) -> Config:
 
 
 def save(cfg: Config, path: str | os.PathLike[str]) -> None:
-    """Write only the keys that differ from the defaults, atomically (tmp + fsync + rename)."""
+    """Write only the keys that differ from the defaults, atomically and durably
+    (tmp + fsync + rename + directory fsync: a power cut leaves the old or the
+    new file, never none, which would silently mean the default slow store)."""
+    from versionfs.blob.files import fsync_dir
     path = Path(path)
     base = defaults()
     doc: dict[str, dict[str, Any]] = {}
@@ -337,6 +340,7 @@ def save(cfg: Config, path: str | os.PathLike[str]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
     cfg.path = path
 
 

@@ -119,7 +119,7 @@ def change_passphrase(state_dir: str | os.PathLike[str], old: Any, new: Any) -> 
                 raise StateError("the key in the slow store changed meanwhile (a passphrase "
                                  "change on another machine?); nothing was changed, try "
                                  "again") from None
-        statemod._write_atomic(layout.key, wrapped, 0o600)
+        statemod.write_durably(layout.key, wrapped, 0o600)
     finally:
         slow.close()
 

@@ -18,6 +18,10 @@ Exported (all prefixed `versionfs_`):
   upload_blocked_blobs              blobs waiting for upload with no good copy in either store
   upload_errors_total               upload-worker errors no retry covers (each also an ERROR line)
   snapshots, head_revision, auto_snapshots_taken_total, auto_snapshots_skipped_total
+  background_errors_total{task}     failures of a background task (publish, lease, ...);
+                                    each is also an ERROR/WARNING log line and a status line
+  unpublished_changes, publishing_stopped   the bucket session (1 = stopped for good,
+                                    the mount refuses writes; `status` says why)
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ CACHE_HITS = Counter("versionfs_chunk_cache_hits", "reads served by the decoded-
                      registry=REGISTRY)
 CACHE_MISSES = Counter("versionfs_chunk_cache_misses", "chunk reads that went to the blob store",
                        registry=REGISTRY)
+BACKGROUND_ERRORS = Counter("versionfs_background_errors",
+                            "failures of a background task, by task (each one is retried "
+                            "or shown in status)", ["task"], registry=REGISTRY)
 SLOW_FETCHES = Counter("versionfs_slow_store_fetches",
                        "blobs fetched from the slow store because the fast store lacked them",
                        registry=REGISTRY)
@@ -106,6 +113,10 @@ class _MountCollector:
             yield GaugeMetricFamily("versionfs_journal_files",
                                     "files with fsynced writes not yet sealed",
                                     value=journal.held_files())
+        cloud = getattr(self.fs, "cloud", None)
+        if cloud is not None:
+            for name, text, value in cloud.gauges():
+                yield GaugeMetricFamily(f"versionfs_{name}", text, value=value)
         if self.scheduler is not None:
             yield CounterMetricFamily("versionfs_auto_snapshots_taken", "automatic snapshots taken",
                                       value=self.scheduler.taken)

@@ -15,6 +15,8 @@ Layout of ``STATE_DIR`` (created by ``init_state``)::
     slow/          the default slow store (DirectoryStore) when --slow is not given
     lock           flock()ed by the process that has the filesystem open, and
                    holding its pid, so one state dir has at most one daemon
+    instance-id    a random id of this state dir (not of the filesystem: clones
+                   differ); the writer lease in the bucket names it
     versionfs.log  the background daemon's log
 
 The state dir is 0700 and what is in it 0600 (see versionfs.common.privacy);
@@ -46,6 +48,7 @@ from versionfs.common.privacy import tighten_dir
 __all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
            "Layout", "State", "init_state", "open_state", "is_state_dir",
            "get_passphrase", "read_pid", "unlock_master", "read_master_key", "named_objects",
+           "write_durably", "instance_id",
            "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT", "PASSPHRASE_ENV"]
 
 STATE_FORMAT = 1
@@ -209,23 +212,51 @@ def _marker_data(layout: Layout) -> dict[str, Any]:
     return data
 
 
-def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace a small state file so that a power cut leaves the old or the new one.
+
+    The temporary file is fsynced before the rename and the directory after
+    it: without the first a crash can leave the new name on an empty file,
+    without the second the rename itself can be undone.  Private (0600) unless
+    told otherwise.
+    """
+    from versionfs.blob.files import fsync_dir
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    fsync_dir(str(path.parent))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+_INSTANCE_ID = "instance-id"
+
+
+def instance_id(state_dir: str | os.PathLike[str]) -> str:
+    """The random id of this state directory (not of the filesystem: clones differ).
+
+    The writer lease names it, so a daemon restarted on the same state dir
+    after a crash or a power cut recognises the lease its dead predecessor
+    left behind; that is why it is written durably before anything uses it.
+    A file that does not hold an id (written by a versionfs that did not
+    fsync it, then cut by a power failure) is replaced by a new id.
+    """
+    path = Path(state_dir) / _INSTANCE_ID
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        return value
+    value = uuid.uuid4().hex
+    write_durably(path, (value + "\n").encode())
+    return value
 
 
 def named_objects(store: Any) -> Any:
@@ -269,6 +300,7 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
     if cipher:
         cfg.set("encryption.cipher", cipher)
 
+    from versionfs.blob.files import fsync_dir
     created_root = not root.exists()
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(root, 0o700)           # private whatever the umask (versionfs.common.privacy)
@@ -290,13 +322,13 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
             if encrypt:
                 from versionfs.blob import keys
                 wrapped = keys.wrap_key(keys.new_master_key(), passphrase)
-                _write_atomic(layout.key, wrapped, 0o600)
+                write_durably(layout.key, wrapped, 0o600)
                 if bucket is not None:
                     bucket.put(MASTER_KEY_OBJECT, wrapped)
         finally:
             slow.close()
-        _write_atomic(layout.marker, tomli_w.dumps(identity).encode())
-        _fsync_dir(root)
+        write_durably(layout.marker, tomli_w.dumps(identity).encode())
+        fsync_dir(str(root.parent))
     except BaseException:
         _undo_init(root, created_root)
         raise
@@ -472,7 +504,7 @@ def read_master_key(layout: Layout, identity: dict[str, Any], passphrase: Passph
             log.warning("the slow store's %s is unusable (%s); using the local key file",
                         MASTER_KEY_OBJECT, e)
         else:
-            _write_atomic(layout.key, remote, 0o600)
+            write_durably(layout.key, remote, 0o600)
             log.info("the passphrase was changed: %s updated from the slow store", layout.key)
             return master, etag
     return unlock_master(local, secret, identity, str(layout.root)), etag

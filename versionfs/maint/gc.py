@@ -72,6 +72,7 @@ import msgpack
 
 from versionfs.blob.pointer import Pointer, as_pointer
 from versionfs.blob.store import Buffer, Store
+from versionfs.tree import schema
 
 __all__ = ["GCGuard", "KnownBlobIndex", "GCResult", "GCError", "collect_garbage",
            "extent_pointers", "note_live", "referencing", "index_path_for"]
@@ -90,18 +91,34 @@ class GCError(Exception):
 # --- references -------------------------------------------------------------------
 
 def extent_pointers(meta: Any, *, retained_only: bool = True) -> set[bytes]:
-    """Raw pointers of the stored extent versions (see MVCCStore.versions)."""
+    """Raw pointers of the stored extent versions (see MVCCStore.versions).
+
+    An extent record that does not decode to ``[length, 32-byte pointer]``
+    is a GCError naming it: the blob it refers to cannot be known, so any
+    blob might be live, and a collection that skipped it could delete data
+    the damaged record still needs.  gc refuses to run until fsck has dealt
+    with it.
+    """
     refs: set[bytes] = set()
-    for _key, _rev, value in meta.versions(EXTENTS_START, EXTENTS_END, retained_only=retained_only):
+    for key, rev, value in meta.versions(EXTENTS_START, EXTENTS_END, retained_only=retained_only):
         if value is None:
             continue
         try:
-            _length, pointer = msgpack.unpackb(value)
-        except (ValueError, TypeError, msgpack.UnpackException):
-            continue                # fsck reports broken records; gc only reads good ones
-        if isinstance(pointer, bytes) and len(pointer) == 32:
-            refs.add(pointer)
+            length, pointer = msgpack.unpackb(value)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise GCError(_damaged(key, rev, value, f"does not decode ({exc})")) from None
+        if not isinstance(pointer, bytes) or len(pointer) != 32 or not isinstance(length, int):
+            raise GCError(_damaged(key, rev, value, "is not [length, 32-byte pointer]"))
+        refs.add(pointer)
     return refs
+
+
+def _damaged(key: bytes, rev: int, value: bytes, what: str) -> str:
+    where = (f"inode {schema.from_u64(key[1:9])} offset {schema.from_u64(key[9:17])}"
+             if len(key) == 17 else f"key {key.hex()}")
+    return (f"extent record of {where} at revision {rev} {what}: {value[:40].hex()}; gc "
+            f"refuses to run, since it cannot tell which blob that record needs. Run "
+            f"`versionfs fsck` on the unmounted state dir")
 
 
 # --- the guard in the data path ---------------------------------------------------
