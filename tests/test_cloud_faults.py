@@ -8,6 +8,7 @@ under test talks to the bucket through it, the other machines directly.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -152,6 +153,13 @@ def test_lease_renewal_rides_out_a_dropped_link_and_a_lost_lease_is_plain(
     assert metric(port, "versionfs_publishing_stopped") == 1
     assert_user_error(run_cli("flush", a.mnt), "lease was lost")
     assert " ERROR " in (a.state / "versionfs.log").read_text()
+    # The mount turned read-only for writes: nothing more is accepted that could
+    # never be published, and a snapshot says why.
+    with pytest.raises(OSError) as refused:
+        (a.mnt / "a4.txt").write_text("4\n")
+    assert refused.value.errno == errno.EROFS
+    assert_user_error(run_cli("snapshot", a.mnt), "lease was lost")
+    assert (a.mnt / "a3.txt").read_text() == "3\n"          # what it had stays readable
     b.umount()
     a.umount()
     c = machines("check")

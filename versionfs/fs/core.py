@@ -189,8 +189,14 @@ class MountCore:
             return self._entry(self.snaps.inode(ino), SNAP_TIMEOUT)
         return self._entry(self._inode(ino))
 
+    @property
+    def writes_refused(self) -> bool:
+        """Read-only mount, or the bucket session lost the right to write (a lost
+        lease, another machine wrote meanwhile: `status` says why and what to do)."""
+        return self.read_only or (self.cloud is not None and not self.cloud.writable)
+
     def _writable(self, ino: int) -> None:
-        if self.read_only or is_snap_ino(ino) or is_control_ino(ino):
+        if self.writes_refused or is_snap_ino(ino) or is_control_ino(ino):
             raise FUSEError(errno.EROFS)
 
     @staticmethod

@@ -73,7 +73,7 @@ class FileOps(MountCore):
                 SnapFileHandle(ino, self.snaps.extents(ino), inode.size)), keep_cache=True)
         if is_control_ino(ino):
             raise FUSEError(errno.EISDIR)
-        if wants_write and self.read_only:
+        if wants_write and self.writes_refused:
             raise FUSEError(errno.EROFS)
         if flags & os.O_TRUNC:
             # libfuse turns on atomic O_TRUNC: the kernel sends no setattr(size=0)
@@ -131,7 +131,7 @@ class FileOps(MountCore):
             return await h.write(self, buf)
         if not isinstance(h, FileHandle):
             raise FUSEError(errno.EROFS if isinstance(h, SnapFileHandle) else errno.EBADF)
-        if self.read_only:
+        if self.writes_refused:
             raise FUSEError(errno.EROFS)
         f = self.files[h.ino]
         n = self.data.write(f, off, buf)

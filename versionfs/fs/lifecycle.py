@@ -281,8 +281,9 @@ class LifecycleOps(MountCore):
         return self._writebacks_running > 0
 
     async def take_snapshot(self, name: str | None):
-        if self.read_only:
-            raise CommandError("the mount is read-only", errno.EROFS)
+        if self.writes_refused:
+            why = self.cloud.read_only_reason if not self.read_only and self.cloud else None
+            raise CommandError(why or "the mount is read-only", errno.EROFS)
         await self._kernel_writeback()
         await self.seal_all()
         info = self.meta.snapshot(name)

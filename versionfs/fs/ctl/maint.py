@@ -141,10 +141,13 @@ async def _gc(fs, args):
         try:
             await fs.seal_all()         # 2. every seal running before the epoch is done
             live = _open_extents(fs)
-            result = await trio.to_thread.run_sync(
-                lambda: gcmod.collect_garbage(fs.meta, fs.paired, gcmod.index_path_for(fs.meta),
-                                              guard=guard, live=live, full=full,
-                                              dry_run=dry_run))
+            try:
+                result = await trio.to_thread.run_sync(
+                    lambda: gcmod.collect_garbage(fs.meta, fs.paired, gcmod.index_path_for(fs.meta),
+                                                  guard=guard, live=live, full=full,
+                                                  dry_run=dry_run))
+            except gcmod.GCError as exc:      # e.g. an extent record that does not decode
+                raise CommandError(str(exc), errno.EIO) from None
         finally:
             guard.end()
     finally:
