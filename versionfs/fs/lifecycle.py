@@ -19,6 +19,7 @@ last section.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import time
 
@@ -156,16 +157,19 @@ class LifecycleOps(MountCore):
         whose retry time has not come are not tried again: flush and unmount
         then answer at once instead of waiting on a store that is full."""
         now = time.monotonic()
-        skipped = [ino for ino, (_, retry_at, _) in self.seal_failures.items()
+        # (ino, error) of files left out; copied now: a background retry may
+        # clear seal_failures while this runs.
+        skipped = [(ino, error) for ino, (_, retry_at, error) in list(self.seal_failures.items())
                    if skip_failing and now < retry_at and ino in self.files]
-        self._small_due.update(i for i, f in self.files.items() if f.dirty and i not in skipped)
+        left_out = {ino for ino, _ in skipped}
+        self._small_due.update(i for i, f in self.files.items() if f.dirty and i not in left_out)
         first_error: Exception | None = None
         try:
             await self._seal_small_now()
         except Exception as exc:              # noqa: BLE001 - each file again below
             log.warning("sealing small files together failed (%s); one by one", exc)
         for ino in list(self.files):
-            if ino in skipped:
+            if ino in left_out:
                 continue
             try:
                 await self.seal_file(ino)
@@ -178,8 +182,8 @@ class LifecycleOps(MountCore):
         if first_error is not None:
             raise first_error
         if skipped:
-            count, _, error = self.seal_failures[skipped[0]]
-            raise SealError(f"{len(skipped)} file(s) could not be sealed (inode {skipped[0]}: "
+            ino, error = skipped[0]
+            raise SealError(f"{len(skipped)} file(s) could not be sealed (inode {ino}: "
                             f"{error}); their data is kept and retried")
 
     def _seal_due(self, f: FileData, now: float) -> bool:
@@ -292,19 +296,34 @@ class LifecycleOps(MountCore):
         return info
 
     async def flush_all(self, timeout: float | None) -> None:
-        if not self.read_only:
-            await self._kernel_writeback()
-            try:
-                await self.seal_all(skip_failing=True)
-            except OSError as exc:
-                await self.sync_metadata()
-                raise CommandError(f"flush: {exc.strerror or exc}", exc.errno or errno.EIO) from None
-            await self.sync_metadata()
+        """Seal everything, sync the metadata, wait for the uploads.
+
+        Files whose seal keeps failing (typically: the fast store is full of
+        blobs the slow store does not have yet) are not retried at once: the
+        uploads run first, which makes room (or, with the slow store down,
+        times out — ETIMEDOUT, quickly for `umount --timeout`), then they are
+        sealed and uploaded too."""
         if self.paired is not None:
-            try:
-                await trio.to_thread.run_sync(self.paired.flush, timeout)
-            except TimeoutError as exc:
-                raise CommandError(str(exc), errno.ETIMEDOUT) from None
+            wait = functools.partial(trio.to_thread.run_sync, self.paired.flush, timeout)
+        else:
+            async def wait():
+                return None
+        try:
+            if not self.read_only:
+                await self._kernel_writeback()
+                try:
+                    await self.seal_all(skip_failing=True)
+                except SealError:
+                    await self.sync_metadata()
+                    await wait()                        # room first, then the files that lacked it
+                    await self.seal_all()
+                await self.sync_metadata()
+            await wait()
+        except TimeoutError as exc:
+            raise CommandError(str(exc), errno.ETIMEDOUT) from None
+        except OSError as exc:
+            await self.sync_metadata()
+            raise CommandError(f"flush: {exc.strerror or exc}", exc.errno or errno.EIO) from None
 
     def status(self) -> dict:
         revs = self.meta.revisions()
