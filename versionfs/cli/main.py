@@ -18,6 +18,7 @@ import importlib
 from types import ModuleType
 
 from versionfs import __version__
+from versionfs.common.marks import collect_marked
 from versionfs.common.privacy import restrict_umask
 
 from .command import EXIT_ERROR, Command, error, user_error_types
@@ -45,15 +46,7 @@ def group(name: str) -> ModuleType:
 
 def commands(groups=GROUPS) -> dict[str, Command]:
     """The commands the given groups define (importing them), in group order."""
-    table: dict[str, Command] = {}
-    for module in map(group, groups):
-        for value in vars(module).values():
-            cmd = getattr(value, "cli_command", None)
-            if isinstance(cmd, Command) and value.__module__ == module.__name__:
-                if cmd.name in table:
-                    raise RuntimeError(f"versionfs {cmd.name} defined twice")
-                table[cmd.name] = cmd
-    return table
+    return collect_marked(map(group, groups), "cli_command", Command)
 
 
 def build_parser(groups=GROUPS) -> argparse.ArgumentParser:

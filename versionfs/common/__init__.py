@@ -1,5 +1,7 @@
 """What the commands and the daemon share: ``config`` (config.toml's schema),
 ``units`` (sizes and durations as people write them), ``state`` (the state
 directory: layout, lock, passphrase, opening the stores of the layers below),
-``logs`` and ``metrics``. Above ``blob`` and ``meta``, which it assembles;
+``keys`` (passphrase changes, recovery keys), ``privacy`` (private files by
+default), ``logs``, ``metrics`` and ``marks`` (collecting the functions a
+module marks as commands). Above ``blob`` and ``meta``, which it assembles;
 below everything that runs a filesystem."""

@@ -37,6 +37,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from versionfs.common.marks import collect_marked
+
 from . import basic, history, maint
 from .command import Command, CommandError, command, no_args
 
@@ -50,14 +52,7 @@ async def _help(fs, args):
 
 
 def _collect() -> dict[str, Command]:
-    table: dict[str, Command] = {}
-    for module in GROUPS:
-        for value in vars(module).values():
-            cmd = getattr(value, "ctl_command", None)
-            if isinstance(cmd, Command) and value.__module__ == module.__name__:
-                if cmd.name in table:
-                    raise RuntimeError(f"ctl command {cmd.name!r} defined twice")
-                table[cmd.name] = cmd
+    table = collect_marked(GROUPS, "ctl_command", Command)
     table["help"] = _help.ctl_command
     return table
 
