@@ -83,7 +83,6 @@ class MountCore:
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
         self._small_due: set[int] = set()
-        self._small_due_failed: list[int] = []      # the batch being sealed, to retry one by one
         self._small_wakeup = trio.Event()
         self._meta_changed = False
         self._writebacks_running = 0           # kernel writeback calls not yet returned

@@ -72,11 +72,8 @@ class DurabilityOps(MountCore):
                         applied)
 
     def _replay_truncate(self, inode, f, size: int) -> None:
-        removed = self.data.truncate(f, size)
-        if removed:                                   # whole extents cut off: metadata only
-            with self.meta.write() as b:
-                for e in removed:
-                    b.delete(schema.extent_key(inode.ino, e.offset))
+        # In a layer, like any truncate of a journaled file (files.py `_truncate`).
+        self.data.truncate(f, size, metadata_only=False)
         inode.size = f.size
 
     # -- fsync ----------------------------------------------------------------
@@ -88,7 +85,6 @@ class DurabilityOps(MountCore):
             if (f.unsynced.total() > JOURNAL_FSYNC_LIMIT or self.journal is None
                     or self._fast_store_full()):
                 await self.seal_file(ino)
-                self._store_inode(self._inode(ino))
             else:
                 await self._journal_file(f)
         if not self.read_only and ino in self.inodes:
@@ -101,14 +97,14 @@ class DurabilityOps(MountCore):
         store's limit: then fsync seals, so that data that cannot be stored fails
         with ENOSPC now (or waits for uploads to make room) instead of piling up
         in the journal beyond the store's budget."""
-        if self.paired is None:
-            return False
-        st = self.paired.status()
-        limit = st.get("fast_limit")
+        # The fast store's own counters: Paired.status() would also add up the
+        # whole upload backlog, on every fsync.
+        fast = getattr(self.paired, "fast", None)
+        limit = getattr(fast, "max_bytes", None)
         if not limit:
             return False
         dirty = sum(layer.dirty.total() for f in self.files.values() for layer in f.layers)
-        return (st.get("fast_bytes") or 0) + dirty >= limit
+        return (fast.used_bytes or 0) + dirty >= limit
 
     async def _journal_file(self, f) -> None:
         ranges, trunc = list(f.unsynced), f.unsynced_trunc

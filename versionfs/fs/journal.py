@@ -217,9 +217,6 @@ class DirtyJournal:
         with self._lock:
             return len(self._holds)
 
-    def segment_count(self) -> int:
-        return self._wal.segment_count()
-
     def close(self) -> None:
         self._wal.close()
 

@@ -19,7 +19,6 @@ last section.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import time
 
@@ -79,26 +78,26 @@ class LifecycleOps(MountCore):
             await self._small_wakeup.wait()
             self._small_wakeup = trio.Event()
             await trio.sleep(0.05)            # let a burst of small files gather
-            try:
-                await self._seal_small_now()
-            except Exception as exc:          # noqa: BLE001 - retried by the idle sealer
-                log.warning("sealing small files together failed (%s); one by one", exc)
-                for ino in list(self._small_due_failed):
-                    self._schedule_seal(ino)
+            for ino in await self._seal_small_now():
+                self._schedule_seal(ino)         # one by one, each with its own retries
 
-    async def _seal_small_now(self) -> None:
+    async def _seal_small_now(self) -> list[int]:
+        """Seal the due small files in one batch; the inodes of the batch when it
+        failed as a whole (logged; the caller seals them one by one)."""
         due, self._small_due = self._small_due, set()
         files = [self.files[i] for i in due if i in self.files]
-        self._small_due_failed = [f.ino for f in files]
-        await self.data.seal_small(files, self._persist_many)
-        self._small_due_failed = []
+        try:
+            await self.data.seal_small(files, self._persist_many)
+        except Exception as exc:              # noqa: BLE001 - each file on its own next
+            log.warning("sealing small files together failed (%s); one by one", exc)
+            return [f.ino for f in files]
         for f in files:
-            self._seal_succeeded(f.ino)
-        for f in files:
-            if f.dirty:                        # busy or grown meanwhile
+            if f.dirty:                        # too big, busy or grown meanwhile
                 self._schedule_seal(f.ino)
             else:
+                self._seal_succeeded(f.ino)
                 self._maybe_unload(f.ino)
+        return []
 
     def _persist_many(self, results: list) -> None:
         with self.meta.write() as b:
@@ -164,10 +163,7 @@ class LifecycleOps(MountCore):
         left_out = {ino for ino, _ in skipped}
         self._small_due.update(i for i, f in self.files.items() if f.dirty and i not in left_out)
         first_error: Exception | None = None
-        try:
-            await self._seal_small_now()
-        except Exception as exc:              # noqa: BLE001 - each file again below
-            log.warning("sealing small files together failed (%s); one by one", exc)
+        await self._seal_small_now()          # what it could not seal is sealed one by one below
         for ino in list(self.files):
             if ino in left_out:
                 continue
@@ -303,11 +299,10 @@ class LifecycleOps(MountCore):
         uploads run first, which makes room (or, with the slow store down,
         times out — ETIMEDOUT, quickly for `umount --timeout`), then they are
         sealed and uploaded too."""
-        if self.paired is not None:
-            wait = functools.partial(trio.to_thread.run_sync, self.paired.flush, timeout)
-        else:
-            async def wait():
-                return None
+        async def wait():
+            if self.paired is not None:
+                await trio.to_thread.run_sync(self.paired.flush, timeout)
+
         try:
             if not self.read_only:
                 await self._kernel_writeback()
