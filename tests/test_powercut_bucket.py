@@ -7,7 +7,10 @@ cut come from tests/test_powercut.py.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,14 @@ import pytest
 from cli_util import ok, run_cli
 from cloud_util import Machine
 from powercut import PowerCutDisk
-from test_powercut import RemountRefused, VersionfsOnDisk, write
+from test_cloud_publish import Rig
+from test_powercut import RemountRefused, VersionfsOnDisk, Workload, write
+from versionfs.blob.codec import Codec
 from versionfs.blob.directory import DirectoryStore
+from versionfs.blob.files import TEMP_PREFIX
+from versionfs.bucket import publish
+from versionfs.common import config as configmod
+from versionfs.meta.mvcc.store import MVCCStore
 
 pytestmark = pytest.mark.fuse
 
@@ -43,6 +52,36 @@ def test_named_objects_of_a_directory_store_survive_a_power_cut(tmp_path, names)
         bucket = DirectoryStore(disk.mountpoint / "slow").bucket
         assert {n: bucket.get(n)[0] for n in bucket.list("meta/")} == objects, report
         assert bucket.get("meta/lease")[1] == etag
+    finally:
+        disk.stop()
+
+
+def test_nothing_is_published_that_a_power_cut_takes_back(tmp_path):
+    """Publishing ships WAL entries the metadata store may not have fsynced yet
+    (its LMDB commit syncs them, every batch_interval): after a cut the bucket
+    would be ahead of the state dir, and the mount refuses ("the bucket's
+    metadata is ahead of this state dir; clone the filesystem again")."""
+    disk = PowerCutDisk(tmp_path / "disk", tmp_path / "mnt", "strict").start()
+    try:
+        slow = DirectoryStore(tmp_path / "bucket")     # BUCKET_OFF_DISK
+        rig = Rig(disk.mountpoint, slow, Codec(None), batch_interval=3600)
+        rig.write_file(b"a", b"one")
+        assert rig.pub.publish(timeout=30)             # a checkpoint: commits, so syncs
+        for i in range(20):
+            rig.write_file(b"f%d" % i, b"x" * i)       # appended to the WAL, not synced
+        assert rig.pub.publish(timeout=30)
+        published = publish.read_head(publish.bucket_kv(slow.bucket), rig.codec)[1].last_index
+        disk.cut()
+        for close in (rig.meta.close, rig.paired.close):    # the machine is off: errors
+            with contextlib.suppress(Exception):
+                close()
+        disk.start()
+        meta = MVCCStore.open(str(disk.mountpoint / "meta"))
+        try:
+            assert meta.last_index >= published, \
+                f"published up to index {published}, the state dir kept {meta.last_index}"
+        finally:
+            meta.close()
     finally:
         disk.stop()
 
@@ -114,3 +153,75 @@ def test_power_cut_during_a_clones_lazy_reads(tmp_path, names):
 @pytest.mark.parametrize("names", ["ext4", "strict"])
 def test_power_cut_during_a_clones_lazy_reads_many(tmp_path, names, seed):
     lazy_read_scenario(tmp_path, names, seed)
+
+
+# ---------------------------------------------------------------- publishing
+
+def meta_names(bucket_dir: Path) -> set[str]:
+    """Named objects under meta/ of a ``file://`` bucket, read beside the harness."""
+    out = set()
+    for dirpath, _dirs, files in os.walk(bucket_dir / "meta"):
+        out.update(os.path.join(dirpath, f) for f in files if not f.startswith(TEMP_PREFIX))
+    return out
+
+
+def publish_scenario(tmp_path: Path, names: str, where: str, seed: int) -> None:
+    """Metadata published every 0.2 s (a checkpoint every second) while files
+    are written with fsyncs; the power goes right after the n-th new object
+    under meta/ appeared (WAL objects, checkpoint parts, head copies, the head),
+    so the cuts land between the steps of a publish."""
+    rng = random.Random(seed)
+    v = VersionfsOnDisk(tmp_path, names)
+    v.disk.start()
+    try:
+        if where == "off-disk":                        # BUCKET_OFF_DISK
+            bucket_dir = tmp_path / "bucket"
+            ok(run_cli("init", v.state, "--slow", bucket_dir.as_uri()))
+        else:                                          # STATE/slow: cut with the state dir
+            bucket_dir = v.disk.disk / "live" / "slow"
+            ok(run_cli("init", v.state))
+        settings = {"cloud.wal_ship_interval_seconds": 0.2, "cloud.checkpoint_interval_seconds": 1.0,
+                    "mount.idle_seal_seconds": 0.3}
+        cfg = configmod.load(v.state / "config.toml")
+        for dotted, value in settings.items():
+            cfg.set(dotted, value)
+        configmod.save(cfg, v.state / "config.toml")
+        v.mount()
+        work = Workload(v.mnt, seed)
+        work.create_all()
+        before, wanted = meta_names(bucket_dir), rng.randrange(1, 12)
+        deadline = time.monotonic() + 60
+        while len(meta_names(bucket_dir) - before) < wanted:
+            assert time.monotonic() < deadline, "nothing was published"
+            work.step()
+        report = v.crash()
+        refused = v.remount(report)
+        wrong = work.check(v.mnt)
+        ok(run_cli("flush", v.mnt, "--timeout", "60"))
+        ok(run_cli("umount", v.mnt))
+        assert wrong == [], (f"after a power cut during publishing (seed {seed}; the cut lost "
+                             f"{report['lost']}, reverted {sorted(report['reverted'])}): "
+                             + "; ".join(wrong))
+        v.check_stores()
+        clone = tmp_path / "clone"                     # what was published restores and verifies
+        ok(run_cli("clone", bucket_dir.as_uri() if where == "off-disk" else v.state / "slow", clone))
+        r = run_cli("fsck", clone, "--quiet", "--read-data")
+        assert r.returncode == 0, f"fsck of a clone after the cut: {r.stdout} {r.stderr}"
+        if refused:
+            raise RemountRefused(refused)
+    finally:
+        v.cleanup()
+
+
+@pytest.mark.parametrize("where", ["off-disk", "on-disk"])
+@pytest.mark.parametrize("names", ["ext4", "strict"])
+def test_power_cut_during_publishing(tmp_path, names, where):
+    publish_scenario(tmp_path, names, where, seed=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2, 10))
+@pytest.mark.parametrize("where", ["off-disk", "on-disk"])
+@pytest.mark.parametrize("names", ["ext4", "strict"])
+def test_power_cut_during_publishing_many(tmp_path, names, where, seed):
+    publish_scenario(tmp_path, names, where, seed)

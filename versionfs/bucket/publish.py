@@ -19,7 +19,9 @@ Order, the one invariant that matters (DESIGN: nothing published refers to a
 blob that is not durable): the filesystem puts a chunk into the Paired store
 *before* it writes the metadata entry naming it, and Paired marks a key
 pending before it reaches the fast store.  So a publish first notes the last
-WAL index ``T`` (after taking the checkpoint copy, if any), then the keys
+WAL index ``T`` (after taking the checkpoint copy, if any) and fsyncs the
+local log up to it (the bucket must never be ahead of what a power cut leaves
+here), then the keys
 pending at that moment, waits until exactly those are durable on the slow
 store (blobs), uploads the checkpoint and WAL objects (metadata), and only
 then swings the head by compare-and-swap (head).  A crash anywhere before the
@@ -338,6 +340,10 @@ class Publisher:
                 with BackupWriter(copy, CHECKPOINT_KIND, {"fs": self.fs_id}) as w:
                     ckpt_index = self.meta.backup_to(framed_copy(w))
             target = self.meta.last_index
+            # Never publish what this state dir could still lose: entries are
+            # fsynced at the next LMDB commit, and a power cut before it would
+            # leave the bucket ahead of the local copy (a mount refusing for good).
+            self.meta.sync()
             try:
                 entries = read_entries(self.meta.wal_dir,
                                        ckpt_index + 1 if checkpoint else shipped + 1, target)
