@@ -85,13 +85,17 @@ def check(path, synced):
 
 def crash_rounds(tmp_path, seconds):
     path = str(tmp_path / "store")
-    rnd = random.Random(int(os.environ.get("META_CRASH_SEED", time.time_ns())))
+    seed = int(os.environ.get("META_CRASH_SEED", time.time_ns()))
+    rnd = random.Random(seed)
     end = time.monotonic() + seconds
     rounds = 0
     last = 0
     while time.monotonic() < end or rounds < 5:
         synced = run_child(path, rnd.randrange(1 << 30), rnd.uniform(0.2, 1.5))
-        new_last = check(path, synced)
+        try:
+            new_last = check(path, synced)
+        except AssertionError as e:              # say how to replay it
+            raise AssertionError(f"round {rounds} of META_CRASH_SEED={seed}: {e}") from e
         assert new_last >= last
         last = new_last
         rounds += 1
