@@ -266,7 +266,12 @@ class Publisher:
         is older than one this state dir has seen or published.
         """
         record = load_record(self.record_path) or {}
-        self._writer = record.get("writer") or uuid.uuid4().hex
+        if not record.get("writer"):
+            # Saved before any head names it: a power cut right after the first
+            # swing, before the record below, must still find that head ours.
+            record = {**record, "writer": uuid.uuid4().hex}
+            save_record(self.record_path, record)
+        self._writer = record["writer"]
         head = read_head(self.kv, self.codec)
         published = int(record.get("last_index", 0))
         if head is not None:
