@@ -152,7 +152,7 @@ class HeadRecord:
                                f"can read ({exc})") from None
 
     def seen(self) -> SeenHead:
-        return SeenHead(self.last_index, self.time, self.writer)
+        return SeenHead(self.last_index, self.time, self.writer, self.generation)
 
     def objects(self) -> list[str]:
         names = [f"{self.checkpoint['name']}/part-{i:06d}" for i in range(self.checkpoint["parts"])]
