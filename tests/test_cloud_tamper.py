@@ -19,7 +19,7 @@ import pytest
 import tomli_w
 import zstandard
 
-from cli_util import ok, run_cli
+from cli_util import assert_user_error, ok, run_cli
 from cloud_util import bucket_objects, machines  # noqa: F401  (fixture)
 from test_cloud_publish import Rig, _dump, _restore
 
@@ -295,6 +295,13 @@ def test_mounts_name_a_forged_lease_and_identity_and_readers_never_get_wrong_dat
         (a.mnt / f"file{i}.bin").write_bytes(os.urandom(200_000))
     a.ctl("flush")
     a.umount()
+    # keys/master opens only with the passphrase: a replaced one is told from a
+    # passphrase changed elsewhere only by the error, which names both.
+    master = client.get_object(Bucket=s3_bucket, Key="vfs/keys/master")["Body"].read()
+    client.put_object(Bucket=s3_bucket, Key="vfs/keys/master",
+                      Body=keys.wrap_key(keys.new_master_key(), "the attacker's passphrase"))
+    assert_user_error(a.mount("--passphrase-file", pw), "keys/master was replaced")
+    client.put_object(Bucket=s3_bucket, Key="vfs/keys/master", Body=master)
     client.put_object(Bucket=s3_bucket, Key="vfs/meta/lease",
                       Body=b'{"expires": 9999999999, "generation": 99, "holder": "attacker"}')
     ident = client.get_object(Bucket=s3_bucket, Key="vfs/versionfs.toml")["Body"].read()

@@ -507,6 +507,13 @@ def read_master_key(layout: Layout, identity: dict[str, Any], passphrase: Passph
         except BlobError as e:                   # damaged in the bucket: PassphraseError passes
             log.warning("the slow store's %s is unusable (%s); using the local key file",
                         MASTER_KEY_OBJECT, e)
+        except PassphraseError:
+            unlock_master(local, secret, identity, str(layout.root))   # wrong for both: says so
+            raise PassphraseError(
+                f"wrong passphrase for {layout.root}: it opens this state dir's key file but "
+                f"not the slow store's {MASTER_KEY_OBJECT}, so the passphrase was changed on "
+                f"another machine (give the new one) or {MASTER_KEY_OBJECT} was replaced in "
+                f"the bucket") from None
         else:
             write_durably(layout.key, remote, 0o600)
             log.info("the passphrase was changed: %s updated from the slow store", layout.key)
