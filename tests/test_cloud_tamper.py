@@ -160,6 +160,18 @@ def test_a_forged_or_replaced_head_is_refused_and_copies_do_not_roll_back(rig, t
     assert publish.read_head(kv, rig.codec) is None     # deleted: "nothing published yet"
 
 
+def test_a_deleted_head_is_named_and_written_again_by_the_writer(rig, tmp_path):
+    rig.slow.bucket.delete(publish.HEAD_KEY)
+    for name in list(rig.slow.bucket.list("meta/")):
+        rig.slow.bucket.delete(name)                     # and everything it named
+    rig.write_file(b"c", b"after the deletion")
+    with pytest.raises(publish.PublishError, match=f"{publish.HEAD_KEY} was deleted"):
+        rig.pub.publish(timeout=60)
+    assert publish.read_head(publish.bucket_kv(rig.slow.bucket), rig.codec) is None
+    assert rig.pub.publish(timeout=60)
+    assert _dump(_restore(rig, tmp_path / "again")) == _dump(rig.meta)
+
+
 def test_blobs_replaced_swapped_truncated_or_deleted_are_never_returned(tmp_path, s3_url):
     codec = Codec(keys.new_master_key())
     slow = S3Store(s3_url)

@@ -454,6 +454,11 @@ class Publisher:
             return self.kv.atomic_put(HEAD_KEY, sealed, prev[0] if prev else None)
         except (KeyModifiedError, KeyExistsError, KeyNotFoundError):
             now = read_head(self.kv, self.codec)
+            if now is None and prev is not None:
+                self._head = None       # the next publish starts a whole new chain, by create
+                raise PublishError(f"the bucket's {HEAD_KEY} was deleted behind this mount (by "
+                                   f"whoever can write the bucket); the next publish writes it "
+                                   f"again, with a full checkpoint") from None
             who = f"writer {now[1].writer[:12]} at {iso(now[1].time)}" if now else "nobody (deleted)"
             raise DivergedError(f"the bucket's head record changed behind this mount (now: {who}); "
                                 f"nothing was overwritten; this mount stops publishing") from None
