@@ -33,6 +33,7 @@ from versionfs.tree.schema import ROOT_INO, Inode
 
 from .data import DataManager, Extent, FileData
 from .journal import open_journal
+from .reading import CHUNK_CACHE_BYTES
 from .snapshots import SnapshotViews, is_snap_ino
 from .special_inodes import CTL_DIR_INO, CTL_FILE_INO, SNAPS_DIR_INO, is_control_ino
 
@@ -52,7 +53,8 @@ class MountCore:
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
-                 seal_max_age_seconds: float = 60.0, cloud=None):
+                 seal_max_age_seconds: float = 60.0, cloud=None,
+                 read_cache_bytes: int = CHUNK_CACHE_BYTES):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
         # The bucket session (versionfs.bucket.session.CloudSession) or None:
@@ -71,7 +73,7 @@ class MountCore:
         self.data = DataManager(
             blobs, dirty_dir,
             journal_index=lambda: -1 if self.journal is None else self.journal.last_index,
-            chunking_seed=blobs.codec.chunking_seed())
+            chunking_seed=blobs.codec.chunking_seed(), cache_bytes=read_cache_bytes)
         self.dirty_dir = dirty_dir
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}

@@ -337,6 +337,11 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "seal_failing_files": len(self.seal_failures),
+            # The memory budget (common/memory.py): per-file state is only for
+            # files the kernel still knows, the read cache stays under its limit.
+            "inodes_in_memory": len(self.inodes),
+            "files_in_memory": len(self.files),
+            "read_cache_bytes": self.data.cache.used_bytes,
         }
         if self.paired is not None:
             ps = self.paired.status()

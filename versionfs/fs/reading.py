@@ -18,8 +18,9 @@ import trio
 from .extents import Extent, extent_index
 from .layers import FileData, Layer, plan_read
 
-# Decoded chunks kept in memory for reads.
-CHUNK_CACHE_BYTES = 96 << 20
+# Decoded chunks kept in memory for reads (config mount.read_cache_bytes; part
+# of the daemon's memory budget, common/memory.py).
+CHUNK_CACHE_BYTES = 64 << 20
 READ_AHEAD_CHUNKS = 16       # chunks fetched ahead of a sequential read that missed the cache
 READ_AHEAD_WORKERS = 8
 
@@ -32,6 +33,10 @@ class ChunkCache:
         self._used = 0
         self._items: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
@@ -58,9 +63,9 @@ class ChunkReader:
     chunks, also the ones a seal just stored.
     """
 
-    def __init__(self, blobs):
+    def __init__(self, blobs, cache_bytes: int = CHUNK_CACHE_BYTES):
         self.blobs = blobs
-        self.cache = ChunkCache()
+        self.cache = ChunkCache(cache_bytes)
         self._ahead_pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_WORKERS,
                                                                  thread_name_prefix="vfs-ahead")
         self._ahead_lock = threading.Lock()
