@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """versionfs next to its peers: the same everyday workloads, one target after another.
 
-    .venv/bin/python bench/peers.py [--scale full|small] [--targets native,versionfs,...]
+    .venv/bin/python bench/peers.py [--scale full|medium|small] [--targets native,versionfs,...]
                                     [--workloads write,read,...] [--workdir /var/tmp]
 
 Targets: native ext4 (a plain directory), versionfs, libfuse's C example
@@ -58,6 +58,7 @@ class Scale:
 
 
 SCALES = {"full": Scale(1024, 10_000, (), 2_000),
+          "medium": Scale(256, 2_000, (), 500),            # a few minutes on a shared machine
           "small": Scale(16, 200, ("json", "email"), 50)}
 WORKLOADS = ("write", "read", "create", "ls", "delete", "untar", "git", "sqlite", "snapshot",
              "cli", "mount")
@@ -326,7 +327,7 @@ def parse_list(text: str, known: tuple[str, ...], what: str) -> list[str]:
 def main() -> int:
     p = arg_parser(__doc__)
     p.add_argument("--scale", choices=sorted(SCALES), default="full",
-                   help="full: issue 13's sizes; small: a smoke test")
+                   help="full: issue 13's sizes; medium: a quarter; small: a smoke test")
     p.add_argument("--targets", default=",".join(TARGETS), help="comma-separated, in order")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     args = p.parse_args()

@@ -2,7 +2,8 @@
 
 What the daemon holds at most, by design (README "Memory"):
 
-* decoded chunks kept for reads: ``mount.read_cache_bytes`` (default 64 MiB);
+* decoded chunks kept for reads: ``mount.read_cache_bytes`` (default 64 MiB),
+  emptied after ``mount.read_cache_idle_seconds`` (30 s) without reads or seals;
 * read-ahead in flight: ``fs.reading.READ_AHEAD_CHUNKS`` chunks;
 * what a seal or an upload has in hand: a few chunks per worker thread;
 * per-file state only for files the kernel still knows (inodes it forgot are
@@ -26,7 +27,6 @@ what RssAnon holds plus a few tens of MB of code and LMDB pages.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,20 @@ TRIM_THRESHOLD_BYTES = 1 << 20     # give free heap tops back beyond 1 MiB
 ARENA_MAX = 2                      # one per core: threads share arenas, their free lists too
 
 
+def _libc_function(name: str):
+    """A glibc function of this process (CDLL(None): no ldconfig run), or None."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def bound_allocator() -> bool:
     """Make glibc return freed chunk-sized buffers to the kernel (call once, before
     threads start); False where the C library is not glibc (nothing to do there)."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
-        log.debug("no mallopt in the C library (%s): allocator left as it is", name)
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
+        log.debug("no mallopt in the C library: allocator left as it is")
         return False
     ok = all(mallopt(param, value) == 1 for param, value in (
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
@@ -58,6 +63,14 @@ def bound_allocator() -> bool:
     if not ok:
         log.warning("mallopt refused a setting: the daemon may keep freed memory")
     return ok
+
+
+def give_back_free_memory() -> None:
+    """Return free heap pages to the kernel (malloc_trim), e.g. after dropping the
+    read cache when idle: small chunks live in the heap, not in their own maps."""
+    trim = _libc_function("malloc_trim")
+    if trim is not None:
+        trim(0)
 
 
 def resident_bytes(pid: int | str = "self") -> dict[str, int]:

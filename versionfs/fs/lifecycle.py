@@ -213,6 +213,8 @@ class LifecycleOps(MountCore):
             for ino, f in list(self.files.items()):
                 if self._seal_due(f, now):
                     self._queue_seal(f)
+            if self.data.cache.release_if_idle(self.read_cache_idle_seconds):
+                log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now

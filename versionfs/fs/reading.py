@@ -12,8 +12,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
 
 import trio
+
+from versionfs.common.memory import give_back_free_memory
 
 from .extents import Extent, extent_index
 from .layers import FileData, Layer, plan_read
@@ -21,6 +24,9 @@ from .layers import FileData, Layer, plan_read
 # Decoded chunks kept in memory for reads (config mount.read_cache_bytes; part
 # of the daemon's memory budget, common/memory.py).
 CHUNK_CACHE_BYTES = 64 << 20
+# The cache is emptied after this long unused (mount.read_cache_idle_seconds), so
+# an idle daemon holds little; the kernel's page cache still has hot files.
+CACHE_IDLE_SECONDS = 30.0
 READ_AHEAD_CHUNKS = 16       # chunks fetched ahead of a sequential read that missed the cache
 READ_AHEAD_WORKERS = 8
 
@@ -33,6 +39,7 @@ class ChunkCache:
         self._used = 0
         self._items: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._last_use = time.monotonic()
 
     @property
     def used_bytes(self) -> int:
@@ -40,6 +47,7 @@ class ChunkCache:
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
+            self._last_use = time.monotonic()
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
@@ -47,6 +55,7 @@ class ChunkCache:
 
     def put(self, key: bytes, data: bytes) -> None:
         with self._lock:
+            self._last_use = time.monotonic()
             if key in self._items:
                 return
             self._items[key] = data
@@ -54,6 +63,17 @@ class ChunkCache:
             while self._used > self._limit and self._items:
                 _, old = self._items.popitem(last=False)
                 self._used -= len(old)
+
+
+    def release_if_idle(self, idle_seconds: float = CACHE_IDLE_SECONDS) -> int:
+        """Empty the cache if nothing used it for idle_seconds; returns bytes dropped."""
+        with self._lock:
+            if not self._items or time.monotonic() - self._last_use < idle_seconds:
+                return 0
+            dropped, self._used = self._used, 0
+            self._items.clear()
+        give_back_free_memory()
+        return dropped
 
 
 class ChunkReader:
