@@ -38,4 +38,5 @@ class VersionFS(NamespaceOps, SpecialDirOps, FileOps, XattrOps, LifecycleOps, Du
     """One mount's request handlers; constructed with `MountCore`'s arguments."""
 
     enable_writeback_cache = True
+    enable_acl = True                 # POSIX ACLs checked and cached by the kernel (acls.py)
     supports_dot_lookup = True
