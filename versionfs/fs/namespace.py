@@ -85,13 +85,23 @@ class NamespaceOps(MountCore):
 
     @guard
     async def forget(self, inode_list):
+        # The kernel forgets in batches (a deleted tree: thousands at once), so the
+        # unlinked inodes among them are deleted in one metadata batch.
+        released = []
         for ino, n in inode_list:
             if ino < schema.FIRST_FREE_INO or is_snap_ino(ino):
                 continue
             self.lookups[ino] -= n
             if self.lookups[ino] <= 0:
-                self._maybe_delete(ino)
-                self._maybe_unload(ino)
+                released.append(ino)
+        dead = [ino for ino in released if self._unreferenced(ino)]
+        if dead:
+            with self.meta.write() as b:
+                for ino in dead:
+                    self._forget_inode(ino, b)
+            self._meta_changed = True
+        for ino in released:
+            self._maybe_unload(ino)
 
     @guard
     async def getattr(self, ino, ctx):
@@ -124,6 +134,15 @@ class NamespaceOps(MountCore):
         if fields.update_mtime:
             inode.mtime_ns = attr.st_mtime_ns
         inode.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now
+        f = self.files.get(ino)
+        times_only = not (fields.update_size or fields.update_mode
+                          or fields.update_uid or fields.update_gid)
+        if inode.nlink == 0 or (times_only and f is not None and f.dirty):
+            # Kept in memory only: an unlinked inode is deleted once let go (or at
+            # the next mount), and the times of a file not yet sealed (the kernel's
+            # writeback cache sends them at close and when it evicts the inode)
+            # are stored by the seal or an fsync, like the times write() changes.
+            return self._entry(inode)
         with self.meta.write() as b:
             if acl is not None:               # chmod rewrites the access ACL (acls.py)
                 b.put(acl_key, acls.pack(acls.chmod(acls.parse(acl), inode.mode)))
