@@ -11,7 +11,8 @@ and keeps the inode cache and the metadata store in step:
     special_dirs.py    lookups and listings inside /.versionfs and its snapshots
                        directory (their inode numbers: special_inodes.py)
     files.py           open, create and the I/O on file handles
-    xattrs.py          extended attributes
+    xattrs.py          extended attributes, among them POSIX ACLs (their format
+                       and rules: acls.py)
     lifecycle.py       start, background sealing, snapshot, flush, status, shutdown
     durability.py      fsync through the dirty journal (journal.py), its replay
 
