@@ -2,7 +2,8 @@
 
 The mount negotiates FUSE_POSIX_ACL (`VersionFS.enable_acl`): the kernel
 then checks permissions against the ACLs itself and caches them per inode,
-so `ls -l` and every permission check stop asking us. What stays ours (as in
+so permission checks do not ask us (a READDIRPLUS reply drops the cached ACLs
+of the inodes it refreshes, so `ls -l` still asks once per file). What stays ours (as in
 ext4's fs/posix_acl.c): keeping the mode and the access ACL in step both ways
 (setting an ACL sets the mode, chmod rewrites the ACL), applying a parent's
 default ACL to what is created in it (instead of the umask), and not storing
