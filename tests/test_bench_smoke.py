@@ -1,5 +1,6 @@
-"""bench/fsync.py --quick runs to the end on a real mount and prints its tables
-(the numbers of a smoke run mean little; this catches a benchmark that rots)."""
+"""bench/fsync.py --quick and bench/peers.py --scale small run to the end on a real mount
+and print their tables (the numbers of a smoke run mean little; this catches a
+benchmark that rots)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import pytest
 
 pytestmark = pytest.mark.fuse
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "fsync.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_quick(script: str, workdir: Path, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--workdir",
+                           str(workdir)], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 def test_fsync_bench_quick(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--workdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_quick("fsync.py", tmp_path, 300)
     out = proc.stdout
     for title in ("Time (ratio", "Time per operation", "Bytes on versionfs"):
         assert title in out, out

@@ -267,11 +267,15 @@ class MountCore:
         self.inodes.pop(ino, None)
         self.lookups.pop(ino, None)
 
+    def _unreferenced(self, ino: int) -> bool:
+        """Unlinked, and neither the kernel nor any open holds it: time to delete it."""
+        inode = self.inodes.get(ino)
+        return (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
+                and self.open_count[ino] <= 0)
+
     def _maybe_delete(self, ino: int) -> None:
         """Delete an unlinked inode once the kernel and all opens let go of it."""
-        inode = self.inodes.get(ino)
-        if (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
-                and self.open_count[ino] <= 0):
+        if self._unreferenced(ino):
             with self.meta.write() as b:
                 self._forget_inode(ino, b)
             self._meta_changed = True
