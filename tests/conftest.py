@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -32,3 +33,12 @@ def s3_bucket(s3_server, monkeypatch):
 def s3_url(s3_bucket):
     """``s3://bucket/prefix`` URL of a fresh bucket on the test server."""
     return f"s3://{s3_bucket}/vfs"
+
+
+@pytest.fixture
+def shm_dir():
+    """A directory on /dev/shm (tmpfs): a file system other than tmp_path's."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm (tmpfs)")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield d

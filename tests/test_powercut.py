@@ -398,8 +398,8 @@ STRICT_SLOW_AND_EXT4 = pytest.mark.parametrize(
 
 @STRICT_SLOW_AND_EXT4
 def test_power_cut_during_upload(vfs_disk):
-    """Big files fsynced, then the cut while the uploader copies their chunks
-    into the bucket (STATE/slow, on the same disk)."""
+    """Big files fsynced, then the cut while the uploader links their chunks
+    into the bucket (STATE/slow, on the same disk; linked.py)."""
     v, rng = vfs_disk, random.Random(7)
     v.mount()
     files = {f"big{i}": rng.randbytes(rng.randrange(1, 3_000_000)) for i in range(8)}
@@ -412,6 +412,9 @@ def test_power_cut_during_upload(vfs_disk):
     wrong = [name for name, data in files.items() if (v.mnt / name).read_bytes() != data]
     ok(run_cli("umount", v.mnt))
     assert wrong == [], f"fsynced files changed by a power cut during upload: {wrong}"
+    # The bucket is on the same (power-cut) disk: uploads were hard links.
+    linked = [b for b in (v.state / "slow" / "blobs").glob("*/*") if b.stat().st_nlink == 2]
+    assert linked, "no blob of the slow store is a hard link to the fast store's"
     v.check_stores()
     if refused:
         raise RemountRefused(refused)

@@ -343,6 +343,8 @@ class LifecycleOps(MountCore):
             limit = ps.get("fast_limit")
             st["pending_uploads"] = ps.get("pending_count")
             st["pending_bytes"] = ps.get("pending_bytes")
+            st["uploads_linked"] = ps.get("uploads_linked")
+            st["uploads_copied"] = ps.get("uploads_copied")
             st["fast_store_use"] = (f"{ps.get('fast_bytes')}" +
                                     (f" of {limit}" if limit else ""))
             ok = ps.get("last_upload_ok")
