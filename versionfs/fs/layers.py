@@ -30,7 +30,7 @@ class Layer:
     """
 
     __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired",
-                 "created")
+                 "created", "keep")
 
     def __init__(self, path: str, size: int):
         self.path = path
@@ -43,6 +43,21 @@ class Layer:
         self.readers = 0          # reads in worker threads using this layer
         self.retired = False
         self.created = time.monotonic()
+        # Set once the dirty journal refers to the layer file (an fsync's L
+        # record, data.KeptFile): closing then keeps the file for it.
+        self.keep = None
+
+    @classmethod
+    def adopt(cls, path: str, size: int, ranges) -> "Layer":
+        """A frozen layer over an existing layer file holding `ranges` (a
+        journal replay's L record)."""
+        layer = cls(path, size)
+        layer.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        layer.mem = None
+        for a, b in ranges:
+            layer.dirty.add(a, b)
+        layer.frozen = True
+        return layer
 
     def pwrite(self, buf: bytes, offset: int) -> int:
         end = offset + len(buf)
@@ -82,6 +97,9 @@ class Layer:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.keep is not None:
+                self.keep.closed = True
+                return
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -98,6 +116,7 @@ class FileData:
         self.sealed_size = size       # size that goes with `extents` in the store
         self.layers: list[Layer] = []
         self.seal_lock = trio.Lock()
+        self.sync_lock = trio.Lock()      # one fsync of the file at a time (durability.py)
         self.last_write = 0.0
         self.deleted = False
         self._seq = 0
