@@ -9,12 +9,14 @@ Reading walks the layers newest first, then the extents (reading.py). Sealing
 freezes the layers (new writes open a fresh layer on top, so writers never
 wait for a seal), re-chunks only what changed in a worker thread (sealing.py)
 and swaps the result in. A writer that streams a big file gets it sealed in
-the background in slices (`STREAM_SEAL_BYTES`), so fsync of a 1 GiB file only
-seals the tail. `DataManager` is the whole data path; this module holds its
-trio-thread side: a file's layers and extents change only here.
+the background in slices of more than `STREAM_SEAL_BYTES`; fsync never waits
+for a seal (durability.py journals a big dirty area where it is). `DataManager`
+is the whole data path; this module holds its trio-thread side: a file's
+layers and extents change only here.
 
 Crash policy for the dirty area: unsealed layers are discarded when a mount
-starts (`DataManager.discard_leftovers`). The metadata never refers to a dirty
+starts (`DataManager.discard_leftovers`), except the layer files the dirty
+journal names (a big fsync's L records), which replay adopts. The metadata never refers to a dirty
 file — extents, size and inode record change together in one atomic MVCC
 batch after the chunks are stored — so the file reverts to its last sealed
 state, like a page cache that was not synced, and then gets back what fsync
@@ -39,8 +41,8 @@ from .sealing import CHUNK_MIN, SealResult, Sealer
 
 log = logging.getLogger(__name__)
 
-# A live layer with this many dirty bytes is sealed in the background while
-# the writer keeps going. It bounds the dirty area of one streaming writer
+# A live layer with more dirty bytes than this is sealed in the background
+# while the writer keeps going. It bounds the dirty area of one streaming writer
 # (about twice this on disk: one slice sealing, the next filling) without
 # making a writer that stops below it wait for seals: fsync makes a big
 # dirty area durable where it is (durability.py), sealing follows.
