@@ -50,6 +50,13 @@ def _start_writeback_fn():
 _start_writeback = _start_writeback_fn()
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting
+    (a hint; errors show up at the next fsync): a later fsync finds little left."""
+    if _start_writeback is not None:
+        _start_writeback(fd)
+
+
 def write_temp(directory: str, data: Buffer, *, sync: bool = True,
                writeback: bool = False) -> str:
     """Write ``data`` to a fresh temporary file in ``directory``; return its path.
@@ -67,8 +74,8 @@ def write_temp(directory: str, data: Buffer, *, sync: bool = True,
             view = view[written:]
         if sync:
             os.fsync(fd)
-        elif writeback and _start_writeback is not None:
-            _start_writeback(fd)            # a hint: errors show up at the barrier
+        elif writeback:
+            start_writeback(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temp)

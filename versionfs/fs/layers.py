@@ -15,10 +15,14 @@ import time
 
 import trio
 
+from versionfs.blob.files import start_writeback
+
 from .extents import Extent, Intervals
 
 # Layers are kept in memory up to this size (see Layer).
 MEMORY_LAYER_BYTES = 1 << 20
+# A layer file asks the kernel to start writing back after this many bytes.
+WRITEBACK_BYTES = 8 << 20
 
 
 class Layer:
@@ -30,7 +34,7 @@ class Layer:
     """
 
     __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired",
-                 "created", "keep")
+                 "created", "keep", "unflushed")
 
     def __init__(self, path: str, size: int):
         self.path = path
@@ -46,6 +50,7 @@ class Layer:
         # Set once the dirty journal refers to the layer file (an fsync's L
         # record, data.KeptFile): closing then keeps the file for it.
         self.keep = None
+        self.unflushed = 0        # bytes written since writeback was last started
 
     @classmethod
     def adopt(cls, path: str, size: int, ranges) -> "Layer":
@@ -66,7 +71,14 @@ class Layer:
             os.pwrite(self.fd, self.mem, 0)
             self.mem = None
         if self.mem is None:
-            return os.pwrite(self.fd, buf, offset)
+            n = os.pwrite(self.fd, buf, offset)
+            self.unflushed += n
+            if self.unflushed >= WRITEBACK_BYTES:
+                # The disk starts on a big write's pages while more arrive, so
+                # its fsync (durability.py) finds little left to write.
+                self.unflushed = 0
+                start_writeback(self.fd)
+            return n
         if end > len(self.mem):
             self.mem.extend(bytes(end - len(self.mem)))
         self.mem[offset:end] = buf
