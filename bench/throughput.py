@@ -20,8 +20,8 @@ import hashlib
 import os
 import sys
 
-from common import MiB, arg_parser, load_average, native_and_mount, timed, write_file
-from fs import drop_caches
+from common import (MiB, arg_parser, drop_caches, load_average, native_and_mount, timed,
+                    write_file)
 
 
 def read_hash(path) -> str:
