@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 
 import pytest
@@ -46,3 +47,12 @@ def other_user():
         yield name
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def shm_dir():
+    """A directory on /dev/shm (tmpfs): a file system other than tmp_path's."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm (tmpfs)")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield d

@@ -67,3 +67,24 @@ def test_peers_bench_names_an_unknown_target(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "unknown target zfs" in proc.stderr, proc.stderr
+
+
+THROUGHPUT = BENCH.parent / "throughput.py"
+
+
+def test_throughput_bench_small(tmp_path):
+    """bench/throughput.py at 64 MiB: both rows, verified contents, and the
+    counters of the data path (every chunk linked into the same-disk slow
+    store, nothing copied into the fsync journal)."""
+    proc = subprocess.run([sys.executable, str(THROUGHPUT), "--size-mib", "64",
+                           "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for row in ("write 64 MiB + fsync", "cold read 64 MiB"):
+        assert sum(line.startswith(row) for line in out.splitlines()) == 1, out
+    assert "journal bytes per byte written: 0.00" in out, out
+    linked = next(line for line in out.splitlines() if line.startswith("uploads linked"))
+    n_linked, n_copied = (int(x) for x in linked.split(":")[1].split("/"))
+    assert n_linked >= 32 and n_copied == 0, out
+    assert list(tmp_path.iterdir()) == [], "the work directory was not removed"

@@ -98,7 +98,7 @@ class MountCore:
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         if not read_only:
-            self.data.discard_leftovers()
+            self.data.discard_leftovers(set() if self.journal is None else self.journal.layer_files())
             self._ensure_root()
             self._delete_orphans()
         self.alloc = schema.InodeAllocator(meta) if not read_only else None

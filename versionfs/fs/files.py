@@ -138,7 +138,7 @@ class FileOps(MountCore):
         h.wrote = True
         inode = self._inode(h.ino)
         inode.size = f.size
-        if f.live_bytes() >= STREAM_SEAL_BYTES:
+        if f.live_bytes() > STREAM_SEAL_BYTES:
             self._schedule_seal(h.ino)
         return n
 

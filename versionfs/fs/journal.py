@@ -21,6 +21,15 @@ Records (msgpack lists)::
                                     which fsync also syncs)
     [ino, "S", index]               the file's seal that covers every record of
                                     it up to index is durable in the metadata
+    [ino, "L", name, size, ranges]  a big write's bytes stay where they are: the
+                                    dirty layer file `name` (in the dirty directory,
+                                    frozen and fdatasynced) holds them at `ranges`
+                                    ([[start, end], ...]); the file's size was `size`
+
+An L record is how fsync of many megabytes costs one fdatasync of the layer
+file instead of a second copy of the bytes (durability.py): the layer file is
+kept until a durable seal covers the record (``DataManager.kept_files``), and
+a mount replaying it adopts the file as a dirty layer again.
 
 A mount replays the journal before it serves anything: for every file, the
 W/T/A records its sealed content does not include yet, in order, on top of the
@@ -52,7 +61,7 @@ from versionfs.meta.wal.wal import WAL
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 << 20
-WRITE, TRUNCATE, ATTRS, SEALED = "W", "T", "A", "S"
+WRITE, TRUNCATE, ATTRS, SEALED, LAYER = "W", "T", "A", "S", "L"
 
 
 @dataclass
@@ -61,6 +70,7 @@ class Replayed:
 
     ino: int
     ops: list                      # (index, "W", offset, data) / (index, "T", size) / (index, "A", size)
+                                   # / (index, "L", name, size, ranges)
 
     def after(self, mark: bytes | None, journal_id: str) -> list:
         """The ops the file's sealed content does not include yet: those after
@@ -141,6 +151,44 @@ class DirtyJournal:
             first = self._append(records)
             self._holds.setdefault(ino, collections.deque()).append(first)
             return first + len(records) - 1
+
+    def log_layers(self, ino: int, ops: list[tuple], size: int, mtime_ns: int) -> int:
+        """Append one fsync's records of a file journaled layer by layer, in order:
+        ("T", size), ("W", offset, data) and ("L", name, layer_size, ranges) ops,
+        then its size and mtime; returns the index of the last record. Not
+        durable until ``sync``."""
+        records = []
+        for kind, *args in ops:
+            if kind == LAYER:
+                name, layer_size, ranges = args
+                records.append(msgpack.packb([ino, LAYER, name, layer_size,
+                                              [list(r) for r in ranges]]))
+            else:
+                records.append(msgpack.packb([ino, kind, *args]))
+                if kind == WRITE:
+                    self.bytes_logged += len(args[1])
+        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
+        with self._lock:
+            first = self._append(records)
+            self._holds.setdefault(ino, collections.deque()).append(first)
+            return first + len(records) - 1
+
+    def layer_files(self) -> set[str]:
+        """Names of the layer files the records not yet replayed refer to (call
+        before ``replay``): what a mount must not discard as leftovers."""
+        names = set()
+        for e in self._entries:
+            rec = msgpack.unpackb(e.data)
+            if rec[1] == LAYER:
+                names.add(rec[2])
+        return names
+
+    def covers(self, mark: bytes | None, index: int) -> bool:
+        """Whether a seal that left `mark` (``mark``) includes record `index`."""
+        if mark is None:
+            return False
+        mark_id, covered = msgpack.unpackb(mark)
+        return mark_id == self.id and covered >= index
 
     def _append(self, records: list[bytes]) -> int:
         last = self._wal.last_index

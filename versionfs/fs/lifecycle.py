@@ -9,7 +9,7 @@ coalesced, so that a file saved or fsynced many times becomes few versions
 (fsync itself only journals, durability.py): the idle sealer seals a file
 not written for `idle_seal_seconds` (open or closed), or dirty for
 `seal_max_age_seconds` however busy; a writer streaming a big file is sealed
-in the background once `STREAM_SEAL_BYTES` are pending; snapshot, flush and
+in the background once more than `STREAM_SEAL_BYTES` are pending; snapshot, flush and
 unmount seal everything. Small files are sealed many to a batch. The idle
 sealer also syncs the metadata now and then, which lets the journal release
 what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
@@ -350,6 +350,8 @@ class LifecycleOps(MountCore):
             limit = ps.get("fast_limit")
             st["pending_uploads"] = ps.get("pending_count")
             st["pending_bytes"] = ps.get("pending_bytes")
+            st["uploads_linked"] = ps.get("uploads_linked")
+            st["uploads_copied"] = ps.get("uploads_copied")
             st["fast_store_use"] = (f"{ps.get('fast_bytes')}" +
                                     (f" of {limit}" if limit else ""))
             ok = ps.get("last_upload_ok")
