@@ -136,6 +136,34 @@ def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
     assert costs["small"] == costs["big"] == (4096, 0, 0), costs
 
 
+def test_fsync_syncs_only_the_journal(vfs):
+    """fsync of a file that exists on disk is one disk sync (the journal): the
+    metadata store is not synced, yet size and mtime come back after kill -9
+    from the journal record; a chmod since the last metadata sync makes the
+    next fsync sync the metadata too (the journal does not carry the mode)."""
+    fd = os.open(vfs.path("wal"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, os.urandom(5000))
+        os.fsync(fd)                               # new inode: metadata synced too
+        before = status(vfs)["fsync_metadata_syncs"]
+        for _ in range(50):
+            os.write(fd, os.urandom(100))
+            os.fsync(fd)
+        assert status(vfs)["fsync_metadata_syncs"] == before
+        os.fchmod(fd, 0o600)
+        os.write(fd, b"last")
+        os.fsync(fd)
+        st = os.fstat(fd)
+        data = os.pread(fd, st.st_size, 0)
+    finally:
+        os.close(fd)
+    vfs.kill9()
+    vfs.start()
+    got = os.stat(vfs.path("wal"))
+    assert (got.st_size, got.st_mtime_ns, got.st_mode & 0o777) == (len(data), st.st_mtime_ns, 0o600)
+    assert open(vfs.path("wal"), "rb").read() == data
+
+
 def test_many_fsyncs_become_one_version(vfs):
     """An append-only log (a line + fsync, many times) is sealed once, after it
     goes quiet: one chunk, not one per fsync."""

@@ -85,6 +85,11 @@ class MountCore:
         self._small_due: set[int] = set()
         self._small_wakeup = trio.Event()
         self._meta_changed = False
+        # Inodes whose record changed since the last metadata sync in a way the
+        # dirty journal does not carry (created; mode or owner changed): their
+        # fsync syncs the metadata too (durability.py).
+        self.attrs_unsynced: set[int] = set()
+        self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None

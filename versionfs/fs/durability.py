@@ -2,20 +2,24 @@
 with the journal at start and at the end.
 
 fsync/fdatasync of a file appends the bytes written since its last fsync
-(their current content), its truncation and its size to the dirty journal
-(journal.py) and fsyncs it, and stores the inode (times, mode, owner) in the
-metadata and fsyncs that: the cost follows what was written since the last fsync, never the
-file's size, and no blob is created. The file is sealed later (lifecycle.py),
-coalescing many fsyncs into one version. A file with more than
-`JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is sealed instead:
-for a big sequential writer that is the same work, without writing the bytes
-twice.
+(their current content), its truncation, its size and its times to the dirty
+journal (journal.py) and fsyncs that journal: one disk sync, whose cost
+follows what was written since the last fsync, never the file's size, and no
+blob is created. The inode record in the metadata is stored as usual by the
+next seal or metadata sync; replay restores size and times from the journal.
+Only a file whose inode record changed in a way the journal does not carry
+since the last metadata sync (`MountCore.attrs_unsynced`: created, mode or
+owner changed) costs a metadata sync too. The file is sealed later
+(lifecycle.py), coalescing many fsyncs into one version. A file with more
+than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is sealed
+instead: for a big sequential writer that is the same work, without writing
+the bytes twice.
 
 At start the journal is replayed before the first request: the files it
-holds get their journaled writes back as dirty layers and are sealed like any
-written file. At the end (`shutdown`) every dirty file is journaled before
-the final seals, so a seal that fails there (a full disk, a broken store)
-loses nothing: the next mount replays it.
+holds get their journaled writes and times back as dirty layers and are
+sealed like any written file. At the end (`shutdown`) every dirty file is
+journaled before the final seals, so a seal that fails there (a full disk, a
+broken store) loses nothing: the next mount replays it.
 """
 
 from __future__ import annotations
@@ -57,11 +61,19 @@ class DurabilityOps(MountCore):
             ops = r.after(self.meta.get(schema.journal_mark_key(r.ino)), self.journal.id)
             if not ops:
                 continue
+            times = None
             for _index, kind, *args in ops:
                 if kind == "W":
                     self.data.write(f, args[0], args[1])
-                elif args[0] != f.size:                  # "T", or "A" (the size at the fsync)
+                    continue
+                if args[0] != f.size:                    # "T", or "A" (the size at the fsync)
                     self._replay_truncate(inode, f, args[0])
+                if kind == "A":
+                    times = args[1:]
+            if times is not None and times[1] >= inode.ctime_ns:
+                # A larger ctime in the metadata is a later change of the inode
+                # (chmod, utimes...) whose record holds the times to keep.
+                inode.mtime_ns, inode.ctime_ns = times
             inode.size = f.size
             f.unsynced.clip(0)                          # all of it is in the journal already
             f.unsynced_trunc = None
@@ -87,9 +99,14 @@ class DurabilityOps(MountCore):
                 await self.seal_file(ino)
             else:
                 await self._journal_file(f)
+                if ino not in self.attrs_unsynced:
+                    # Size and times are in the journal record: one disk sync.
+                    await trio.to_thread.run_sync(self.journal.sync)
+                    return
         if not self.read_only and ino in self.inodes:
-            # Times, mode and owner live in the metadata; the journal holds the size.
             self._store_inode(self.inodes[ino])
+        self.fsync_metadata_syncs += 1
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
 
     def _fast_store_full(self) -> bool:
@@ -118,7 +135,7 @@ class DurabilityOps(MountCore):
                 if data:
                     writes.append((start, data))
         inode = self._inode(f.ino)
-        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns)
+        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns, inode.ctime_ns)
 
     def _sync_journal_and_meta(self) -> None:
         if self.journal is None:
@@ -148,6 +165,7 @@ class DurabilityOps(MountCore):
         """fsync the metadata; then seals written before are durable, so the
         journal records them and releases what it no longer needs."""
         marker = self.journal.seals_noted() if self.journal is not None else 0
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self.meta.sync)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)

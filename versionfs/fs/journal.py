@@ -4,8 +4,8 @@ Sealing a file (cutting its changed bytes into content-defined chunks, storing
 them as blobs, recording the extents) costs a chunk or more and creates blobs
 that must be uploaded. An fsync must cost only what was written since the last
 one, so fsync does not seal: it appends the file's changed byte ranges (their
-current content), its truncations and its size and mtime to this journal and
-fsyncs it. Sealing happens later, coalesced (see versionfs.fs.sealing).
+current content), its truncations, its size and its times to this journal and
+fsyncs it: one disk sync, the metadata store is not synced. Sealing happens later, coalesced (see versionfs.fs.sealing).
 
 The journal is a second write-ahead log (versionfs.meta.wal: framed records
 with a chained CRC32C, torn-tail repair, segments released when no longer
@@ -16,9 +16,10 @@ Records (msgpack lists)::
 
     [ino, "W", offset, data]        bytes [offset, offset+len(data)) are data
     [ino, "T", size]                truncated to size (before the W records after it)
-    [ino, "A", size, mtime_ns]      the file's size at the fsync (and its mtime, for
-                                    the record: times are restored from the metadata,
-                                    which fsync also syncs)
+    [ino, "A", size, mtime_ns, ctime_ns]
+                                    the file's size and times at the fsync: replay
+                                    restores the times unless the metadata holds a
+                                    later change of the inode (a larger ctime)
     [ino, "S", index]               the file's seal that covers every record of
                                     it up to index is durable in the metadata
 
@@ -60,7 +61,7 @@ class Replayed:
     """What the journal holds for one file, to apply on top of its metadata."""
 
     ino: int
-    ops: list                      # (index, "W", offset, data) / (index, "T", size) / (index, "A", size)
+    ops: list       # (index, "W", offset, data) / (index, "T", size) / (index, "A", size, mtime, ctime)
 
     def after(self, mark: bytes | None, journal_id: str) -> list:
         """The ops the file's sealed content does not include yet: those after
@@ -127,7 +128,7 @@ class DirtyJournal:
     # -- appends --------------------------------------------------------------
 
     def log(self, ino: int, truncated_to: int | None, writes: list[tuple[int, bytes]],
-            size: int, mtime_ns: int) -> int:
+            size: int, mtime_ns: int, ctime_ns: int) -> int:
         """Append one fsync's records of a file; returns the index of the last one.
         Not durable until ``sync``."""
         records = []
@@ -136,7 +137,7 @@ class DirtyJournal:
         for offset, data in writes:
             records.append(msgpack.packb([ino, WRITE, offset, data]))
             self.bytes_logged += len(data)
-        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
+        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns, ctime_ns]))
         with self._lock:
             first = self._append(records)
             self._holds.setdefault(ino, collections.deque()).append(first)

@@ -336,6 +336,7 @@ class LifecycleOps(MountCore):
             "journal_files": None if self.journal is None else self.journal.held_files(),
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
+            "fsync_metadata_syncs": self.fsync_metadata_syncs,
             "seal_failing_files": len(self.seal_failures),
         }
         if self.paired is not None:

@@ -115,6 +115,8 @@ class NamespaceOps(MountCore):
             inode.uid = attr.st_uid
         if fields.update_gid:
             inode.gid = attr.st_gid
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            self.attrs_unsynced.add(ino)
         if fields.update_atime:
             inode.atime_ns = attr.st_atime_ns
         if fields.update_mtime:
@@ -166,6 +168,7 @@ class NamespaceOps(MountCore):
                 b.put(schema.symlink_key(ino), target)
             self._store_inode(pinode, b)
         self._meta_changed = True
+        self.attrs_unsynced.add(ino)
         self.inodes[ino] = inode
         self.lookups[ino] += 1
         return inode
