@@ -111,15 +111,20 @@ def test_unsynced_writes_never_corrupt_synced_data(vfs):
     assert body[300_000:] in (b"", b"T" * 7000)
 
 
-def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
-    """The same 4 KiB append + fsync costs the same on a 1 MiB and a 200 MiB
-    file: 4 KiB journaled, nothing chunked, no blob (counters, not timings)."""
+def small_and_big_files(vfs) -> None:
+    """Files "small" (1 MiB) and "big" (200 MiB) of distinct 1 MiB blocks, sealed."""
     block = os.urandom(1 << 20)
     for name, mib in (("small", 1), ("big", 200)):
         with open(vfs.path(name), "wb") as f:
             for i in range(mib):
                 f.write(block[i:] + block[:i])
     vfs.ok("flush")
+
+
+def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
+    """The same 4 KiB append + fsync costs the same on a 1 MiB and a 200 MiB
+    file: 4 KiB journaled, nothing chunked, no blob (counters, not timings)."""
+    small_and_big_files(vfs)
     costs = {}
     for name in ("small", "big"):
         before, blobs = status(vfs), fast_blobs(vfs)

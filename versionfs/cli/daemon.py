@@ -217,6 +217,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     ready=readiness.ready,
                     idle_seal_seconds=st.config["mount.idle_seal_seconds"],
                     seal_max_age_seconds=st.config["mount.seal_max_age_seconds"],
+                    merge_quiet_seconds=st.config["mount.merge_quiet_seconds"],
                     cloud=session, services=daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

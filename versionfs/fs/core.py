@@ -52,7 +52,8 @@ class MountCore:
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
-                 seal_max_age_seconds: float = 60.0, cloud=None):
+                 seal_max_age_seconds: float = 60.0, merge_quiet_seconds: float = 60.0,
+                 cloud=None):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
         # The bucket session (versionfs.bucket.session.CloudSession) or None:
@@ -64,6 +65,7 @@ class MountCore:
         self.read_only = read_only
         self.idle_seal_seconds = idle_seal_seconds
         self.seal_max_age_seconds = seal_max_age_seconds
+        self.merge_quiet_seconds = merge_quiet_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
         # Encrypted filesystems chunk under a key (chunking.py); only the
@@ -82,6 +84,9 @@ class MountCore:
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
+        # ino -> monotonic time of the seal that left it with runs of small
+        # extents: merged once it has been quiet for merge_quiet_seconds.
+        self._merge_due: dict[int, float] = {}
         self._small_due: set[int] = set()
         self._small_wakeup = trio.Event()
         self._meta_changed = False

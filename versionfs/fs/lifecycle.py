@@ -32,6 +32,7 @@ from .core import MountCore
 from .ctl.command import CommandError
 from .data import CHUNK_MIN, FileData, SealResult
 from .files import FileHandle
+from .sealing import small_runs
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class LifecycleOps(MountCore):
     # -- sealing --------------------------------------------------------------
 
     def _queue_seal(self, f: FileData) -> None:
-        """Seal soon: small files in batches, others on their own."""
-        if f.size <= CHUNK_MIN:
+        """Seal soon: new small files in batches, others on their own."""
+        if f.size <= CHUNK_MIN and not f.extents:
             self._small_due.add(f.ino)
             self._small_wakeup.set()
         else:
@@ -143,6 +144,10 @@ class LifecycleOps(MountCore):
             b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        if small_runs(r.extents):
+            self._merge_due[f.ino] = time.monotonic()
+        else:
+            self._merge_due.pop(f.ino, None)
         if self.journal is not None and self.journal.holds(f.ino):
             # What the journal holds of this file up to `covered` is in this seal.
             b.put(schema.journal_mark_key(f.ino), self.journal.mark(r.covered))
@@ -205,6 +210,34 @@ class LifecycleOps(MountCore):
         if self.seal_failures.pop(ino, None) is not None:
             log.info("sealing inode %d succeeded after earlier failures", ino)
 
+    def _merges_due(self, now: float) -> list[int]:
+        """Files with runs of small extents, quiet for `merge_quiet_seconds`
+        since their last write and their last seal."""
+        due = []
+        for ino, sealed_at in list(self._merge_due.items()):
+            f = self.files.get(ino)
+            last = max(sealed_at, f.last_write if f is not None else 0.0)
+            if now - last >= self.merge_quiet_seconds and not (f is not None and f.dirty):
+                del self._merge_due[ino]
+                due.append(ino)
+        return due
+
+    async def _merge_small_extents(self, ino: int) -> None:
+        """Merge a quiet file's runs of small extents (sealing.py); a failure is
+        logged and reported, the file stays as it was."""
+        if ino in self._seal_scheduled or self.meta.get(schema.inode_key(ino)) is None:
+            return
+        self._seal_scheduled.add(ino)            # no seal of it meanwhile; stays loaded
+        try:
+            if self._inode(ino).is_reg:
+                await self.data.seal(self._file(ino), self._persist_seal, merge_small=True)
+        except Exception as exc:                 # noqa: BLE001 - the next seal asks again
+            log.error("merging the small extents of inode %d failed: %s", ino, exc)
+            self.last_error = f"merge of inode {ino}: {exc!r}"
+        finally:
+            self._seal_scheduled.discard(ino)
+            self._maybe_unload(ino)
+
     async def _idle_sealer(self) -> None:
         last_sync = time.monotonic()
         while True:
@@ -213,6 +246,8 @@ class LifecycleOps(MountCore):
             for ino, f in list(self.files.items()):
                 if self._seal_due(f, now):
                     self._queue_seal(f)
+            for ino in self._merges_due(now):
+                self._nursery.start_soon(self._merge_small_extents, ino)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
@@ -337,6 +372,7 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "fsync_metadata_syncs": self.fsync_metadata_syncs,
+            "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
         }
         if self.paired is not None:
