@@ -1,8 +1,9 @@
 """File contents: sealed content-defined chunks plus a local dirty overlay.
 
-A regular file's sealed content is a sorted list of `Extent`s, each one whole
-content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted) stored as a blob; gaps
-between extents are holes and read as zeros, so sparse files cost nothing.
+A regular file's sealed content is a sorted list of `Extent`s, each a
+content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted), or
+the bytes of an append, stored as a blob (sealing.py); gaps between extents
+are holes and read as zeros, so sparse files cost nothing.
 
 Writes never touch blobs: they land in the file's dirty layers (layers.py).
 Reading walks the layers newest first, then the extents (reading.py). Sealing

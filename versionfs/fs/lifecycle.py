@@ -10,7 +10,9 @@ coalesced, so that a file saved or fsynced many times becomes few versions
 not written for `idle_seal_seconds` (open or closed), or dirty for
 `seal_max_age_seconds` however busy; a writer streaming a big file is sealed
 in the background once `STREAM_SEAL_BYTES` are pending; snapshot, flush and
-unmount seal everything. Small files are sealed many to a batch. The idle
+unmount seal everything. Small new files are sealed many to a batch. A file
+left with runs of small extents by appends is merged once it has been quiet
+for `merge_quiet_seconds` (sealing.py says why and how). The idle
 sealer also syncs the metadata now and then, which lets the journal release
 what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
