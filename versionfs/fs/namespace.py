@@ -122,6 +122,13 @@ class NamespaceOps(MountCore):
         if fields.update_mtime:
             inode.mtime_ns = attr.st_mtime_ns
         inode.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now
+        f = self.files.get(ino)
+        if (f is not None and f.dirty and not (fields.update_size or fields.update_atime
+                                               or ino in self.attrs_unsynced)):
+            # The kernel stamps mtime/ctime of a written file on every flush and
+            # fsync: kept in memory like its size, stored by its seal, journaled
+            # by fsync (durability.py); no metadata write per transaction.
+            return self._entry(inode)
         self._store_inode(inode)
         return self._entry(inode)
 
