@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,21 @@ def machines(tmp_path):
     finally:
         for m in made:
             m.cleanup()
+
+
+def status(machine) -> dict:
+    return json.loads(machine.ctl("status", "--json"))
+
+
+def wait_for(machine, predicate, what: str, timeout: float = 60.0) -> dict:
+    """Poll the machine's status until ``predicate(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(machine)
+        if predicate(st):
+            return st
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}; status: {st}"
+        time.sleep(0.2)
 
 
 def tree_digest(root: Path, skip_ctl: bool = True) -> dict[str, tuple]:

@@ -61,6 +61,7 @@ class LifecycleOps(MountCore):
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
             nursery.start_soon(self._small_sealer)
+            nursery.start_soon(self._reclaim_loop)      # reclaiming.py
 
     # -- sealing --------------------------------------------------------------
 
@@ -138,9 +139,9 @@ class LifecycleOps(MountCore):
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
         for e in r.removed:
-            b.delete(schema.extent_key(f.ino, e.offset))
+            schema.delete_extent(b, f.ino, e.offset, e.pointer)
         for e in r.added:
-            b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
+            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
         if self.journal is not None and self.journal.holds(f.ino):
@@ -337,6 +338,7 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "seal_failing_files": len(self.seal_failures),
+            **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:
             ps = self.paired.status()
