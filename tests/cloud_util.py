@@ -77,6 +77,23 @@ def machines(tmp_path):
             m.cleanup()
 
 
+@pytest.fixture
+def powered_laptop(tmp_path):
+    """A machine whose state dir lives on the power-cut harness (tests/powercut.py,
+    ext4's worst case for names): ``.disk.cut()`` after ``kill9()``, then ``.disk.start()``."""
+    from powercut import PowerCutDisk
+    m = Machine(tmp_path, "laptop")
+    m.disk = PowerCutDisk(tmp_path / "disk", tmp_path / "disk-mnt", "ext4").start()
+    m.state = m.disk.mountpoint / "laptop-state"
+    try:
+        yield m
+    finally:
+        try:
+            m.cleanup()
+        finally:
+            m.disk.stop()
+
+
 def status(machine) -> dict:
     return json.loads(machine.ctl("status", "--json"))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import cloud_util
 import faultproxy
 from cli_util import ok, run_cli
 from cloud_util import Machine, wait_for
@@ -22,6 +23,7 @@ from maint_util import fast_blobs, open_meta, slow_blobs
 pytestmark = pytest.mark.fuse
 
 proxy = faultproxy.proxy                # the fixture
+powered_laptop = cloud_util.powered_laptop  # the fixture
 
 
 def publish_past(m: Machine, rounds: int = 4) -> None:
@@ -142,3 +144,59 @@ def test_a_day_of_saves_leaves_only_live_data_snapshots_and_a_bounded_slack(
     out = m.ctl("gc", "--dry-run")                  # the full verifier agrees
     assert "would delete: " in out
     m.umount()
+
+
+def _save(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_a_power_cut_during_reclamation_loses_nothing(powered_laptop, s3_url):
+    m = powered_laptop
+    ok(run_cli("init", m.state, "--slow", s3_url))
+    m.configure(**{"cloud.wal_ship_interval_seconds": 1.0, "cloud.lease_ttl_seconds": 600.0,
+                   "mount.idle_seal_seconds": 1.0})
+    m.mount_ok()
+    shared, first = os.urandom(600_000), os.urandom(600_000)
+    _save(m.mnt / "a.bin", first)
+    _save(m.mnt / "b.bin", shared)
+    _save(m.mnt / "c.bin", shared)                 # dedup: c.bin shares b.bin's chunks
+    snap = ok(run_cli("snapshot", m.mnt, "before")).strip()
+    last = first
+    for i in range(12):                             # versions superseded, sealed, reclaimed
+        last = os.urandom(600_000)
+        _save(m.mnt / "a.bin", last)
+        if i == 6:
+            _save(m.mnt / "c.bin", os.urandom(600_000))
+            _save(m.mnt / "c.bin", shared)
+        time.sleep(1.0 + (i % 3))
+    _save(m.mnt / "d.bin", os.urandom(600_000))
+    st = wait_for(m, lambda st: (st["reclaimed_blobs"] or 0) > 0 and st["dirty_files"] == 0,
+                  "a reclamation before the cut")
+    last = os.urandom(600_000)
+    _save(m.mnt / "a.bin", last)                    # the cut lands while this is reclaimed
+    os.truncate(m.mnt / "d.bin", 0)                 # never synced: its metadata may be lost,
+    for i in range(4):                              # but not once its chunk is deleted (which
+        (m.mnt / f"dir{i}").mkdir()                 # waits for a few publishes: changes that
+        time.sleep(1.5)                             # sync nothing)
+    wait_for(m, lambda s: s["reclaimed_blobs"] > st["reclaimed_blobs"],
+             "the truncated chunk's reclamation")
+    m.kill9()
+    report = m.disk.cut()
+    m.disk.start()
+    r = m.mount()
+    assert r.returncode == 0, f"{r.stderr} (the cut lost {report['lost']})"
+    assert (m.mnt / "a.bin").read_bytes() == last
+    assert (m.mnt / "b.bin").read_bytes() == shared
+    assert (m.mnt / "c.bin").read_bytes() == shared
+    assert (m.mnt / ".versionfs" / "snapshots" / snap / "a.bin").read_bytes() == first
+    assert (m.mnt / "d.bin").stat().st_size == 0
+    assert (m.mnt / "d.bin").read_bytes() == b""
+    publish_past(m)
+    wait_for(m, lambda st: st["reclaim_backlog"] == 0, "the backlog to drain after the cut")
+    assert (m.mnt / "b.bin").read_bytes() == shared
+    m.umount()
+    r = run_cli("fsck", m.state, "--read-data", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr

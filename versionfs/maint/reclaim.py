@@ -46,7 +46,9 @@ Why it is safe:
   cannot be asked), which ``gc`` still covers.
 
 ``versionfs gc`` stays the full verifier: it marks from every retained extent
-version and must find nothing more to delete than what is still queued here.
+version; in the stores it finds nothing more to delete than what is still
+queued here, plus chunks no extent ever named (a file deleted while its seal
+was storing them), which only it collects.
 """
 
 from __future__ import annotations
