@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -107,6 +109,14 @@ def wait_for(machine, predicate, what: str, timeout: float = 60.0) -> dict:
             return st
         assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}; status: {st}"
         time.sleep(0.2)
+
+
+def metric(port: int, name: str) -> float:
+    """One value from a mount's Prometheus endpoint (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def tree_digest(root: Path, skip_ctl: bool = True) -> dict[str, tuple]:

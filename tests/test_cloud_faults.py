@@ -12,13 +12,12 @@ import errno
 import os
 import re
 import time
-import urllib.request
 
 import pytest
 
 import cloud_util
 from cli_util import assert_user_error, ok, run_cli
-from cloud_util import status, tree_digest, wait_for
+from cloud_util import metric, status, tree_digest, wait_for
 import faultproxy
 from history_util import free_port
 
@@ -26,13 +25,6 @@ machines = cloud_util.machines          # the fixture
 proxy = faultproxy.proxy                # the fixture
 
 pytestmark = pytest.mark.fuse
-
-
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def new_machine(machines, s3_url, name="laptop", **settings):

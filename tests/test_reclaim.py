@@ -17,7 +17,8 @@ import pytest
 import cloud_util
 import faultproxy
 from cli_util import ok, run_cli
-from cloud_util import Machine, wait_for
+from cloud_util import Machine, metric, wait_for
+from history_util import free_port
 from maint_util import fast_blobs, open_meta, slow_blobs
 
 pytestmark = pytest.mark.fuse
@@ -200,3 +201,40 @@ def test_a_power_cut_during_reclamation_loses_nothing(powered_laptop, s3_url):
     m.umount()
     r = run_cli("fsck", m.state, "--read-data", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_failing_drain_is_an_error_in_log_status_and_metrics_and_is_retried(
+        laptop, proxy, s3_server, s3_bucket):
+    m = laptop
+    port = free_port()
+    m.configure(**{"metrics.listen": f"127.0.0.1:{port}", "mount.idle_seal_seconds": 1.0})
+    m.mount_ok(env=proxy.env())
+    first = os.urandom(200_000)
+    old = hashlib.sha256(first).digest()
+    (m.mnt / "doc.txt").write_bytes(first)
+    snap = ok(run_cli("snapshot", m.mnt, "s")).strip()
+    m.ctl("flush")
+    assert old in slow_blobs(s3_server, s3_bucket)
+    # A reader keeps the old version open in the snapshot, so it is held while
+    # the snapshot is forgotten and the heads the bucket keeps move past it.
+    reader = open(m.mnt / ".versionfs" / "snapshots" / snap / "doc.txt", "rb")
+    try:
+        assert reader.read(10) == first[:10]
+        (m.mnt / "doc.txt").write_bytes(os.urandom(200_000))
+        m.ctl("forget", "s")
+        m.ctl("flush")
+        publish_past(m)
+        assert old in slow_blobs(s3_server, s3_bucket)
+        proxy.drop()                                # the bucket refuses the delete
+    finally:
+        reader.close()
+    st = wait_for(m, lambda st: st["reclaim_error"] is not None, "the failure in status", 120)
+    assert "unreachable" in st["reclaim_error"].lower() or "Store" in st["reclaim_error"], st
+    assert metric(port, 'versionfs_background_errors_total{task="reclaim"}') >= 1
+    log = (m.state / "versionfs.log").read_text()
+    assert " ERROR " in log and "reclaiming superseded chunks failed" in log, log[-3000:]
+    proxy.heal()
+    wait_for(m, lambda st: st["reclaim_error"] is None and st["reclaim_backlog"] == 0,
+             "the retried drain", 420)
+    assert old not in slow_blobs(s3_server, s3_bucket)
+    m.umount()
