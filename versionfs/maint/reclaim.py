@@ -160,7 +160,8 @@ class Reclaimer:
             return st
         held = set(held)
         self._requeue_if_forgotten()
-        now, index = self.clock(), self.meta.last_index
+        now = self.clock()
+        fresh: list[_Seen] = []
         old_snapshots = any(r < self.refs_from for r in self._revs or ())
         ready: list[bytes] = []
         settled: list[tuple[bytes, str | None]] = []
@@ -170,10 +171,8 @@ class Reclaimer:
             backlog += 1
             seen = self._seen.get(p)
             if seen is None or seen.token != token:
-                # Superseded (again) at or before `index`, and not used since unless
-                # the head uses it now (checked below): no metadata from `index` on
-                # names it.
-                seen = self._seen[p] = _Seen(token, now, index)
+                seen = self._seen[p] = _Seen(token, now, -1)
+                fresh.append(seen)
             if now - seen.time < self.min_age or p in held:
                 continue
             users = chunk_users(self.meta, p)
@@ -183,13 +182,17 @@ class Reclaimer:
                 ready.append(p)
             else:
                 settled.append((p, users))
+        # Superseded (again) at or before this index, and not used since unless
+        # the head uses it when a later drain looks: no metadata from here on names it.
+        index = self.meta.last_index
+        for seen in fresh:
+            seen.index = index
         if settled:
             with self.meta.write() as b:
                 for p, users in settled:
-                    b.delete(schema.reclaim_key(p))
+                    self._drop_candidate(b, p)
                     if users == "snapshot":
                         b.put(schema.waiting_key(p), b"")
-                    self._seen.pop(p, None)
             parked = sum(1 for _, u in settled if u == "snapshot")
             st.waiting += parked
             backlog -= len(settled)
@@ -201,6 +204,13 @@ class Reclaimer:
         st.backlog = backlog
         st.drains += 1
         return st
+
+    def _drop_candidate(self, batch: Any, pointer: bytes) -> None:
+        """Dequeue a candidate this drain has dealt with, unless it was queued
+        again meanwhile (a new token): that supersession is the next drain's."""
+        seen = self._seen.pop(pointer)
+        if self.meta.get(schema.reclaim_key(pointer)) == seen.token:
+            batch.delete(schema.reclaim_key(pointer))
 
     def _requeue_if_forgotten(self) -> None:
         """Parked candidates go back to the queue when a snapshot was forgotten
@@ -259,12 +269,12 @@ class Reclaimer:
             keys = [Pointer.from_bytes(p) for p in due[i:i + BATCH]]
             sizes = {k: fast_copy_size(self.paired, k) for k in keys}
             done = guard.delete_unless_recent(keys)
+            seen = {k: self._seen[k.bytes] for k in done}
             with self.meta.write() as b:
                 for k in done:
-                    b.delete(schema.reclaim_key(k.bytes))
+                    self._drop_candidate(b, k.bytes)
             for k in done:
-                seen = self._seen.pop(k.bytes)
-                if not seen.discarded:
+                if not seen[k].discarded:
                     self.stats.reclaimed_blobs += 1
                     self.stats.reclaimed_bytes += sizes[k]
                     self.stats.deleted.append(k.bytes)
