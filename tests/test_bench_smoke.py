@@ -25,3 +25,39 @@ def test_fsync_bench_quick(tmp_path):
         assert sum(line.startswith(workload) for line in out.splitlines()) >= 3, out
     assert "meets" in out or "MISSES" in out, out
     assert list(tmp_path.iterdir()) == [], "the work directory was not removed"
+
+
+PEERS = BENCH.parent / "peers.py"
+
+
+def test_peers_bench_small(tmp_path):
+    """bench/peers.py --scale small on native, versionfs and the FUSE floor (the
+    other peers need downloads): every workload runs, checks its result, and
+    the tables and memory lines are printed."""
+    proc = subprocess.run([sys.executable, str(PEERS), "--scale", "small", "--workdir",
+                           str(tmp_path), "--targets", "native,versionfs,passthrough_ll"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "WRONG" not in out, out
+    for title in ("Time (", "Time / native time", "Time / passthrough_ll time",
+                  "Daemon CPU seconds", "Daemon memory"):
+        assert title in out, out
+    rows = {line.split("  ")[0].strip(): line.split() for line in out.split("Time / native")[0]
+            .splitlines() if line and line[0].isalpha()}
+    for workload in ("write 16 MiB + fsync", "read 16 MiB (cold)", "create 200 x 4 KiB",
+                     "ls -l 200 (cold)", "ls -l 200 (warm)", "delete 200", "git status",
+                     "git init + add + commit", "SQLite 50 transactions", "snapshot",
+                     "CLI start-up (no-op)", "mount", "unmount"):
+        assert workload in rows, out
+    assert any(line.startswith("untar ") for line in rows), out
+    assert rows["mount"][-2:] != ["-", "-"], out                 # versionfs and the floor
+    assert "versionfs       peak" in out, out
+    assert list(tmp_path.iterdir()) == [], "the work directory was not removed"
+
+
+def test_peers_bench_names_an_unknown_target(tmp_path):
+    proc = subprocess.run([sys.executable, str(PEERS), "--targets", "native,zfs", "--workdir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "unknown target zfs" in proc.stderr, proc.stderr

@@ -34,6 +34,7 @@ from versionfs.tree.schema import ROOT_INO, Inode
 
 from .data import DataManager, Extent, FileData
 from .journal import open_journal
+from .reading import CACHE_IDLE_SECONDS, CHUNK_CACHE_BYTES
 from .snapshots import SnapshotViews, is_snap_ino
 from .special_inodes import CTL_DIR_INO, CTL_FILE_INO, SNAPS_DIR_INO, is_control_ino
 
@@ -53,7 +54,9 @@ class MountCore:
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
-                 seal_max_age_seconds: float = 60.0, cloud=None):
+                 seal_max_age_seconds: float = 60.0, cloud=None,
+                 read_cache_bytes: int = CHUNK_CACHE_BYTES,
+                 read_cache_idle_seconds: float = CACHE_IDLE_SECONDS):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
         # The bucket session (versionfs.bucket.session.CloudSession) or None:
@@ -65,6 +68,7 @@ class MountCore:
         self.read_only = read_only
         self.idle_seal_seconds = idle_seal_seconds
         self.seal_max_age_seconds = seal_max_age_seconds
+        self.read_cache_idle_seconds = read_cache_idle_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
         # Encrypted filesystems chunk under a key (chunking.py); only the
@@ -72,7 +76,7 @@ class MountCore:
         self.data = DataManager(
             blobs, dirty_dir,
             journal_index=lambda: -1 if self.journal is None else self.journal.last_index,
-            chunking_seed=blobs.codec.chunking_seed())
+            chunking_seed=blobs.codec.chunking_seed(), cache_bytes=read_cache_bytes)
         self.dirty_dir = dirty_dir
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}

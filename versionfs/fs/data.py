@@ -33,6 +33,7 @@ import trio
 
 from .extents import Extent, extent_index
 from .layers import FileData, Layer
+from .reading import CHUNK_CACHE_BYTES
 from .sealing import CHUNK_MIN, SealResult, Sealer
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,12 @@ class DataManager(Sealer):
     """
 
     def __init__(self, blobs, dirty_dir: str, journal_index: Callable[[], int] = lambda: -1,
-                 chunking_seed: int | None = None):
+                 chunking_seed: int | None = None, cache_bytes: int = CHUNK_CACHE_BYTES):
         self.dirty_dir = dirty_dir
         os.makedirs(dirty_dir, exist_ok=True)
         # The dirty journal's newest index; a seal records it at freeze time.
         self.journal_index = journal_index
-        super().__init__(blobs, chunking_seed)
+        super().__init__(blobs, chunking_seed, cache_bytes)
 
     def discard_leftovers(self) -> int:
         """Delete layer files a crashed mount left behind; returns how many."""

@@ -214,6 +214,8 @@ class LifecycleOps(MountCore):
             for ino, f in list(self.files.items()):
                 if self._seal_due(f, now):
                     self._queue_seal(f)
+            if self.data.cache.release_if_idle(self.read_cache_idle_seconds):
+                log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
@@ -338,6 +340,11 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "seal_failing_files": len(self.seal_failures),
+            # The memory budget (common/memory.py): per-file state is only for
+            # files the kernel still knows, the read cache stays under its limit.
+            "inodes_in_memory": len(self.inodes),
+            "files_in_memory": len(self.files),
+            "read_cache_bytes": self.data.cache.used_bytes,
             **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from .chunking import Chunker
 from .extents import Extent, Intervals
 from .layers import Layer
-from .reading import ChunkReader
+from .reading import CHUNK_CACHE_BYTES, ChunkReader
 
 CHUNK_AVG = 1 << 20
 CHUNK_MIN = 256 << 10
@@ -59,8 +59,9 @@ class Sealer(ChunkReader):
     cache too. `chunking_seed` (`Codec.chunking_seed()`) keys the cut points;
     None chunks unkeyed."""
 
-    def __init__(self, blobs, chunking_seed: int | None = None):
-        super().__init__(blobs)
+    def __init__(self, blobs, chunking_seed: int | None = None,
+                 cache_bytes: int = CHUNK_CACHE_BYTES):
+        super().__init__(blobs, cache_bytes)
         self._chunking_seed = chunking_seed
         self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
         self._cdc = threading.local()
