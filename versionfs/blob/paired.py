@@ -397,6 +397,25 @@ class Paired(Store):
         if self._journal is None:
             raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
         keys = [as_pointer(k) for k in keys]
+        self._unqueue(keys)
+        self.slow.delete_many(keys)
+        self.fast.delete_many(keys)
+
+    def discard_unuploaded(self, keys: Iterable[Pointer]) -> list[Pointer]:
+        """Of ``keys``, the blobs still waiting for upload: take them off the
+        upload queue and delete them from fast, never touching slow (which may
+        hold an older copy). Returns those; a key whose upload finished first
+        is left alone. For garbage superseded before its upload."""
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        dropped = self._unqueue([as_pointer(k) for k in keys])
+        self.fast.delete_many(dropped)
+        return dropped
+
+    def _unqueue(self, keys: list[Pointer]) -> list[Pointer]:
+        """Stop uploading ``keys`` (an upload in flight is waited for); the keys
+        that were still pending."""
+        unqueued = []
         with self._cond:
             self._deleting.update(keys)         # an upload retrying one of them gives up
             self._cond.notify_all()
@@ -405,6 +424,7 @@ class Paired(Store):
                     self._cond.wait_for(lambda: key not in self._in_flight)
                     self._copies.forget(key)
                     if self._pending.pop(key, None) is not None:
+                        unqueued.append(key)
                         self._unuploadable.pop(key, None)
                         if key in self._journaled:
                             self._journaled.discard(key)
@@ -412,8 +432,7 @@ class Paired(Store):
                         self._cond.notify_all()
             finally:
                 self._deleting.difference_update(keys)
-        self.slow.delete_many(keys)
-        self.fast.delete_many(keys)
+        return unqueued
 
     def contains(self, key: Pointer) -> bool:
         key = as_pointer(key)

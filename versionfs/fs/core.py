@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from versionfs.maint.reclaim import ensure_extent_refs
 from versionfs.tree import schema
 from versionfs.tree.schema import ROOT_INO, Inode
 
@@ -109,6 +110,8 @@ class MountCore:
         if not read_only:
             self.data.discard_leftovers(set() if self.journal is None else self.journal.layer_files())
             self._ensure_root()
+            if ensure_extent_refs(meta):
+                log.info("indexed the chunks of every live extent (reclamation starts)")
             self._delete_orphans()
         self.alloc = schema.InodeAllocator(meta) if not read_only else None
 
@@ -245,9 +248,12 @@ class MountCore:
             self.open_count.pop(ino, None)
 
     def _delete_inode_keys(self, ino: int, b) -> None:
-        for prefix in (schema.extent_prefix(ino), schema.xattr_prefix(ino)):
-            for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
-                b.delete(key)
+        prefix = schema.extent_prefix(ino)
+        for key, value in self.meta.range(prefix, schema.prefix_end(prefix)):
+            schema.delete_extent_record(b, key, value)
+        prefix = schema.xattr_prefix(ino)
+        for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
+            b.delete(key)
         b.delete(schema.symlink_key(ino))
         b.delete(schema.journal_mark_key(ino))
         b.delete(schema.inode_key(ino))

@@ -64,6 +64,7 @@ class LifecycleOps(MountCore):
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
             nursery.start_soon(self._small_sealer)
+            nursery.start_soon(self._reclaim_loop)      # reclaiming.py
 
     # -- sealing --------------------------------------------------------------
 
@@ -141,9 +142,9 @@ class LifecycleOps(MountCore):
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
         for e in r.removed:
-            b.delete(schema.extent_key(f.ino, e.offset))
+            schema.delete_extent(b, f.ino, e.offset, e.pointer)
         for e in r.added:
-            b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
+            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
         if small_runs(r.extents):
@@ -383,6 +384,7 @@ class LifecycleOps(MountCore):
             "inodes_in_memory": len(self.inodes),
             "files_in_memory": len(self.files),
             "read_cache_bytes": self.data.cache.used_bytes,
+            **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:
             ps = self.paired.status()
