@@ -1,7 +1,7 @@
 """What the mount benchmarks share: a fresh versionfs mount driven through the
 CLI, the CPU time of its daemon, and timing and formatting helpers.
 
-Imported by bench/fs.py and bench/fsync.py (run as scripts, so this directory
+Imported by bench/fs.py, bench/fsync.py and bench/peers.py (run as scripts, so this directory
 is on sys.path); it also puts the repository on sys.path for ``versionfs``.
 """
 
@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from versionfs.cli import ctlclient  # noqa: E402
-from versionfs.common.state import Layout  # noqa: E402
+from versionfs.common.state import Layout, read_pid  # noqa: E402
 
 VERSIONFS = [sys.executable, "-m", "versionfs"]
 MiB = 1 << 20
@@ -55,7 +57,93 @@ def write_file(path: Path, blocks: list[bytes]) -> None:
         os.close(fd)
 
 
-class Mount:
+def drop_caches() -> None:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as e:
+        print(f"warning: cannot drop the page cache ({e.strerror}); reads may be cached",
+              file=sys.stderr)
+
+
+def read_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while os.read(fd, 4 * MiB):
+            pass
+    finally:
+        os.close(fd)
+
+
+def create_files(d: Path, n: int, data: bytes) -> None:
+    d.mkdir()
+    for i in range(n):
+        fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+
+
+def ls_l(d: Path) -> None:
+    subprocess.run(["ls", "-l", str(d)], stdout=subprocess.DEVNULL, check=True)
+
+
+def delete_files(d: Path) -> None:
+    for entry in os.scandir(d):
+        os.unlink(entry.path)
+    os.rmdir(d)
+
+
+def untar(tarball: Path, dest: Path) -> None:
+    dest.mkdir()
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True)
+
+
+def source_tarball(workdir: Path, subdirs: tuple[str, ...] = ()) -> tuple[Path, int]:
+    """The Python stdlib (no site-packages, no caches; only `subdirs` of it if
+    given) as a tar file; and its file count."""
+    tarball = workdir / "stdlib.tar"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    count = 0
+
+    def keep(info: tarfile.TarInfo):
+        nonlocal count
+        parts = Path(info.name).parts
+        if "site-packages" in parts or "__pycache__" in parts:
+            return None
+        if info.isfile():
+            count += 1
+        return info
+
+    with tarfile.open(tarball, "w") as tar:
+        for sub in subdirs or ("",):
+            tar.add(stdlib / sub, arcname=str(Path("python-stdlib") / sub), filter=keep)
+    return tarball, count
+
+
+class Daemon:
+    """CPU accounting of a FUSE daemon process, `pid` (None: not running)."""
+
+    pid: int | None = None
+
+    def cpu(self) -> float | None:
+        """CPU seconds (user + system) the daemon has used so far."""
+        if self.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def timed(self, fn, *args) -> tuple[float, float | None]:
+        """(wall seconds, daemon CPU seconds) of fn(*args) on its mount."""
+        c0 = self.cpu()
+        t = timed(fn, *args)
+        c1 = self.cpu()
+        return t, (None if c0 is None or c1 is None else c1 - c0)
+
+
+class Mount(Daemon):
     """A fresh filesystem (``versionfs init``, default embedded config: the
     ``file://`` slow store is STATE/slow) mounted with ``versionfs mount``."""
 
@@ -70,24 +158,7 @@ class Mount:
     def mount(self) -> None:
         subprocess.run([*VERSIONFS, "mount", str(self.state), str(self.mnt)], check=True,
                        stdout=subprocess.DEVNULL)
-        self.pid = _daemon_pid(self.mnt)
-
-    def cpu(self) -> float | None:
-        """CPU seconds (user + system) the mount daemon has used so far."""
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def timed(self, fn, *args) -> tuple[float, float | None]:
-        """(wall seconds, daemon CPU seconds) of fn(*args) on the mount."""
-        c0 = self.cpu()
-        t = timed(fn, *args)
-        c1 = self.cpu()
-        return t, (None if c0 is None or c1 is None else c1 - c0)
+        self.pid = read_pid(self.state)       # the daemon holds the state dir's lock
 
     def flush(self) -> None:
         """``versionfs flush``: seal everything and wait until every blob is in the slow store."""
@@ -129,20 +200,6 @@ def native_and_mount(parent: str, prefix: str, keep: bool = False):
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _daemon_pid(mnt: Path) -> int | None:
-    """The `versionfs mount` process serving mnt (for its CPU time), if found."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"mount" in argv and str(mnt).encode() in argv:
-            return int(d.name)
-    return None
 
 
 def fmt_time(t: float | None) -> str:

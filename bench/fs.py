@@ -21,13 +21,12 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import (MiB, arg_parser, fmt_time, load_average, native_and_mount, timed,
-                    write_file)
+from common import (MiB, arg_parser, create_files, delete_files, drop_caches, fmt_time,
+                    load_average, ls_l, native_and_mount, read_file, source_tarball, timed,
+                    untar, write_file)
 
 
 @dataclass
@@ -40,47 +39,6 @@ class Row:
     vfs_cpu: float | None = None  # seconds of CPU the mount daemon used meanwhile
 
 
-def drop_caches() -> None:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError as e:
-        print(f"warning: cannot drop the page cache ({e.strerror}); reads may be cached",
-              file=sys.stderr)
-
-
-def read_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        while os.read(fd, 4 * MiB):
-            pass
-    finally:
-        os.close(fd)
-
-
-def create_files(d: Path, n: int, data: bytes) -> None:
-    d.mkdir()
-    for i in range(n):
-        fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, data)
-        os.close(fd)
-
-
-def ls_l(d: Path) -> None:
-    subprocess.run(["ls", "-l", str(d)], stdout=subprocess.DEVNULL, check=True)
-
-
-def delete_files(d: Path) -> None:
-    for entry in os.scandir(d):
-        os.unlink(entry.path)
-    os.rmdir(d)
-
-
-def untar(tarball: Path, dest: Path) -> None:
-    dest.mkdir()
-    subprocess.run(["tar", "-xf", str(tarball), "-C", str(dest)], check=True)
-
-
 def make_tree(d: Path, n: int) -> None:
     """n small files in directories of 1,000 (a home directory's shape, roughly)."""
     d.mkdir()
@@ -91,26 +49,6 @@ def make_tree(d: Path, n: int) -> None:
             fd = os.open(sub / f"f{i:04d}", os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, b"x")
             os.close(fd)
-
-
-def source_tarball(workdir: Path) -> tuple[Path, int]:
-    """The Python stdlib (no site-packages, no caches) as a tar file; and its file count."""
-    tarball = workdir / "stdlib.tar"
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    count = 0
-
-    def keep(info: tarfile.TarInfo):
-        nonlocal count
-        parts = Path(info.name).parts
-        if "site-packages" in parts or "__pycache__" in parts:
-            return None
-        if info.isfile():
-            count += 1
-        return info
-
-    with tarfile.open(tarball, "w") as tar:
-        tar.add(stdlib, arcname="python-stdlib", filter=keep)
-    return tarball, count
 
 
 def run(args: argparse.Namespace) -> list[Row]:

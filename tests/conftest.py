@@ -1,8 +1,12 @@
-"""Shared fixtures: the real S3-compatible server, one bucket per test."""
+"""Shared fixtures: the real S3-compatible server, one bucket per test; a second,
+unprivileged local user."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
+import uuid
 
 import pytest
 
@@ -32,3 +36,23 @@ def s3_bucket(s3_server, monkeypatch):
 def s3_url(s3_bucket):
     """``s3://bucket/prefix`` URL of a fresh bucket on the test server."""
     return f"s3://{s3_bucket}/vfs"
+
+
+@pytest.fixture
+def other_user():
+    """The name of a new unprivileged user (no home), deleted after the test."""
+    name = "vfsother" + uuid.uuid4().hex[:6]
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def shm_dir():
+    """A directory on /dev/shm (tmpfs): a file system other than tmp_path's."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("needs /dev/shm (tmpfs)")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield d

@@ -8,6 +8,7 @@ leaves nothing mounted; the `vfs` fixture gives each test a fresh filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -36,7 +37,8 @@ def _child(state_dir: str, mountpoint: str) -> None:
         mount.run(meta, blobs, paired, mountpoint, dirty_dir=os.path.join(state_dir, "dirty"),
                   ready=lambda: print("READY", flush=True),
                   fuse_options=("allow_other",),   # other uids reach the mount
-                  idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")))
+                  idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")),
+                  merge_quiet_seconds=float(os.environ.get("VFS_MERGE_QUIET", "60.0")))
     finally:
         meta.close()
         paired.close()
@@ -174,17 +176,24 @@ def new_state(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def vfs(tmp_path):
-    """A fresh filesystem mounted at tmp_path/mnt; unmounted even if the test fails."""
+@contextlib.contextmanager
+def fresh_mount(tmp_path: Path, idle_seal: float = 2.0):
+    """A fresh filesystem mounted on a new mountpoint; unmounted even on failure."""
     mnt = new_mountpoint()
-    m = Mount(new_state(tmp_path), mnt)
+    m = Mount(new_state(tmp_path), mnt, idle_seal)
     m.start()
     try:
         yield m
     finally:
         m.stop()
         os.rmdir(mnt)
+
+
+@pytest.fixture
+def vfs(tmp_path):
+    """A fresh filesystem mounted at tmp_path/mnt; unmounted even if the test fails."""
+    with fresh_mount(tmp_path) as m:
+        yield m
 
 
 def new_mountpoint() -> Path:

@@ -170,8 +170,11 @@ def test_bounded_queue_applies_back_pressure(tmp_path):
     pair.close()
 
 
-def test_corrupt_fast_copy_is_repaired_from_slow(tmp_path):
-    pair = make_pair(tmp_path)
+def test_corrupt_fast_copy_is_repaired_from_slow(tmp_path, shm_dir):
+    # The slow store on another file system (tmpfs), so that it holds a second
+    # physical copy: on the fast store's own file system uploads are hard links
+    # to the same inode (test_blob_linked.py covers damage there).
+    pair = make_pair(tmp_path, slow=DirectoryStore(shm_dir))
     store = BlobStore(pair, Codec(None))
     data = os.urandom(5000)
     p = store.put(data)

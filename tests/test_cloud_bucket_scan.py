@@ -5,6 +5,9 @@ and knows the files: names, bodies and sizes give nothing away (real
 from __future__ import annotations
 
 import random
+import re
+import socket
+import tomllib
 from pathlib import Path
 
 import pyfastcdc
@@ -12,6 +15,7 @@ import pytest
 
 from cli_util import force_cleanup, ok, run_cli
 from versionfs.blob.codec import MIN_STORED, padded_size, padme
+from versionfs.common.identity import PUBLIC_FIELDS
 from versionfs.fs.sealing import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN
 
 pytestmark = pytest.mark.fuse
@@ -104,3 +108,19 @@ def test_the_same_file_under_two_keys_gives_different_stored_sizes(buckets):
     one, two = ([s for s in _blob_sizes(objects) if s > MIN_STORED] for objects in buckets)
     assert one != two
     assert abs(sum(one) - sum(two)) < 0.15 * len(BIG)
+
+
+def test_metadata_names_lease_and_identity_give_nothing_away(buckets):
+    """meta/ names are random ids (no change counts), the lease is sealed (no host,
+    pid or path), versionfs.toml keeps in the clear only what a new machine needs."""
+    for objects in buckets:
+        meta = [n for n in objects if n.startswith("meta/")]
+        assert "meta/head" in meta and "meta/lease" in meta
+        for name in meta:
+            assert re.fullmatch(r"meta/(head|lease|(heads|wal)/[0-9a-f]{32}|"
+                                r"checkpoints/[0-9a-f]{32}/part-\d{6})", name), name
+        lease = objects["meta/lease"]
+        assert socket.gethostname().encode() not in lease and b"pid" not in lease
+        assert b"state" not in lease and b"holder" not in lease
+        identity = tomllib.loads(objects["versionfs.toml"].decode())
+        assert set(identity) == set(PUBLIC_FIELDS) | {"sealed"}

@@ -127,11 +127,28 @@ def test_renew_without_acquire_and_deleted_lease(kv):
         a.renew()
 
 
-def test_corrupt_lease_record(kv):
+def test_a_record_that_is_no_lease_locks_nobody_out_and_is_named(kv, caplog):
+    """Damaged, or forged by whoever can write the bucket: it holds nothing."""
     kv.put("lease", b"not json")
     with pytest.raises(CorruptLeaseError, match="lease"):
-        Lease(kv, "lease", "a", ttl=10).acquire()
-    assert Lease(kv, "lease", "a", ttl=10).steal().generation == 0
+        Lease(kv, "lease", "a", ttl=10).read()
+    a = Lease(kv, "lease", "a", ttl=10)
+    assert a.acquire().holder == "a" and a.held
+    assert "holds no valid lease record" in a.overridden
+    assert "holds no valid lease record" in caplog.text and "taken over" in caplog.text
+    kv.put("lease", b"not json")
+    assert Lease(kv, "lease", "b", ttl=10).steal().generation == 0
+
+
+def test_release_keeps_the_generation_so_it_never_goes_back(kv):
+    clock = Clock()
+    a = Lease(kv, "lease", "laptop-a", ttl=60, clock=clock)
+    a.acquire()
+    a.renew()
+    assert a.release() and a.read() is None
+    b = Lease(kv, "lease", "desktop-b", ttl=60, clock=clock)
+    assert b.acquire().generation == 2
+    assert b.release() and Lease(kv, "lease", "c", ttl=60, clock=clock).steal() is None
 
 
 def test_bad_ttl(kv):

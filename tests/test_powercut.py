@@ -409,9 +409,42 @@ STRICT_SLOW_AND_EXT4 = pytest.mark.parametrize(
 
 
 @STRICT_SLOW_AND_EXT4
+def test_power_cut_after_big_fsync(vfs_disk):
+    """A big write fsynced (durable where it is: the dirty layer file plus an L
+    record of the journal, durability.py), then a big unsynced overwrite, then
+    the cut: the file comes back with every 1 MiB block as fsynced or as
+    overwritten, its size as fsynced."""
+    v, rng = vfs_disk, random.Random(23)
+    v.mount()
+    old, new = rng.randbytes(24 << 20), rng.randbytes(12 << 20)
+    fd = os.open(v.mnt / "big", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        for start in range(0, len(old), 1 << 20):
+            os.pwrite(fd, old[start:start + (1 << 20)], start)
+        os.fsync(fd)
+        fsync_dir(v.mnt)
+        for start in range(0, len(new), 1 << 20):
+            os.pwrite(fd, new[start:start + (1 << 20)], start)
+    finally:
+        os.close(fd)
+    report = v.crash()
+    refused = v.remount(report)
+    got = (v.mnt / "big").read_bytes()
+    ok(run_cli("umount", v.mnt))
+    assert len(got) == len(old), f"{len(got)} bytes after the cut, {len(old)} fsynced"
+    wrong = [start for start in range(0, len(old), 1 << 20)
+             if got[start:start + (1 << 20)] not in (old[start:start + (1 << 20)],
+                                                      new[start:start + (1 << 20)])]
+    assert wrong == [], f"blocks neither fsynced nor overwritten after the cut: {wrong}"
+    v.check_stores()
+    if refused:
+        raise RemountRefused(refused)
+
+
+@STRICT_SLOW_AND_EXT4
 def test_power_cut_during_upload(vfs_disk):
-    """Big files fsynced, then the cut while the uploader copies their chunks
-    into the bucket (STATE/slow, on the same disk)."""
+    """Big files fsynced, then the cut while the uploader links their chunks
+    into the bucket (STATE/slow, on the same disk; linked.py)."""
     v, rng = vfs_disk, random.Random(7)
     v.mount()
     files = {f"big{i}": rng.randbytes(rng.randrange(1, 3_000_000)) for i in range(8)}
@@ -426,6 +459,9 @@ def test_power_cut_during_upload(vfs_disk):
     wrong = [name for name, data in files.items() if (v.mnt / name).read_bytes() != data]
     ok(run_cli("umount", v.mnt))
     assert wrong == [], f"fsynced files changed by a power cut during upload: {wrong}"
+    # The bucket is on the same (power-cut) disk: uploads were hard links.
+    linked = [b for b in (v.state / "slow" / "blobs").glob("*/*") if b.stat().st_nlink == 2]
+    assert linked, "no blob of the slow store is a hard link to the fast store's"
     v.check_stores()
     if refused:
         raise RemountRefused(refused)

@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ import pytest
 from cli_util import assert_user_error, force_cleanup, mount_type, ok, run_cli
 
 from versionfs.common import config as configmod
-
-
-@pytest.fixture
-def other_user():
-    name = "vfsother" + uuid.uuid4().hex[:6]
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
 
 
 @pytest.fixture

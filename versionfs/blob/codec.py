@@ -267,21 +267,15 @@ class Codec:
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}", ptr)
 
     def _unpack(self, payload, what: str, pointer_hex: str) -> bytes:
-        """Decompress at most MAX_DECOMPRESSED bytes: a frame claiming more is refused
-        before anything is allocated (zstd would trust the claim), one not saying
-        its size is cut off there."""
-        too_big = CorruptBlobError(f"{what}: decompresses to more than {MAX_DECOMPRESSED} "
-                                   "bytes, more than any blob versionfs writes (a "
-                                   "decompression bomb?)", pointer_hex)
+        """Decompress at most MAX_DECOMPRESSED bytes (``decompress_at_most``)."""
         try:
-            if zstandard.frame_content_size(payload) > MAX_DECOMPRESSED:
-                raise too_big
-            with self._decompressor().stream_reader(payload) as reader:
-                plaintext = reader.read(MAX_DECOMPRESSED + 1)
+            plaintext = decompress_at_most(payload, MAX_DECOMPRESSED, self._decompressor())
         except zstandard.ZstdError as exc:
             raise CorruptBlobError(f"{what}: bad zstd data: {exc}", pointer_hex) from None
-        if len(plaintext) > MAX_DECOMPRESSED:
-            raise too_big
+        if plaintext is None:
+            raise CorruptBlobError(f"{what}: decompresses to more than {MAX_DECOMPRESSED} "
+                                   "bytes, more than any blob versionfs writes (a "
+                                   "decompression bomb?)", pointer_hex)
         return plaintext
 
     def _need_key(self, what: str) -> None:
@@ -322,6 +316,19 @@ class Codec:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
                                        "for another context)") from None
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
+
+
+def decompress_at_most(payload, limit: int,
+                       decompressor: zstandard.ZstdDecompressor | None = None) -> bytes | None:
+    """The zstd frame ``payload`` decompressed, or None if that is more than ``limit``
+    bytes: a frame claiming more is refused before anything is allocated (zstd
+    would trust the claim), one not saying its size is cut off at the limit.
+    Bad data is ``zstandard.ZstdError``."""
+    if zstandard.frame_content_size(payload) > limit:
+        return None
+    with (decompressor or zstandard.ZstdDecompressor()).stream_reader(payload) as reader:
+        data = reader.read(limit + 1)
+    return None if len(data) > limit else data
 
 
 _KEYLESS = Codec(None)

@@ -68,6 +68,13 @@ def _start_writeback_fn():
 _start_writeback = _start_writeback_fn()
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now, without waiting
+    (a hint; errors show up at the next fsync): a later fsync finds little left."""
+    if _start_writeback is not None:
+        _start_writeback(fd)
+
+
 def write_temp(directory: str, data: Buffer, *, sync: bool = True,
                writeback: bool = False) -> str:
     """Write ``data`` to a fresh temporary file in ``directory``; return its path.
@@ -85,8 +92,8 @@ def write_temp(directory: str, data: Buffer, *, sync: bool = True,
             view = view[written:]
         if sync:
             os.fsync(fd)
-        elif writeback and _start_writeback is not None:
-            _start_writeback(fd)            # a hint: errors show up at the barrier
+        elif writeback:
+            start_writeback(fd)
     except BaseException:
         os.close(fd)
         _unlink_quietly(temp)
@@ -123,23 +130,34 @@ def fdatasync_path(path: str) -> bool:
 
 def read_file(path: str) -> bytes:
     """The whole file; NotFoundError if it does not exist."""
+    fd = open_file(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFoundError(f"not found: {path}") from None
-    try:
-        size = os.fstat(fd).st_size
-        chunks = []
-        remaining = size
-        while True:
-            chunk = os.read(fd, max(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return read_fd(fd)
     finally:
         os.close(fd)
+
+
+def open_file(path: str) -> int:
+    """A read-only descriptor of ``path``; NotFoundError if it does not exist."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"not found: {path}") from None
+
+
+def read_fd(fd: int) -> bytes:
+    """The whole content of the file open at ``fd`` (read from its start)."""
+    remaining = os.fstat(fd).st_size
+    chunks = []
+    offset = 0
+    while True:
+        chunk = os.pread(fd, max(remaining, 65536), offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -297,6 +315,51 @@ class FanOutStore(Store):
             for temp, _ in staged:
                 _unlink_quietly(temp)
             raise
+
+    def open_blob(self, key: Pointer) -> int:
+        """A read-only descriptor of ``key``'s blob file (NotFoundError if absent):
+        what another store on the same file system can ``link_blob``."""
+        key = as_pointer(key)
+        try:
+            return open_file(self.path_for(key))
+        except NotFoundError:
+            raise NotFoundError(f"not found: blob {key.hex()} in {self.root}") from None
+
+    def link_blob(self, key: Pointer, fd: int) -> None:
+        """Store ``key``'s blob as a hard link to the file open at ``fd`` (another
+        store's blob on the same file system): a put without copying a byte.
+
+        Linked through /proc/self/fd, so the name gets exactly the inode the
+        caller opened (and verified), even if the other store's name was
+        replaced meanwhile. Atomic and durable like a put: a temp link beside
+        the final name, renamed into place, the directory fsynced. The data
+        needs no fsync here: the caller links only blobs already durable
+        where they are. OSError (EXDEV across file systems, EPERM where hard
+        links are refused) tells the caller to copy instead.
+        """
+        final = self.path_for(key)
+        directory = os.path.dirname(final)
+        self._ensure_dir(directory)
+        temp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+        proc_fds = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(str(fd), temp, src_dir_fd=proc_fds, follow_symlinks=True)   # linkat(AT_SYMLINK_FOLLOW)
+        finally:
+            os.close(proc_fds)
+        try:
+            os.replace(temp, final)
+        except BaseException:
+            _unlink_quietly(temp)
+            raise
+        fsync_dir(directory)
+
+    def same_file_system(self, other: "FanOutStore") -> bool:
+        """Whether ``other``'s blobs live on this store's file system (so
+        ``link_blob`` can take them without a copy)."""
+        try:
+            return os.stat(self.root).st_dev == os.stat(other.root).st_dev
+        except OSError:
+            return False
 
     def delete(self, key: Pointer) -> None:
         path = self.path_for(key)

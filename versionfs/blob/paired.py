@@ -31,6 +31,9 @@ Invariants:
 - A blob is marked done only once the slow store holds a good copy; without
   one to send it stays pending (retried, so writing the same content again
   repairs it) and is reported: ERROR, ``last_error``, ``unuploadable``.
+- A slow store that is a directory on the fast store's file system gets hard
+  links, not copies (linked.py says why that is safe): ``uploads_linked`` /
+  ``uploads_copied`` in ``status``.
 - Upload workers never die silently: an error no retry covers (a journal
   write) is an ERROR, ``last_error`` and ``upload_errors``; the worker goes on.
 """
@@ -50,6 +53,7 @@ from .copies import CopyCheck, Verifier
 from .errors import (BlobError, CorruptBlobError, NotFoundError, ReadOnlyError,
                      StoreFullError, StoreUnavailableError)
 from .journal import UploadJournal
+from .linked import Uploader
 from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
 
@@ -98,6 +102,7 @@ class Paired(Store):
         self._last_ok: float | None = None
         self._last_error: str | None = None
         self._copies = CopyCheck()
+        self._uploader = Uploader(fast, slow)       # links instead of copying where it can
         self._errors = 0                           # worker errors outside the retries
         self._unuploadable: dict[Pointer, str] = {}  # pending, no good copy anywhere: why
         self._journal: UploadJournal | None = None
@@ -204,6 +209,8 @@ class Paired(Store):
                 "pending_bytes": sum(self._pending.values()),
                 "in_flight": len(self._in_flight),
                 "uploaded_count": self._uploaded,
+                "uploads_linked": self._uploader.linked,     # hard links (linked.py)
+                "uploads_copied": self._uploader.copied,
                 "last_upload_ok": self._last_ok,
                 "last_error": self._last_error,
                 "damaged_fast_copies": (self._copies.damaged
@@ -390,6 +397,25 @@ class Paired(Store):
         if self._journal is None:
             raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
         keys = [as_pointer(k) for k in keys]
+        self._unqueue(keys)
+        self.slow.delete_many(keys)
+        self.fast.delete_many(keys)
+
+    def discard_unuploaded(self, keys: Iterable[Pointer]) -> list[Pointer]:
+        """Of ``keys``, the blobs still waiting for upload: take them off the
+        upload queue and delete them from fast, never touching slow (which may
+        hold an older copy). Returns those; a key whose upload finished first
+        is left alone. For garbage superseded before its upload."""
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        dropped = self._unqueue([as_pointer(k) for k in keys])
+        self.fast.delete_many(dropped)
+        return dropped
+
+    def _unqueue(self, keys: list[Pointer]) -> list[Pointer]:
+        """Stop uploading ``keys`` (an upload in flight is waited for); the keys
+        that were still pending."""
+        unqueued = []
         with self._cond:
             self._deleting.update(keys)         # an upload retrying one of them gives up
             self._cond.notify_all()
@@ -398,6 +424,7 @@ class Paired(Store):
                     self._cond.wait_for(lambda: key not in self._in_flight)
                     self._copies.forget(key)
                     if self._pending.pop(key, None) is not None:
+                        unqueued.append(key)
                         self._unuploadable.pop(key, None)
                         if key in self._journaled:
                             self._journaled.discard(key)
@@ -405,8 +432,7 @@ class Paired(Store):
                         self._cond.notify_all()
             finally:
                 self._deleting.difference_update(keys)
-        self.slow.delete_many(keys)
-        self.fast.delete_many(keys)
+        return unqueued
 
     def contains(self, key: Pointer) -> bool:
         key = as_pointer(key)
@@ -518,14 +544,15 @@ class Paired(Store):
         if key in self._copies.replaced and self._copies.slow_has_good_copy(self.slow, key):
             return
         try:
-            data = self.fast.get(key)
+            copy = self._uploader.fast_copy(key)
         except NotFoundError:
             problem = "missing from the fast store"
         else:
-            problem = self._copies.problem(key, data)
-            if problem is None:
-                self.slow.put(key, data)
-                return
+            with copy:
+                problem = self._copies.problem(key, copy.data)
+                if problem is None:
+                    self._uploader.send(key, copy)
+                    return
             if key not in self._unuploadable:
                 self._copies.note_damaged(key, f"fails verification before its upload ({problem})")
             problem = f"damaged in the fast store ({problem})"

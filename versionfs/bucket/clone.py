@@ -1,7 +1,7 @@
 """``versionfs clone SLOW_URL STATE_DIR``: a working state dir from the bucket alone.
 
 What the bucket gives a new machine: ``versionfs.toml`` (the filesystem's
-identity), ``keys/master`` (the master key wrapped by the passphrase, when
+identity, checked against the key once it is unlocked: ``common.identity``), ``keys/master`` (the master key wrapped by the passphrase, when
 encrypted) and the published metadata (``meta/head`` and what it names, see
 ``versionfs.bucket.publish``).  Clone restores the metadata — latest checkpoint,
 WAL objects replayed, every snapshot — and nothing else: file contents stay in
@@ -22,13 +22,13 @@ import os
 import shutil
 import sys
 import time
-import tomllib
 import uuid
 from pathlib import Path
 
 import tomli_w
 
 from versionfs.common import config as configmod
+from versionfs.common import identity as identitymod
 from versionfs.common import state as statemod
 from versionfs.blob.errors import NotFoundError
 from versionfs.blob.files import fsync_dir
@@ -62,12 +62,12 @@ def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=No
             raise statemod.StateError(f"{url} keeps no metadata (a remote store without named "
                                       f"objects); it cannot be cloned")
         try:
-            identity = tomllib.loads(bucket.get(statemod.FILESYSTEM_OBJECT)[0].decode())
+            identity = identitymod.parse(bucket.get(identitymod.FILESYSTEM_OBJECT)[0], url)
         except NotFoundError:
             raise statemod.StateError(f"{url} holds no versionfs filesystem "
-                                      f"(no {statemod.FILESYSTEM_OBJECT})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise statemod.StateError(f"{url}: {statemod.FILESYSTEM_OBJECT} is damaged ({e})") from None
+                                      f"(no {identitymod.FILESYSTEM_OBJECT})") from None
+        except identitymod.IdentityError as e:
+            raise statemod.StateError(str(e)) from None
         wrapped = None
         master = None
         if identity.get("encrypted"):
@@ -84,6 +84,10 @@ def clone(slow_url: str, state_dir: str | os.PathLike[str], passphrase_source=No
         if identity.get("cipher"):
             cfg.set("encryption.cipher", identity["cipher"])
         codec = statemod._make_codec(master, cfg)
+        try:
+            identity = identitymod.verify(identity, codec, url)
+        except identitymod.IdentityError as e:
+            raise statemod.StateError(str(e)) from None
         found = publish.read_head(publish.bucket_kv(bucket), codec)
         if found is None:
             raise statemod.StateError(f"{url} has no published metadata yet: run `versionfs "

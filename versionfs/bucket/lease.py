@@ -15,7 +15,26 @@ so two machines racing for it cannot both win.
 
 ``generation`` grows by one on every acquisition or steal, so it can serve as a
 fencing token: a writer stamps it on what it publishes and a reader can refuse
-anything stamped by an older holder.
+anything stamped by an older holder.  ``release()`` therefore leaves a
+released record (expiry 0) with the generation rather than deleting the key,
+so generations never go back.
+
+In a bucket the lease is ``Codec.seal``-ed with its name as context (``codec``):
+on an encrypted filesystem nobody without the key can read who holds it or
+write a record that authenticates; another machine with the key still reads
+"held by … until …".  What whoever can write the bucket can still do:
+
+* forge or damage the record: it does not authenticate (``CorruptLeaseError``
+  names it); it holds nothing, so ``acquire`` takes it over by CAS and says so
+  (``overridden``, an ERROR log line) instead of locking anyone out;
+* replay an old record: one older than the newest generation this machine has
+  seen (``floor``, e.g. from its own lease record and the head records it
+  read) is named as replayed and taken over the same way; a replay of the
+  current generation is a real record, and locks out at most until the expiry
+  its holder wrote (at most ``ttl`` after it was written), naming that holder;
+* delete it: a denial of service (the holder loses the lease at its next
+  renewal and stops publishing, the head's CAS keeps the bucket consistent),
+  never a forgery.
 
 Expiry compares wall clocks of different machines; keep ``ttl`` much larger
 than any plausible clock skew (minutes, not seconds) and renew at a fraction of
@@ -25,12 +44,16 @@ it (``ttl / 3`` is customary).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from versionfs.meta.kv import (KeyExistsError, KeyModifiedError, KeyNotFoundError, KVPair,
-                 KVStore)
+from versionfs.blob.errors import BlobError
+from versionfs.meta.kv import (ForeignObjectError, KeyExistsError, KeyModifiedError,
+                 KeyNotFoundError, KVPair, KVStore)
+
+log = logging.getLogger(__name__)
 
 
 class LeaseError(Exception):
@@ -53,7 +76,7 @@ class LeaseLostError(LeaseError):
 
 
 class CorruptLeaseError(LeaseError):
-    """The lease key does not hold a lease record."""
+    """The lease key does not hold a lease record (or one that does not authenticate)."""
 
 
 @dataclass(frozen=True)
@@ -64,12 +87,23 @@ class LeaseInfo:
     expires: float
     generation: int
 
-    def encode(self) -> bytes:
-        return json.dumps({"holder": self.holder, "expires": self.expires,
-                           "generation": self.generation}, sort_keys=True).encode()
+    @property
+    def released(self) -> bool:
+        return self.expires == 0.0
+
+    def encode(self, name: str, codec=None) -> bytes:
+        raw = json.dumps({"holder": self.holder, "expires": self.expires,
+                          "generation": self.generation}, sort_keys=True).encode()
+        return raw if codec is None else codec.seal(raw, name.encode())
 
     @classmethod
-    def decode(cls, name: str, raw: bytes) -> "LeaseInfo":
+    def decode(cls, name: str, raw: bytes, codec=None) -> "LeaseInfo":
+        if codec is not None:
+            try:
+                raw = codec.open(raw, name.encode())
+            except BlobError as exc:
+                raise CorruptLeaseError(f"lease {name!r} does not authenticate: forged, or "
+                                        f"damaged ({exc})") from None
         try:
             doc = json.loads(raw)
             return cls(str(doc["holder"]), float(doc["expires"]), int(doc["generation"]))
@@ -78,14 +112,20 @@ class LeaseInfo:
 
 
 class Lease:
-    """The lease ``name`` in ``kv``, as seen by ``holder`` (unique per mount)."""
+    """The lease ``name`` in ``kv``, as seen by ``holder`` (unique per mount).
+
+    ``codec`` seals the record (module doc); ``floor()`` is the newest
+    generation this machine has seen, below which a record is a replay.
+    """
 
     def __init__(self, kv: KVStore, name: str, holder: str, ttl: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, *, codec=None,
+                 floor: Callable[[], int] = lambda: 0):
         if ttl <= 0:
             raise ValueError(f"lease ttl must be positive, got {ttl}")
         self.kv, self.name, self.holder, self.ttl = kv, name, holder, ttl
-        self.clock = clock
+        self.clock, self.codec, self.floor = clock, codec, floor
+        self.overridden: str | None = None  # the forged or replayed record last taken over
         self._pair: KVPair | None = None  # what we last wrote, while we hold it
 
     @property
@@ -96,41 +136,70 @@ class Lease:
     @property
     def info(self) -> LeaseInfo | None:
         """Our lease record as last written, or None when we do not hold it."""
-        return None if self._pair is None else LeaseInfo.decode(self.name, self._pair.value)
+        return None if self._pair is None else LeaseInfo.decode(self.name, self._pair.value,
+                                                                 self.codec)
+
+    def _get(self) -> KVPair:
+        """The key as stored, even an object the KV store did not write (a forgery)."""
+        try:
+            return self.kv.get(self.name)
+        except ForeignObjectError as exc:
+            return exc.pair
 
     def read(self) -> LeaseInfo | None:
         """The lease as it is in the store now (None when nobody holds it)."""
         try:
-            return LeaseInfo.decode(self.name, self.kv.get(self.name).value)
+            info = LeaseInfo.decode(self.name, self._get().value, self.codec)
         except KeyNotFoundError:
             return None
+        return None if info.released else info
 
-    def _record(self, generation: int) -> bytes:
-        return LeaseInfo(self.holder, self.clock() + self.ttl, generation).encode()
+    def _record(self, generation: int, expires: float | None = None) -> bytes:
+        expires = self.clock() + self.ttl if expires is None else expires
+        return LeaseInfo(self.holder, expires, generation).encode(self.name, self.codec)
+
+    def _judge(self, raw: bytes) -> tuple[LeaseInfo, str | None]:
+        """The record, and why it holds nothing (forged, damaged, replayed), if so."""
+        try:
+            info = LeaseInfo.decode(self.name, raw, self.codec)
+        except CorruptLeaseError as exc:
+            return LeaseInfo("<unreadable lease record>", 0.0, 0), str(exc)
+        floor = self.floor()
+        if info.generation < floor:
+            return info, (f"lease {self.name!r} is a replayed old record (generation "
+                          f"{info.generation} by {info.holder!r}; this machine has seen "
+                          f"generation {floor})")
+        return info, None
+
+    def _next_generation(self, info: LeaseInfo | None) -> int:
+        return max(info.generation if info else 0, self.floor()) + 1
 
     def acquire(self) -> LeaseInfo:
-        """Take the lease if free, expired or already ours; else :class:`LeaseHeldError`."""
+        """Take the lease if free, expired, already ours, forged or replayed (then
+        ``overridden`` and an ERROR line say so); else :class:`LeaseHeldError`."""
         while True:
             try:
-                self._pair = self.kv.atomic_put(self.name, self._record(1), None)
+                self._pair = self.kv.atomic_put(self.name, self._record(self._next_generation(None)),
+                                                None)
                 return self.info
             except KeyExistsError:
                 pass
             try:
-                current = self.kv.get(self.name)
+                current = self._get()
             except KeyNotFoundError:
-                continue  # released between our create and our read: try again
-            info = LeaseInfo.decode(self.name, current.value)
-            if info.holder != self.holder and info.expires > self.clock():
+                continue  # deleted between our create and our read: try again
+            info, problem = self._judge(current.value)
+            if problem is None and info.holder != self.holder and info.expires > self.clock():
                 raise LeaseHeldError(self.name, info)
             try:
                 self._pair = self.kv.atomic_put(
-                    self.name, self._record(info.generation + 1), current)
-                return self.info
+                    self.name, self._record(self._next_generation(info)), current)
             except (KeyModifiedError, KeyNotFoundError):
-                other = self.read()
-                if other is not None:
-                    raise LeaseHeldError(self.name, other) from None
+                continue  # someone else wrote it meanwhile: judge their record
+            if problem is not None:
+                self.overridden = problem
+                log.error("%s; it holds nothing, so it was taken over", problem)
+            return self.info
 
     def renew(self) -> LeaseInfo:
         """Extend our lease by ``ttl`` from now; :class:`LeaseLostError` if it is not ours."""
@@ -141,18 +210,23 @@ class Lease:
                 self.name, self._record(self.info.generation), self._pair)
         except (KeyModifiedError, KeyNotFoundError) as exc:
             self._pair = None
-            now = self.read()
-            who = f"now held by {now.holder!r}" if now else "deleted"
+            try:
+                now = self.read()
+                who = f"now held by {now.holder!r}" if now else "deleted"
+            except CorruptLeaseError as bad:
+                who = f"replaced: {bad}"
             raise LeaseLostError(f"lease {self.name!r} was lost by {self.holder!r}: {who}") from exc
         return self.info
 
     def release(self) -> bool:
-        """Give the lease up; False if it was no longer ours (nothing is deleted then)."""
+        """Give the lease up (a released record keeps the generation, module doc);
+        False if it was no longer ours (nothing is written then)."""
         if self._pair is None:
             return False
         pair, self._pair = self._pair, None
+        generation = LeaseInfo.decode(self.name, pair.value, self.codec).generation
         try:
-            self.kv.atomic_delete(self.name, pair)
+            self.kv.atomic_put(self.name, self._record(generation, expires=0.0), pair)
         except (KeyModifiedError, KeyNotFoundError):
             return False
         return True
@@ -168,25 +242,21 @@ class Lease:
         """
         while True:
             try:
-                current = self.kv.get(self.name)
+                current = self._get()
             except KeyNotFoundError:
                 try:
-                    self._pair = self.kv.atomic_put(self.name, self._record(1), None)
+                    self._pair = self.kv.atomic_put(self.name,
+                                                    self._record(self._next_generation(None)), None)
                     return None
                 except KeyExistsError:
                     continue
-            try:
-                previous = LeaseInfo.decode(self.name, current.value)
-            except CorruptLeaseError:
-                if only_from is not None:
-                    raise
-                previous = LeaseInfo("<unreadable lease record>", 0.0, 0)
-            if only_from is not None and previous.holder != only_from:
+            previous, problem = self._judge(current.value)
+            if only_from is not None and (problem is not None or previous.holder != only_from):
                 raise LeaseHeldError(self.name, previous)
             try:
                 self._pair = self.kv.atomic_put(
-                    self.name, self._record(previous.generation + 1), current)
-                return previous
+                    self.name, self._record(self._next_generation(previous)), current)
+                return None if previous.released and problem is None else previous
             except (KeyModifiedError, KeyNotFoundError):
                 continue
 

@@ -3,17 +3,24 @@
 What the bucket holds (names relative to the slow store's root/prefix)::
 
     meta/head                        the head record (a KV key: changed only by CAS)
-    meta/heads/<last>-<tag>          copies of the newest head records, each written
+    meta/heads/<random>              copies of the newest head records, each written
                                      before the head swings (a torn head falls back)
-    meta/checkpoints/<id>/part-NNNNNN  a checkpoint: the MVCC store's backup stream
-                                     (``backup.BackupWriter``) cut into parts
-    meta/wal/<first>-<last>-<tag>    WAL entries first..last, one msgpack list
+    meta/checkpoints/<random>/part-NNNNNN  a checkpoint: the MVCC store's backup
+                                     stream (``backup.BackupWriter``) cut into parts
+    meta/wal/<random>                WAL entries, one msgpack list of [index, entry]
 
 Every object is zstd-compressed and then ``Codec.seal``-ed with its own name as
 context: encrypted filesystems get AEAD (nothing readable, no object can be
-swapped for another), plain ones still get an integrity digest.  The head
-record names the newest checkpoint, the index it covers at least, and the WAL
-objects after it; a new machine restores the checkpoint and replays them.
+swapped for another), plain ones still get an integrity digest.  Names are
+128-bit random ids, never used twice: they say nothing about how many
+metadata changes there were or in which order (the indexes are inside the
+sealed bodies and the head record), and an object replayed under another
+name fails its seal.  The head record names the newest checkpoint, the index
+it covers at least, the WAL objects after it with their index ranges and
+sizes, and the head copies; a new machine restores the checkpoint and
+replays them.  Nothing is decompressed beyond the size the (sealed) head
+record or the format allows (a decompression bomb in the bucket is an
+error naming the object, not an exhausted memory).
 
 Order, the one invariant that matters (DESIGN: nothing published refers to a
 blob that is not durable): the filesystem puts a chunk into the Paired store
@@ -42,6 +49,7 @@ accepted, as the base of a publish or as metadata to catch up with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -56,6 +64,7 @@ from typing import Any, Callable, Iterator
 import msgpack
 import zstandard
 
+from versionfs.blob.codec import decompress_at_most
 from versionfs.blob.errors import BlobError, NotFoundError
 from versionfs.bucket.seen import HeadWatermark, SeenHead, iso
 from versionfs.meta.backup import BackupReader, BackupWriter, framed_copy, verified_stream
@@ -84,6 +93,7 @@ CHECKPOINT_KIND = "versionfs.mvcc"
 PART_BYTES = 32 << 20            # checkpoint part size: bounded memory per upload
 WAL_OBJECT_BYTES = 16 << 20      # most entry bytes per shipped WAL object
 MAX_WAL_OBJECTS = 256            # more than this since the checkpoint: take a new one
+MAX_HEAD_BYTES = 16 << 20        # most a head copy may decompress to (a few KiB in practice)
 
 
 class PublishError(Exception):
@@ -127,6 +137,7 @@ class HeadRecord:
     revision: int = 0
     snapshots: int = 0
     retired: list[str] = field(default_factory=list)   # objects to delete at the next checkpoint
+    copies: list[str] = field(default_factory=list)    # meta/heads/ objects kept, newest last
 
     def encode(self) -> bytes:
         doc = {"format": HEAD_FORMAT, **self.__dict__}
@@ -144,7 +155,7 @@ class HeadRecord:
                                f"can read ({exc})") from None
 
     def seen(self) -> SeenHead:
-        return SeenHead(self.last_index, self.time, self.writer)
+        return SeenHead(self.last_index, self.time, self.writer, self.generation)
 
     def objects(self) -> list[str]:
         names = [f"{self.checkpoint['name']}/part-{i:06d}" for i in range(self.checkpoint["parts"])]
@@ -161,12 +172,21 @@ def _pack(codec, name: str, data: bytes) -> bytes:
     return codec.seal(zstandard.ZstdCompressor(level=3).compress(data), name.encode())
 
 
-def _unpack(codec, name: str, sealed: bytes) -> bytes:
+def _new_name(prefix: str) -> str:
+    """A name no object had before, revealing nothing (module doc)."""
+    return prefix + secrets.token_hex(16)
+
+
+def _unpack(codec, name: str, sealed: bytes, limit: int) -> bytes:
+    """``sealed`` opened (checked against ``name``) and decompressed to at most ``limit`` bytes."""
     try:
-        return zstandard.ZstdDecompressor().decompress(codec.open(sealed, name.encode()),
-                                                        max_output_size=1 << 31)
+        data = decompress_at_most(codec.open(sealed, name.encode()), limit)
     except zstandard.ZstdError as exc:
         raise PublishError(f"published object {name}: bad compressed data ({exc})") from None
+    if data is None:
+        raise PublishError(f"published object {name} decompresses to more than {limit} bytes, "
+                           f"more than versionfs wrote there (a decompression bomb?)")
+    return data
 
 
 def read_head(kv: BucketKV, codec) -> tuple[KVPair, HeadRecord] | None:
@@ -174,9 +194,10 @@ def read_head(kv: BucketKV, codec) -> tuple[KVPair, HeadRecord] | None:
 
     A head object that does not decode (seen with SeaweedFS: a writer killed
     during a conditional PUT can leave an empty object) falls back to the
-    newest copy in ``meta/heads/``, which every publish writes *before* it
-    swings the head, so it names only durable objects; the returned pair
-    carries the damaged object's etag, so the next publish replaces it by CAS.
+    newest readable copy in ``meta/heads/`` (newest by the index and time
+    inside it), which every publish writes *before* it swings the head, so it
+    names only durable objects; the returned pair carries the damaged
+    object's etag, so the next publish replaces it by CAS.
     """
     try:
         pair = kv.get(HEAD_KEY)
@@ -189,11 +210,15 @@ def read_head(kv: BucketKV, codec) -> tuple[KVPair, HeadRecord] | None:
         _body, etag = kv.bucket.get(HEAD_KEY)
     except NotFoundError:
         return None
-    for name in sorted(kv.bucket.list(HEAD_COPY_PREFIX), reverse=True):
+    copies = []
+    for name in kv.bucket.list(HEAD_COPY_PREFIX):
         try:
-            record = HeadRecord.decode(_unpack(codec, name, kv.bucket.get(name)[0]))
+            copies.append((HeadRecord.decode(_unpack(codec, name, kv.bucket.get(name)[0],
+                                                     MAX_HEAD_BYTES)), name))
         except (BlobError, PublishError, NotFoundError):
             continue
+    if copies:
+        record, name = max(copies, key=lambda c: (c[0].last_index, c[0].time))
         log.warning("the head record is damaged (%s); using its copy %s", damage, name)
         return KVPair(HEAD_KEY, b"", etag), record
     raise PublishError(f"the bucket's {HEAD_KEY} is damaged ({damage}) and no copy of it "
@@ -223,6 +248,10 @@ def save_record(path: str, record: dict) -> None:
 @dataclass
 class PublishStatus:
     published_index: int = 0
+    # The oldest index a head record still in the bucket covers (the head and
+    # its kept copies): a clone may restore any of them, so a chunk superseded
+    # later than this is still needed there (versionfs.maint.reclaim).
+    oldest_kept_index: int = 0
     last_publish: float | None = None
     last_error: str | None = None
 
@@ -252,6 +281,11 @@ class Publisher:
         self.watermark = watermark
         self.status = PublishStatus()
         self._lock = threading.Lock()
+        # Held from choosing the WAL index to ship until the pending blobs it
+        # needs are listed in _awaited (until the publish ends).
+        self._pins = threading.Lock()
+        self._awaited: tuple[int, frozenset] = (0, frozenset())
+        self._copy_indexes: list[int] = []      # last_index of the head copies published here
         self._head: tuple[KVPair, HeadRecord] | None = None
         self._writer = ""
         self._opened = False
@@ -302,7 +336,18 @@ class Publisher:
             published = rec.last_index
         self._head = head
         self.status.published_index = published
+        self.status.oldest_kept_index = 0         # the kept copies' indexes are not known yet
+        self._copy_indexes = []
         self._opened = True
+
+    @contextlib.contextmanager
+    def uploads_awaited(self):
+        """While held, no publish picks the metadata it ships; yields (the WAL
+        index the running publish ships, the blobs it waits for): the only
+        pending blobs whose upload a published head may still need
+        (versionfs.maint.reclaim)."""
+        with self._pins:
+            yield self._awaited
 
     # -- publishing ------------------------------------------------------------
     def pending(self) -> int:
@@ -324,6 +369,9 @@ class Publisher:
             except Exception as exc:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 raise
+            finally:
+                with self._pins:
+                    self._awaited = (0, frozenset())
             self.status.last_error = None
             return done
 
@@ -344,7 +392,11 @@ class Publisher:
             if checkpoint:
                 with BackupWriter(copy, CHECKPOINT_KIND, {"fs": self.fs_id}) as w:
                     ckpt_index = self.meta.backup_to(framed_copy(w))
-            target = self.meta.last_index
+            with self._pins:
+                target = self.meta.last_index
+                # 1. Blobs: the keys pending now include every chunk those entries name.
+                keys = self.paired.pending_keys() if self.paired is not None else []
+                self._awaited = (target, frozenset(keys))
             # Never publish what this state dir could still lose: entries are
             # fsynced at the next LMDB commit, and a power cut before it would
             # leave the bucket ahead of the local copy (a mount refusing for good).
@@ -358,31 +410,30 @@ class Publisher:
                 # The local log no longer holds what follows the last publish
                 # (released after a long time offline): a checkpoint covers it.
                 return self._publish(True, timeout)
-            # 1. Blobs: the keys pending now include every chunk those entries name.
-            keys = self.paired.pending_keys() if self.paired is not None else []
             if keys and not self.paired.wait_durable(keys, timeout):
                 raise BlobsNotDurableError(
                     f"{sum(self.paired.is_pending(k) for k in keys)} blob(s) the metadata refers "
                     f"to are not on the slow store yet; metadata stays unpublished until they are")
-            # 2. Metadata, under names no earlier publish used (a tag per publish),
-            # so deleting a retired chain can never hit an object still referenced.
-            tag = secrets.token_hex(4)
+            # 2. Metadata, under names no earlier publish used (random ids), so
+            # deleting a retired chain can never hit an object still referenced.
             uploaded: list[str] = []
             try:
                 if checkpoint:
                     copy.seek(0)
-                    ckpt, wal = self._upload_checkpoint(copy, ckpt_index, tag, uploaded), []
+                    ckpt, wal = self._upload_checkpoint(copy, ckpt_index, uploaded), []
                     retired, delete_after = (head.objects(), head.retired) if head else ([], [])
                 else:
                     ckpt, wal = dict(head.checkpoint), list(head.wal)
                     retired, delete_after = list(head.retired), []
-                wal += self._upload_wal(entries, tag, uploaded)
+                wal += self._upload_wal(entries, uploaded)
                 # 3. Head, by CAS, only while we still hold the writer lease.
                 new = HeadRecord(fs=self.fs_id, writer=self._writer, checkpoint=ckpt, wal=wal,
                                  last_index=target, time=self.clock(), generation=self.fence(),
                                  revision=self.meta.head, snapshots=len(self.meta.revisions()),
                                  retired=retired)
-                copy_name = f"{HEAD_COPY_PREFIX}{target:016x}-{tag}"
+                copy_name = _new_name(HEAD_COPY_PREFIX)
+                kept = head.copies[-(HEAD_COPIES_KEPT - 1):] if head else []
+                new.copies = kept + [copy_name]
                 self.bucket.put(copy_name, _pack(self.codec, copy_name, new.encode()))
                 uploaded.append(copy_name)
                 pair = self._swing(prev, new)
@@ -399,12 +450,15 @@ class Publisher:
         # The chain before the previous checkpoint: a clone that read an older
         # head has had a whole checkpoint interval to fetch it.
         self._forget(delete_after)
-        copies = sorted(self.bucket.list(HEAD_COPY_PREFIX))
-        self._forget([n for n in copies[:-HEAD_COPIES_KEPT] if n != copy_name])
+        self._forget([n for n in self.bucket.list(HEAD_COPY_PREFIX) if n not in new.copies])
+        self._copy_indexes = (self._copy_indexes + [target])[-len(new.copies):]
+        # Copies this process did not write have unknown (older) indexes.
+        self.status.oldest_kept_index = (self._copy_indexes[0]
+                                         if len(self._copy_indexes) == len(new.copies) else 0)
         return True
 
-    def _upload_checkpoint(self, copy, index: int, tag: str, uploaded: list[str]) -> dict:
-        name = f"{CHECKPOINT_PREFIX}{index:016x}-{tag}"
+    def _upload_checkpoint(self, copy, index: int, uploaded: list[str]) -> dict:
+        name = _new_name(CHECKPOINT_PREFIX)
         parts = total = 0
         while True:
             data = copy.read(PART_BYTES)
@@ -419,7 +473,7 @@ class Publisher:
                 break
         return {"name": name, "parts": parts, "index": index, "bytes": total, "time": self.clock()}
 
-    def _upload_wal(self, entries: list[Entry], tag: str, uploaded: list[str]) -> list[dict]:
+    def _upload_wal(self, entries: list[Entry], uploaded: list[str]) -> list[dict]:
         out, batch, size = [], [], 0
         for e in entries + [None]:
             if e is not None:
@@ -427,7 +481,7 @@ class Publisher:
                 size += len(e.data) + 16
             if batch and (e is None or size >= WAL_OBJECT_BYTES):
                 first, last = batch[0].index, batch[-1].index
-                name = f"{WAL_PREFIX}{first:016x}-{last:016x}-{tag}"
+                name = _new_name(WAL_PREFIX)
                 raw = msgpack.packb([[x.index, x.data] for x in batch])
                 self.bucket.put(name, _pack(self.codec, name, raw))
                 uploaded.append(name)
@@ -441,6 +495,11 @@ class Publisher:
             return self.kv.atomic_put(HEAD_KEY, sealed, prev[0] if prev else None)
         except (KeyModifiedError, KeyExistsError, KeyNotFoundError):
             now = read_head(self.kv, self.codec)
+            if now is None and prev is not None:
+                self._head = None       # the next publish starts a whole new chain, by create
+                raise PublishError(f"the bucket's {HEAD_KEY} was deleted behind this mount (by "
+                                   f"whoever can write the bucket); the next publish writes it "
+                                   f"again, with a full checkpoint") from None
             who = f"writer {now[1].writer[:12]} at {iso(now[1].time)}" if now else "nobody (deleted)"
             raise DivergedError(f"the bucket's head record changed behind this mount (now: {who}); "
                                 f"nothing was overwritten; this mount stops publishing") from None
@@ -467,10 +526,21 @@ def restore_meta(bucket, codec, dirpath: str, head: HeadRecord,
     entries: list[Entry] = []
     want = head.checkpoint["index"] + 1
     for w in head.wal:
-        raw = _unpack(codec, w["name"], _get(bucket, w["name"]))
+        raw = _unpack(codec, w["name"], _get(bucket, w["name"]), w["bytes"])
+        if len(raw) != w["bytes"]:
+            raise PublishError(f"published WAL object {w['name']} holds {len(raw)} bytes, "
+                               f"the head record says {w['bytes']}")
         if progress:
-            progress(w.get("bytes", len(raw)))
-        for index, data in msgpack.unpackb(raw):
+            progress(len(raw))
+        try:
+            batch = msgpack.unpackb(raw)
+            span = (batch[0][0], batch[-1][0])
+        except (ValueError, TypeError, IndexError, KeyError):
+            span = None
+        if span != (w["first"], w["last"]):
+            raise PublishError(f"published WAL object {w['name']} does not hold the entries "
+                               f"{w['first']}..{w['last']} the head record names")
+        for index, data in batch:
             if index < want:
                 continue
             if index != want:
@@ -517,7 +587,7 @@ class _CheckpointStream(io.RawIOBase):
             name = next(self._names, None)
             if name is None:
                 return 0
-            data = _unpack(self._codec, name, _get(self._bucket, name))
+            data = _unpack(self._codec, name, _get(self._bucket, name), PART_BYTES)
             if self._progress:
                 self._progress(len(data))
             self._buf = memoryview(data)

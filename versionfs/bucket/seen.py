@@ -54,11 +54,13 @@ def _load_json(path: Path) -> dict | None:
 
 @dataclass(frozen=True)
 class SeenHead:
-    """A head record as far as rollback goes: its index, time and writer."""
+    """A head record as far as rollback goes: its index, time and writer; and the
+    writer's lease generation (the floor below which a lease is a replay)."""
 
     last_index: int
     time: float
     writer: str = ""
+    generation: int = 0
 
     def describe(self) -> str:
         who = f", writer {self.writer[:12]}" if self.writer else ""
@@ -76,7 +78,8 @@ class HeadWatermark:
         if doc is None:
             return None
         try:
-            return SeenHead(int(doc["last_index"]), float(doc["time"]), str(doc.get("writer", "")))
+            return SeenHead(int(doc["last_index"]), float(doc["time"]), str(doc.get("writer", "")),
+                            int(doc.get("generation", 0)))
         except (KeyError, TypeError, ValueError):
             log.error("%s holds no head record; ignoring it", self.path)
             return None

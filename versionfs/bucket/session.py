@@ -35,6 +35,7 @@ be published.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -44,11 +45,12 @@ from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential_jitter
 
-from versionfs.blob.errors import BlobError, StoreUnavailableError
+from versionfs.blob.errors import BlobError, NotFoundError, StoreUnavailableError
 from versionfs.bucket import publish
 from versionfs.bucket.catchup import fast_forward
 from versionfs.bucket.lease import Lease, LeaseError, LeaseHeldError, LeaseLostError
 from versionfs.bucket.seen import HeadWatermark, LeaseRecord, SeenHead
+from versionfs.common import identity as identitymod
 from versionfs.common import metrics
 from versionfs.common import state as statemod
 
@@ -133,9 +135,40 @@ class CloudSession:
         session._seed_watermark()
         if read_only:
             session._catch_up_read_only()
+            session._check_identity(repair=False)
         else:
             session._start_writer(steal_lease)
         return session
+
+    def _check_identity(self, repair: bool) -> None:
+        """The bucket's versionfs.toml must be this filesystem's, as this state dir
+        knows it (common.identity): a missing, damaged, forged or changed one is an
+        ERROR naming it; a writer (holding the lease) writes it back."""
+        st = self.state
+        try:
+            try:
+                raw = self.bucket.get(identitymod.FILESYSTEM_OBJECT)[0]
+                found = identitymod.verify(identitymod.parse(raw, st.slow_url), st.codec,
+                                           st.slow_url)
+                changed = sorted(k for k in set(found) | set(st.identity)
+                                 if found.get(k) != st.identity.get(k))
+                problem = (f"{st.slow_url}: {identitymod.FILESYSTEM_OBJECT} differs from this "
+                           f"filesystem's identity in {', '.join(changed)}") if changed else None
+            except NotFoundError:
+                problem = f"{st.slow_url}: {identitymod.FILESYSTEM_OBJECT} is missing"
+            except identitymod.IdentityError as exc:
+                problem = str(exc)
+            if problem is None:
+                return
+            metrics.BACKGROUND_ERRORS.labels("identity").inc()
+            if not repair:
+                log.error("%s; a read-write mount writes it back", problem)
+                return
+            self.bucket.put(identitymod.FILESYSTEM_OBJECT, identitymod.encode(st.identity, st.codec))
+            log.error("%s; written back from this state dir", problem)
+        except (BlobError, OSError) as exc:
+            log.warning("could not check %s in the slow store: %s",
+                        identitymod.FILESYSTEM_OBJECT, exc)
 
     def _seed_watermark(self) -> None:
         """A state dir from before rollback protection: what it published is the floor."""
@@ -186,7 +219,8 @@ class CloudSession:
     # -- taking the lease ------------------------------------------------------------
     def _start_writer(self, steal: bool) -> None:
         st = self.state
-        self.lease = Lease(self.kv, publish.LEASE_KEY, holder_name(st.path), self.ttl)
+        self.lease = Lease(self.kv, publish.LEASE_KEY, holder_name(st.path), self.ttl,
+                           codec=st.codec, floor=self._generation_floor)
         self.publisher = self._new_publisher()
         try:
             self._take_lease(steal)
@@ -214,7 +248,14 @@ class CloudSession:
         except BaseException:
             self._release_quietly()
             raise
+        if not self.offline:
+            self._check_identity(repair=True)
         self._start_threads()
+
+    def _generation_floor(self) -> int:
+        """The newest lease generation this state dir has held or seen (lease.py: replays)."""
+        record, seen = LeaseRecord.load(self.state.path), self.watermark.load()
+        return max(record.generation if record else 0, seen.generation if seen else 0)
 
     def _release_quietly(self) -> None:
         try:
@@ -242,6 +283,8 @@ class CloudSession:
         except LeaseHeldError as e:
             LeaseRecord.record(st.path, e.info.holder, e.info.generation, "lost")
             raise
+        if self.lease.overridden:
+            metrics.BACKGROUND_ERRORS.labels("lease").inc()
         LeaseRecord.record(st.path, self.lease.holder, self.lease.info.generation, "held")
 
     def _open_publisher(self, at_mount: bool) -> None:
@@ -351,7 +394,8 @@ class CloudSession:
             try:
                 info = self.lease.renew()
             except LeaseLostError as exc:
-                LeaseRecord.record(self.state.path, self.lease.holder, 0, "lost")
+                LeaseRecord.record(self.state.path, self.lease.holder, self._generation_floor(),
+                                   "lost")
                 self._stop_publishing(f"the writer lease was lost ({exc}); {_WHAT_TO_DO}")
                 raise publish.PublishError(self.stopped) from None
             return info.generation
@@ -407,6 +451,20 @@ class CloudSession:
 
     def publish_soon(self) -> None:
         self._wake.set()
+
+    def published_floor(self) -> int | None:
+        """The oldest metadata index a head record in the bucket covers; None
+        when nothing is published here (versionfs.maint.reclaim)."""
+        if self.bucket is None:
+            return None
+        return 0 if self.publisher is None else self.publisher.status.oldest_kept_index
+
+    def uploads_awaited(self):
+        """Context manager (``Publisher.uploads_awaited``): yields (index shipped,
+        pending blobs awaited) of a running publish, or None when that cannot be known."""
+        if self.publisher is None:
+            return contextlib.nullcontext((0, frozenset()) if self.bucket is None else None)
+        return self.publisher.uploads_awaited()
 
     # -- reporting -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from versionfs import __version__
 from versionfs.cli import ctlclient
 from versionfs.common import state as statemod
+from versionfs.common.memory import bound_allocator
 
 from . import preflight
 from .command import EXIT_ERROR, EXIT_OK, UserError, user_error_types
@@ -176,6 +177,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     unmounts, so systemd's stop and Ctrl-C in --foreground both end cleanly.
     """
     _setup_logging()
+    bound_allocator()             # before any thread: freed buffers go back (common/memory.py)
     readiness = _Readiness(ready_fd)
     try:
         if ready_fd is not None:               # preflight again: the world may have changed
@@ -217,6 +219,9 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     ready=readiness.ready,
                     idle_seal_seconds=st.config["mount.idle_seal_seconds"],
                     seal_max_age_seconds=st.config["mount.seal_max_age_seconds"],
+                    read_cache_bytes=st.config["mount.read_cache_bytes"],
+                    read_cache_idle_seconds=st.config["mount.read_cache_idle_seconds"],
+                    merge_quiet_seconds=st.config["mount.merge_quiet_seconds"],
                     cloud=session, services=daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

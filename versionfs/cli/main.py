@@ -9,19 +9,13 @@ line too and the traceback only with VERSIONFS_DEBUG=1.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from typing import Sequence
-
-import importlib
-from types import ModuleType
 
 from versionfs import __version__
-from versionfs.common.marks import collect_marked
-from versionfs.common.privacy import restrict_umask
 
-from .command import EXIT_ERROR, Command, error, user_error_types
+# Everything else is imported where it is used: `versionfs --version` answers
+# before argparse, logging or any command group is loaded (start-up time,
+# checked by tests/test_cli_contrib.py).
 
 # The command groups, one module each, and which commands each defines. The
 # index lets `versionfs CMD` import only CMD's group (start-up time: the other
@@ -40,16 +34,20 @@ INDEX = {
 }
 
 
-def group(name: str) -> ModuleType:
+def group(name: str):
+    import importlib
     return importlib.import_module(f"versionfs.cli.{name}")
 
 
-def commands(groups=GROUPS) -> dict[str, Command]:
+def commands(groups=GROUPS) -> dict:
     """The commands the given groups define (importing them), in group order."""
+    from versionfs.common.marks import collect_marked
+    from .command import Command
     return collect_marked(map(group, groups), "cli_command", Command)
 
 
-def build_parser(groups=GROUPS) -> argparse.ArgumentParser:
+def build_parser(groups=GROUPS):
+    import argparse
     parser = argparse.ArgumentParser(
         prog="versionfs",
         description="A versioned FUSE filesystem for cloud-backed home directories.")
@@ -64,12 +62,15 @@ def build_parser(groups=GROUPS) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    restrict_umask()              # everything versionfs writes is private (common/privacy.py)
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--version"]:
         print(f"versionfs {__version__}")
         return 0
+    import os
+    from versionfs.common.privacy import restrict_umask
+    from .command import EXIT_ERROR, error, user_error_types
+    restrict_umask()              # everything versionfs writes is private (common/privacy.py)
     # serve-store owns its whole argument list.
     if argv[:1] == ["serve-store"]:
         return group("bucket").run_serve_store(argv[1:])

@@ -43,17 +43,17 @@ from typing import Any
 import tomli_w
 
 from versionfs.common import config as configmod
+from versionfs.common import identity as identitymod
 from versionfs.common.privacy import tighten_dir
 
 __all__ = ["StateError", "NotAStateDirError", "StateInUseError", "PassphraseError",
            "Layout", "State", "init_state", "open_state", "is_state_dir",
            "get_passphrase", "read_pid", "unlock_master", "read_master_key", "named_objects",
            "write_durably", "instance_id",
-           "MASTER_KEY_OBJECT", "FILESYSTEM_OBJECT", "PASSPHRASE_ENV"]
+           "MASTER_KEY_OBJECT", "PASSPHRASE_ENV"]
 
 STATE_FORMAT = 1
 MASTER_KEY_OBJECT = "keys/master"          # wrapped master key in the slow store
-FILESYSTEM_OBJECT = "versionfs.toml"        # identity of the filesystem in the slow store
 PASSPHRASE_ENV = "VERSIONFS_PASSPHRASE"
 
 log = logging.getLogger("versionfs.state")
@@ -314,14 +314,18 @@ def init_state(path: str | os.PathLike[str], slow_url: str | None = None, *,
         identity = {"format": STATE_FORMAT, "id": fs_id,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "encrypted": bool(encrypt), "cipher": cfg["encryption.cipher"]}
+        master = wrapped = None
+        if encrypt:
+            from versionfs.blob import keys
+            master = keys.new_master_key()
+            wrapped = keys.wrap_key(master, passphrase)
         slow = _open_slow(layout.slow_url(cfg))
         try:
             bucket = named_objects(slow)
             if bucket is not None:
-                _claim_slow_store(bucket, layout.slow_url(cfg), identity)
+                _claim_slow_store(bucket, layout.slow_url(cfg),
+                                  identitymod.encode(identity, _make_codec(master, cfg)))
             if encrypt:
-                from versionfs.blob import keys
-                wrapped = keys.wrap_key(keys.new_master_key(), passphrase)
                 write_durably(layout.key, wrapped, 0o600)
                 if bucket is not None:
                     bucket.put(MASTER_KEY_OBJECT, wrapped)
@@ -344,10 +348,10 @@ def _open_slow(url: str) -> Any:
         raise StateError(f"slow store {url}: {e}") from None
 
 
-def _claim_slow_store(bucket: Any, url: str, identity: dict[str, Any]) -> None:
+def _claim_slow_store(bucket: Any, url: str, body: bytes) -> None:
     from versionfs.blob.errors import PreconditionFailedError
     try:
-        bucket.put_if_absent(FILESYSTEM_OBJECT, tomli_w.dumps(identity).encode())
+        bucket.put_if_absent(identitymod.FILESYSTEM_OBJECT, body)
     except PreconditionFailedError:
         raise StateError(f"the slow store {url} already holds a versionfs filesystem; "
                          f"use an empty location (a new prefix)") from None
@@ -454,7 +458,12 @@ def load_config(path: str | os.PathLike[str]) -> configmod.Config:
 
 
 def unlock_master(wrapped: bytes, secret: Any, identity: dict[str, Any], what: str) -> bytes:
-    """The master key from a passphrase (unwrapping ``wrapped``) or a RecoveryKey."""
+    """The master key from a passphrase (unwrapping ``wrapped``) or a RecoveryKey.
+
+    The KDF (Argon2id, 64 MiB) runs once per mount of an encrypted filesystem,
+    in the daemon: 0.2-0.7 s on a 2-core machine. On purpose it is not cached:
+    an unwrapped key kept on disk would let whoever reads the state dir read
+    every file, and one kept by a helper process would outlive the mount."""
     from versionfs.blob import keys
     from versionfs.blob.errors import WrongPassphraseError
     if isinstance(secret, keys.RecoveryKey):
@@ -503,6 +512,13 @@ def read_master_key(layout: Layout, identity: dict[str, Any], passphrase: Passph
         except BlobError as e:                   # damaged in the bucket: PassphraseError passes
             log.warning("the slow store's %s is unusable (%s); using the local key file",
                         MASTER_KEY_OBJECT, e)
+        except PassphraseError:
+            unlock_master(local, secret, identity, str(layout.root))   # wrong for both: says so
+            raise PassphraseError(
+                f"wrong passphrase for {layout.root}: it opens this state dir's key file but "
+                f"not the slow store's {MASTER_KEY_OBJECT}, so the passphrase was changed on "
+                f"another machine (give the new one) or {MASTER_KEY_OBJECT} was replaced in "
+                f"the bucket") from None
         else:
             write_durably(layout.key, remote, 0o600)
             log.info("the passphrase was changed: %s updated from the slow store", layout.key)

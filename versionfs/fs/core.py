@@ -28,11 +28,13 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from versionfs.maint.reclaim import ensure_extent_refs
 from versionfs.tree import schema
 from versionfs.tree.schema import ROOT_INO, Inode
 
 from .data import DataManager, Extent, FileData
 from .journal import open_journal
+from .reading import CACHE_IDLE_SECONDS, CHUNK_CACHE_BYTES
 from .snapshots import SnapshotViews, is_snap_ino
 from .special_inodes import CTL_DIR_INO, CTL_FILE_INO, SNAPS_DIR_INO, is_control_ino
 
@@ -52,7 +54,9 @@ class MountCore:
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
-                 seal_max_age_seconds: float = 60.0, cloud=None):
+                 seal_max_age_seconds: float = 60.0, merge_quiet_seconds: float = 60.0,
+                 cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
+                 read_cache_idle_seconds: float = CACHE_IDLE_SECONDS):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
         # The bucket session (versionfs.bucket.session.CloudSession) or None:
@@ -64,6 +68,8 @@ class MountCore:
         self.read_only = read_only
         self.idle_seal_seconds = idle_seal_seconds
         self.seal_max_age_seconds = seal_max_age_seconds
+        self.read_cache_idle_seconds = read_cache_idle_seconds
+        self.merge_quiet_seconds = merge_quiet_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
         # Encrypted filesystems chunk under a key (chunking.py); only the
@@ -71,7 +77,7 @@ class MountCore:
         self.data = DataManager(
             blobs, dirty_dir,
             journal_index=lambda: -1 if self.journal is None else self.journal.last_index,
-            chunking_seed=blobs.codec.chunking_seed())
+            chunking_seed=blobs.codec.chunking_seed(), cache_bytes=read_cache_bytes)
         self.dirty_dir = dirty_dir
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}
@@ -82,9 +88,17 @@ class MountCore:
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
+        # ino -> monotonic time of the seal that left it with runs of small
+        # extents: merged once it has been quiet for merge_quiet_seconds.
+        self._merge_due: dict[int, float] = {}
         self._small_due: set[int] = set()
         self._small_wakeup = trio.Event()
         self._meta_changed = False
+        # Inodes whose record changed since the last metadata sync in a way the
+        # dirty journal does not carry (created; mode or owner changed): their
+        # fsync syncs the metadata too (durability.py).
+        self.attrs_unsynced: set[int] = set()
+        self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
@@ -94,8 +108,10 @@ class MountCore:
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         if not read_only:
-            self.data.discard_leftovers()
+            self.data.discard_leftovers(set() if self.journal is None else self.journal.layer_files())
             self._ensure_root()
+            if ensure_extent_refs(meta):
+                log.info("indexed the chunks of every live extent (reclamation starts)")
             self._delete_orphans()
         self.alloc = schema.InodeAllocator(meta) if not read_only else None
 
@@ -232,9 +248,12 @@ class MountCore:
             self.open_count.pop(ino, None)
 
     def _delete_inode_keys(self, ino: int, b) -> None:
-        for prefix in (schema.extent_prefix(ino), schema.xattr_prefix(ino)):
-            for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
-                b.delete(key)
+        prefix = schema.extent_prefix(ino)
+        for key, value in self.meta.range(prefix, schema.prefix_end(prefix)):
+            schema.delete_extent_record(b, key, value)
+        prefix = schema.xattr_prefix(ino)
+        for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
+            b.delete(key)
         b.delete(schema.symlink_key(ino))
         b.delete(schema.journal_mark_key(ino))
         b.delete(schema.inode_key(ino))
@@ -263,11 +282,15 @@ class MountCore:
         self.inodes.pop(ino, None)
         self.lookups.pop(ino, None)
 
+    def _unreferenced(self, ino: int) -> bool:
+        """Unlinked, and neither the kernel nor any open holds it: time to delete it."""
+        inode = self.inodes.get(ino)
+        return (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
+                and self.open_count[ino] <= 0)
+
     def _maybe_delete(self, ino: int) -> None:
         """Delete an unlinked inode once the kernel and all opens let go of it."""
-        inode = self.inodes.get(ino)
-        if (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
-                and self.open_count[ino] <= 0):
+        if self._unreferenced(ino):
             with self.meta.write() as b:
                 self._forget_inode(ino, b)
             self._meta_changed = True

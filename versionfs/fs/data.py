@@ -1,20 +1,23 @@
 """File contents: sealed content-defined chunks plus a local dirty overlay.
 
-A regular file's sealed content is a sorted list of `Extent`s, each one whole
-content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted) stored as a blob; gaps
-between extents are holes and read as zeros, so sparse files cost nothing.
+A regular file's sealed content is a sorted list of `Extent`s, each a
+content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted), or
+the bytes of an append, stored as a blob (sealing.py); gaps between extents
+are holes and read as zeros, so sparse files cost nothing.
 
 Writes never touch blobs: they land in the file's dirty layers (layers.py).
 Reading walks the layers newest first, then the extents (reading.py). Sealing
 freezes the layers (new writes open a fresh layer on top, so writers never
 wait for a seal), re-chunks only what changed in a worker thread (sealing.py)
 and swaps the result in. A writer that streams a big file gets it sealed in
-the background in slices (`STREAM_SEAL_BYTES`), so fsync of a 1 GiB file only
-seals the tail. `DataManager` is the whole data path; this module holds its
-trio-thread side: a file's layers and extents change only here.
+the background in slices of more than `STREAM_SEAL_BYTES`; fsync never waits
+for a seal (durability.py journals a big dirty area where it is). `DataManager`
+is the whole data path; this module holds its trio-thread side: a file's
+layers and extents change only here.
 
 Crash policy for the dirty area: unsealed layers are discarded when a mount
-starts (`DataManager.discard_leftovers`). The metadata never refers to a dirty
+starts (`DataManager.discard_leftovers`), except the layer files the dirty
+journal names (a big fsync's L records), which replay adopts. The metadata never refers to a dirty
 file — extents, size and inode record change together in one atomic MVCC
 batch after the chunks are stored — so the file reverts to its last sealed
 state, like a page cache that was not synced, and then gets back what fsync
@@ -26,20 +29,37 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
 from .extents import Extent, extent_index
 from .layers import FileData, Layer
+from .reading import CHUNK_CACHE_BYTES
 from .sealing import CHUNK_MIN, SealResult, Sealer
 
 log = logging.getLogger(__name__)
 
-# A live layer with this many dirty bytes is sealed in the background while
-# the writer keeps going.
-STREAM_SEAL_BYTES = 64 << 20
+# A live layer with more dirty bytes than this is sealed in the background
+# while the writer keeps going. It bounds the dirty area of one streaming writer
+# (about twice this on disk: one slice sealing, the next filling) without
+# making a writer that stops below it wait for seals: fsync makes a big
+# dirty area durable where it is (durability.py), sealing follows.
+STREAM_SEAL_BYTES = 1 << 30
+
+
+@dataclass(slots=True)
+class KeptFile:
+    """A layer file the dirty journal's L record `index` (None until logged)
+    refers to; `closed` once its layer is gone (sealed or dropped)."""
+
+    name: str
+    ino: int
+    index: int | None = None
+    closed: bool = False
 
 
 class DataManager(Sealer):
@@ -51,17 +71,25 @@ class DataManager(Sealer):
     """
 
     def __init__(self, blobs, dirty_dir: str, journal_index: Callable[[], int] = lambda: -1,
-                 chunking_seed: int | None = None):
+                 chunking_seed: int | None = None, cache_bytes: int = CHUNK_CACHE_BYTES):
         self.dirty_dir = dirty_dir
         os.makedirs(dirty_dir, exist_ok=True)
         # The dirty journal's newest index; a seal records it at freeze time.
         self.journal_index = journal_index
-        super().__init__(blobs, chunking_seed)
+        # Layer files of mounts that share this directory are told apart by a tag.
+        self._tag = secrets.token_hex(4)
+        # Layer files an fsync's L record refers to: deleted once closed and a
+        # durable seal covers the record (durability.py).
+        self.kept_files: list[KeptFile] = []
+        super().__init__(blobs, chunking_seed, cache_bytes)
 
-    def discard_leftovers(self) -> int:
-        """Delete layer files a crashed mount left behind; returns how many."""
+    def discard_leftovers(self, keep: set[str] = frozenset()) -> int:
+        """Delete layer files a crashed mount left behind, except those named in
+        `keep` (the dirty journal still refers to them); returns how many."""
         n = 0
         for name in os.listdir(self.dirty_dir):
+            if name in keep:
+                continue
             try:
                 os.unlink(os.path.join(self.dirty_dir, name))
                 n += 1
@@ -77,9 +105,28 @@ class DataManager(Sealer):
         if f.layers and not f.layers[-1].frozen:
             return f.layers[-1]
         f._seq += 1
-        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{f._seq}"), f.size)
+        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{self._tag}.{f._seq}"), f.size)
         f.layers.append(layer)
         return layer
+
+    def adopt_layer(self, f: FileData, name: str, size: int, ranges, index: int) -> None:
+        """Put a layer file an fsync left (the journal's L record `index`) back on
+        top of `f`, frozen, as replay found it."""
+        if f.layers:
+            f.layers[-1].frozen = True
+        layer = Layer.adopt(os.path.join(self.dirty_dir, name), size, ranges)
+        self.keep_file(layer, f.ino).index = index
+        f.layers.append(layer)
+        f.size = size
+        f.last_write = time.monotonic()
+
+    def keep_file(self, layer: Layer, ino: int) -> "KeptFile":
+        """The journal is about to refer to `layer`'s file: it outlives the layer
+        until a durable seal covers the record (its `index`, once logged)."""
+        kept = KeptFile(os.path.basename(layer.path), ino)
+        self.kept_files.append(kept)
+        layer.keep = kept
+        return kept
 
     def write(self, f: FileData, offset: int, buf: bytes) -> int:
         layer = self._live_layer(f)
@@ -121,21 +168,25 @@ class DataManager(Sealer):
 
     # -- sealing --------------------------------------------------------------
 
-    async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None]) -> bool:
-        """Turn all current layers of `f` into chunks.
+    async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None],
+                   merge_small: bool = False) -> bool:
+        """Turn all current layers of `f` into chunks; with `merge_small`, also
+        merge its runs of small extents (sealing.py), even if it has no layers.
 
         `persist(f, result)` is called on the trio thread after the chunks are
         stored and must write the change to the metadata store atomically.
         Returns True when something was sealed.
         """
         async with f.seal_lock:
-            if not f.layers or f.deleted:
+            if not (f.layers or merge_small) or f.deleted:
                 return False
             layers = list(f.layers)
             for layer in layers:
                 layer.frozen = True
             covered = self.journal_index()
-            result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers)
+            size = layers[-1].size if layers else f.sealed_size
+            result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers, size,
+                                                   merge_small)
             result.covered = covered
             if not f.deleted:
                 persist(f, result)
@@ -153,12 +204,15 @@ class DataManager(Sealer):
         A file no bigger than CHUNK_MIN is exactly one CDC chunk, so no cut is
         needed: the contents of all files are stored with one `put_many` (one
         round of fsyncs) and `persist` writes all results in one MVCC batch.
-        Files that are busy or too big are left for `seal`. Returns how many
+        Files that are busy or too big are left for `seal`, and so are files
+        with stored extents: `seal` stores only what changed (an append to a
+        small log costs the appended bytes, not the file). Returns how many
         files were sealed.
         """
         taken: list[FileData] = []
         for f in files:
-            if f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.seal_lock.locked():
+            if (f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.extents
+                    and not f.seal_lock.locked()):
                 f.seal_lock.acquire_nowait()
                 taken.append(f)
         if not taken:

@@ -2,28 +2,40 @@
 with the journal at start and at the end.
 
 fsync/fdatasync of a file appends the bytes written since its last fsync
-(their current content), its truncation and its size to the dirty journal
-(journal.py) and fsyncs it, and stores the inode (times, mode, owner) in the
-metadata and fsyncs that: the cost follows what was written since the last fsync, never the
-file's size, and no blob is created. The file is sealed later (lifecycle.py),
-coalescing many fsyncs into one version. A file with more than
-`JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is sealed instead:
-for a big sequential writer that is the same work, without writing the bytes
-twice.
+(their current content), its truncation, its size and its times to the dirty
+journal (journal.py) and fsyncs that journal: one disk sync, whose cost
+follows what was written since the last fsync, never the file's size, and no
+blob is created. The inode record in the metadata is stored as usual by the
+next seal or metadata sync; replay restores size and times from the journal.
+Only a file whose inode record changed in a way the journal does not carry
+since the last metadata sync (`MountCore.attrs_unsynced`: created, mode or
+owner changed) costs a metadata sync too. The file is sealed later
+(lifecycle.py), coalescing many fsyncs into one version. A file with more
+than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied
+into the journal: its bytes are already in dirty layer files, so fsync
+freezes those layers (new writes open a fresh one), fdatasyncs them and
+journals where they are (L records, journal.py): one write of each byte
+before it is durable, like a native file, and sealing follows in the
+background. A layer file the journal refers to is kept after its seal until
+the metadata saying so is durable (`DataManager.kept_files`, released at each
+metadata sync).
 
 At start the journal is replayed before the first request: the files it
-holds get their journaled writes back as dirty layers and are sealed like any
-written file. At the end (`shutdown`) every dirty file is journaled before
-the final seals, so a seal that fails there (a full disk, a broken store)
-loses nothing: the next mount replays it.
+holds get their journaled writes and times back as dirty layers and are
+sealed like any written file. At the end (`shutdown`) every dirty file is
+journaled before the final seals, so a seal that fails there (a full disk, a
+broken store) loses nothing: the next mount replays it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 
 import trio
 
+from versionfs.blob.files import fsync_dir
 from versionfs.tree import schema
 
 from .core import MountCore
@@ -43,7 +55,9 @@ class DurabilityOps(MountCore):
 
     def _replay_journal(self) -> None:
         """Give the files the journal holds their journaled state back (dirty)."""
+        referenced = self.journal.layer_files()
         replayed = self.journal.replay()
+        adopted: set[str] = set()
         applied = 0
         for r in replayed:
             if self.meta.get(schema.inode_key(r.ino)) is None:
@@ -57,11 +71,23 @@ class DurabilityOps(MountCore):
             ops = r.after(self.meta.get(schema.journal_mark_key(r.ino)), self.journal.id)
             if not ops:
                 continue
-            for _index, kind, *args in ops:
+            times = None
+            for index, kind, *args in ops:
                 if kind == "W":
                     self.data.write(f, args[0], args[1])
-                elif args[0] != f.size:                  # "T", or "A" (the size at the fsync)
+                    continue
+                if kind == "L":
+                    self._replay_layer(f, index, *args)
+                    adopted.add(args[0])
+                    continue
+                if args[0] != f.size:                    # "T", or "A" (the size at the fsync)
                     self._replay_truncate(inode, f, args[0])
+                if kind == "A" and len(args) == 3:     # older A records carry no times
+                    times = args[1:]
+            if times is not None and times[1] >= inode.ctime_ns:
+                # A larger ctime in the metadata is a later change of the inode
+                # (chmod, utimes...) whose record holds the times to keep.
+                inode.mtime_ns, inode.ctime_ns = times
             inode.size = f.size
             f.unsynced.clip(0)                          # all of it is in the journal already
             f.unsynced_trunc = None
@@ -70,6 +96,16 @@ class DurabilityOps(MountCore):
         if applied:
             log.warning("replayed the dirty journal: %d file(s) get their fsynced writes back",
                         applied)
+        for name in referenced - adopted:           # covered by durable seals: not needed
+            _unlink_quietly(os.path.join(self.dirty_dir, name))
+
+    def _replay_layer(self, f, index: int, name: str, size: int, ranges) -> None:
+        try:
+            self.data.adopt_layer(f, name, size, ranges, index)
+        except FileNotFoundError:
+            log.error("the dirty journal refers to layer file %s of inode %d, which is gone: "
+                      "the writes fsynced through it are lost", name, f.ino)
+            self.last_error = f"dirty layer file {name} of inode {f.ino} missing at replay"
 
     def _replay_truncate(self, inode, f, size: int) -> None:
         # In a layer, like any truncate of a journaled file (files.py `_truncate`).
@@ -82,14 +118,19 @@ class DurabilityOps(MountCore):
         """What fsync/fdatasync of a live file does (see the module docstring)."""
         f = self.files.get(ino)
         if f is not None and (f.unsynced or f.unsynced_trunc is not None) and not self.read_only:
-            if (f.unsynced.total() > JOURNAL_FSYNC_LIMIT or self.journal is None
-                    or self._fast_store_full()):
+            if self.journal is None or self._fast_store_full():
                 await self.seal_file(ino)
             else:
-                await self._journal_file(f)
+                async with f.sync_lock:
+                    await self._journal_unsynced(f)
+                if ino not in self.attrs_unsynced:
+                    # Size and times are in the journal record: one disk sync.
+                    await trio.to_thread.run_sync(self.journal.sync)
+                    return
         if not self.read_only and ino in self.inodes:
-            # Times, mode and owner live in the metadata; the journal holds the size.
             self._store_inode(self.inodes[ino])
+        self.fsync_metadata_syncs += 1
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
 
     def _fast_store_full(self) -> bool:
@@ -106,6 +147,13 @@ class DurabilityOps(MountCore):
         dirty = sum(layer.dirty.total() for f in self.files.values() for layer in f.layers)
         return (fast.used_bytes or 0) + dirty >= limit
 
+    async def _journal_unsynced(self, f) -> None:
+        """What a file's fsync appends: its bytes, or where they are when many."""
+        if f.unsynced.total() > JOURNAL_FSYNC_LIMIT:
+            await self._journal_layers(f)
+        else:
+            await self._journal_file(f)
+
     async def _journal_file(self, f) -> None:
         ranges, trunc = list(f.unsynced), f.unsynced_trunc
         f.unsynced.clip(0)
@@ -118,7 +166,52 @@ class DurabilityOps(MountCore):
                 if data:
                     writes.append((start, data))
         inode = self._inode(f.ino)
-        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns)
+        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns, inode.ctime_ns)
+
+    async def _journal_layers(self, f) -> None:
+        """Journal a big unsynced area where it is: each layer not journaled yet,
+        oldest first, as its truncation plus an L record naming its file (a
+        small layer in memory as W records of its bytes). The layer files are
+        fdatasynced before the records are appended: a journal synced by
+        another fsync meanwhile must never name bytes that are not durable."""
+        ops, files = [], []
+        for layer in f.layers:
+            if layer.keep is not None:
+                continue                    # journaled by an earlier fsync, frozen since
+            layer.frozen = True
+            if layer.trunc is not None:
+                ops.append(("T", layer.trunc))
+            if layer.mem is None:
+                ops.append(("L", os.path.basename(layer.path), layer.size, list(layer.dirty)))
+                files.append(layer)
+            else:
+                ops.extend(("W", a, layer.pread(b - a, a)) for a, b in layer.dirty)
+        ranges, trunc = list(f.unsynced), f.unsynced_trunc
+        f.unsynced.clip(0)
+        f.unsynced_trunc = None
+        kept = [self.data.keep_file(layer, f.ino) for layer in files]
+        for layer in files:
+            layer.readers += 1              # a seal finishing meanwhile must not close its fd
+        try:
+            await trio.to_thread.run_sync(_sync_layer_files, [l.fd for l in files], self.dirty_dir)
+        except BaseException:
+            for a, b in ranges:             # still unsynced: the next fsync tries again
+                f.unsynced.add(a, b)
+            if trunc is not None:
+                f.unsynced_trunc = trunc if f.unsynced_trunc is None else min(trunc, f.unsynced_trunc)
+            for layer, k in zip(files, kept):
+                layer.keep = None
+                self.data.kept_files.remove(k)
+            raise
+        finally:
+            for layer in files:
+                layer.readers -= 1
+                if layer.retired:
+                    layer.close()
+        inode = self._inode(f.ino)
+        index = self.journal.log_layers(f.ino, ops, f.size, inode.mtime_ns, inode.ctime_ns)
+        for k in kept:
+            k.index = index
 
     def _sync_journal_and_meta(self) -> None:
         if self.journal is None:
@@ -128,10 +221,26 @@ class DurabilityOps(MountCore):
         # them in the journal too, or a replay would apply older records of a
         # file over content fsynced through its seal.
         noted = self.journal.seals_noted()
+        unneeded = self._kept_files_unneeded()
         self.journal.sync()
         self.meta.sync()
         if noted:
             self.journal.metadata_synced(noted)
+        self._drop_kept_files(unneeded)
+
+    def _kept_files_unneeded(self) -> list:
+        """Kept layer files no replay needs once the metadata as it is now is
+        durable: a seal covering their L record is in it, or the file is gone."""
+        return [k for k in list(self.data.kept_files)
+                if k.closed and k.index is not None
+                and (self.meta.get(schema.inode_key(k.ino)) is None
+                     or self.journal.covers(self.meta.get(schema.journal_mark_key(k.ino)), k.index))]
+
+    def _drop_kept_files(self, kept: list) -> None:
+        """After the metadata sync that made them unneeded."""
+        for k in kept:
+            self.data.kept_files.remove(k)
+            _unlink_quietly(os.path.join(self.dirty_dir, k.name))
 
     async def journal_all_dirty(self) -> None:
         """Journal every file written since its last fsync (before the last seals)."""
@@ -139,7 +248,8 @@ class DurabilityOps(MountCore):
             return
         for f in list(self.files.values()):
             if (f.unsynced or f.unsynced_trunc is not None) and not f.deleted:
-                await self._journal_file(f)
+                async with f.sync_lock:
+                    await self._journal_unsynced(f)
         await trio.to_thread.run_sync(self.journal.sync)
 
     # -- after the metadata is synced -------------------------------------------
@@ -148,6 +258,22 @@ class DurabilityOps(MountCore):
         """fsync the metadata; then seals written before are durable, so the
         journal records them and releases what it no longer needs."""
         marker = self.journal.seals_noted() if self.journal is not None else 0
+        unneeded = self._kept_files_unneeded() if self.journal is not None else []
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self.meta.sync)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)
+        self._drop_kept_files(unneeded)
+
+
+def _sync_layer_files(fds: list[int], dirty_dir: str) -> None:
+    """fdatasync layer files, then their directory (their names are new)."""
+    for fd in fds:
+        os.fdatasync(fd)
+    if fds:
+        fsync_dir(dirty_dir)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -109,7 +109,7 @@ class FileOps(MountCore):
         inode.stored = self._stored(f)
         with self.meta.write() as b:
             for e in removed:
-                b.delete(schema.extent_key(inode.ino, e.offset))
+                schema.delete_extent(b, inode.ino, e.offset, e.pointer)
             self._store_inode(inode, b)
         self._maybe_unload(inode.ino)
 
@@ -138,13 +138,16 @@ class FileOps(MountCore):
         h.wrote = True
         inode = self._inode(h.ino)
         inode.size = f.size
-        if f.live_bytes() >= STREAM_SEAL_BYTES:
+        if f.live_bytes() > STREAM_SEAL_BYTES:
             self._schedule_seal(h.ino)
         return n
 
     @guard
     async def flush(self, fh):
-        pass
+        # Nothing to do at close (the kernel writes its pages back before FLUSH,
+        # sealing has its own schedule): ENOSYS tells the kernel never to send
+        # FLUSH again, one request less for every close.
+        raise FUSEError(errno.ENOSYS)
 
     @guard
     async def release(self, fh):

@@ -4,8 +4,8 @@ Sealing a file (cutting its changed bytes into content-defined chunks, storing
 them as blobs, recording the extents) costs a chunk or more and creates blobs
 that must be uploaded. An fsync must cost only what was written since the last
 one, so fsync does not seal: it appends the file's changed byte ranges (their
-current content), its truncations and its size and mtime to this journal and
-fsyncs it. Sealing happens later, coalesced (see versionfs.fs.sealing).
+current content), its truncations, its size and its times to this journal and
+fsyncs it: one disk sync, the metadata store is not synced. Sealing happens later, coalesced (see versionfs.fs.sealing).
 
 The journal is a second write-ahead log (versionfs.meta.wal: framed records
 with a chained CRC32C, torn-tail repair, segments released when no longer
@@ -16,11 +16,21 @@ Records (msgpack lists)::
 
     [ino, "W", offset, data]        bytes [offset, offset+len(data)) are data
     [ino, "T", size]                truncated to size (before the W records after it)
-    [ino, "A", size, mtime_ns]      the file's size at the fsync (and its mtime, for
-                                    the record: times are restored from the metadata,
-                                    which fsync also syncs)
+    [ino, "A", size, mtime_ns, ctime_ns]
+                                    the file's size and times at the fsync: replay
+                                    restores the times unless the metadata holds a
+                                    later change of the inode (a larger ctime)
     [ino, "S", index]               the file's seal that covers every record of
                                     it up to index is durable in the metadata
+    [ino, "L", name, size, ranges]  a big write's bytes stay where they are: the
+                                    dirty layer file `name` (in the dirty directory,
+                                    frozen and fdatasynced) holds them at `ranges`
+                                    ([[start, end], ...]); the file's size was `size`
+
+An L record is how fsync of many megabytes costs one fdatasync of the layer
+file instead of a second copy of the bytes (durability.py): the layer file is
+kept until a durable seal covers the record (``DataManager.kept_files``), and
+a mount replaying it adopts the file as a dirty layer again.
 
 A mount replays the journal before it serves anything: for every file, the
 W/T/A records its sealed content does not include yet, in order, on top of the
@@ -52,7 +62,7 @@ from versionfs.meta.wal.wal import WAL
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 << 20
-WRITE, TRUNCATE, ATTRS, SEALED = "W", "T", "A", "S"
+WRITE, TRUNCATE, ATTRS, SEALED, LAYER = "W", "T", "A", "S", "L"
 
 
 @dataclass
@@ -60,7 +70,8 @@ class Replayed:
     """What the journal holds for one file, to apply on top of its metadata."""
 
     ino: int
-    ops: list                      # (index, "W", offset, data) / (index, "T", size) / (index, "A", size)
+    ops: list       # (index, "W", offset, data) / (index, "T", size)
+                    # / (index, "A", size, mtime, ctime) / (index, "L", name, size, ranges)
 
     def after(self, mark: bytes | None, journal_id: str) -> list:
         """The ops the file's sealed content does not include yet: those after
@@ -127,20 +138,51 @@ class DirtyJournal:
     # -- appends --------------------------------------------------------------
 
     def log(self, ino: int, truncated_to: int | None, writes: list[tuple[int, bytes]],
-            size: int, mtime_ns: int) -> int:
+            size: int, mtime_ns: int, ctime_ns: int) -> int:
         """Append one fsync's records of a file; returns the index of the last one.
         Not durable until ``sync``."""
+        ops = [] if truncated_to is None else [(TRUNCATE, truncated_to)]
+        ops += [(WRITE, offset, data) for offset, data in writes]
+        return self.log_layers(ino, ops, size, mtime_ns, ctime_ns)
+
+    def log_layers(self, ino: int, ops: list[tuple], size: int, mtime_ns: int,
+                   ctime_ns: int) -> int:
+        """Append one fsync's records of a file journaled layer by layer, in order:
+        ("T", size), ("W", offset, data) and ("L", name, layer_size, ranges) ops,
+        then its size and times; returns the index of the last record. Not
+        durable until ``sync``."""
         records = []
-        if truncated_to is not None:
-            records.append(msgpack.packb([ino, TRUNCATE, truncated_to]))
-        for offset, data in writes:
-            records.append(msgpack.packb([ino, WRITE, offset, data]))
-            self.bytes_logged += len(data)
-        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
+        for kind, *args in ops:
+            if kind == LAYER:
+                name, layer_size, ranges = args
+                records.append(msgpack.packb([ino, LAYER, name, layer_size,
+                                              [list(r) for r in ranges]]))
+            else:
+                records.append(msgpack.packb([ino, kind, *args]))
+                if kind == WRITE:
+                    self.bytes_logged += len(args[1])
+        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns, ctime_ns]))
         with self._lock:
             first = self._append(records)
             self._holds.setdefault(ino, collections.deque()).append(first)
             return first + len(records) - 1
+
+    def layer_files(self) -> set[str]:
+        """Names of the layer files the records not yet replayed refer to (call
+        before ``replay``): what a mount must not discard as leftovers."""
+        names = set()
+        for e in self._entries:
+            rec = msgpack.unpackb(e.data)
+            if rec[1] == LAYER:
+                names.add(rec[2])
+        return names
+
+    def covers(self, mark: bytes | None, index: int) -> bool:
+        """Whether a seal that left `mark` (``mark``) includes record `index`."""
+        if mark is None:
+            return False
+        mark_id, covered = msgpack.unpackb(mark)
+        return mark_id == self.id and covered >= index
 
     def _append(self, records: list[bytes]) -> int:
         last = self._wal.last_index

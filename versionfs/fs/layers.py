@@ -15,10 +15,14 @@ import time
 
 import trio
 
+from versionfs.blob.files import start_writeback
+
 from .extents import Extent, Intervals
 
 # Layers are kept in memory up to this size (see Layer).
 MEMORY_LAYER_BYTES = 1 << 20
+# A layer file asks the kernel to start writing back after this many bytes.
+WRITEBACK_BYTES = 8 << 20
 
 
 class Layer:
@@ -30,7 +34,7 @@ class Layer:
     """
 
     __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired",
-                 "created")
+                 "created", "keep", "unflushed")
 
     def __init__(self, path: str, size: int):
         self.path = path
@@ -43,6 +47,22 @@ class Layer:
         self.readers = 0          # reads in worker threads using this layer
         self.retired = False
         self.created = time.monotonic()
+        # Set once the dirty journal refers to the layer file (an fsync's L
+        # record, data.KeptFile): closing then keeps the file for it.
+        self.keep = None
+        self.unflushed = 0        # bytes written since writeback was last started
+
+    @classmethod
+    def adopt(cls, path: str, size: int, ranges) -> "Layer":
+        """A frozen layer over an existing layer file holding `ranges` (a
+        journal replay's L record)."""
+        layer = cls(path, size)
+        layer.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        layer.mem = None
+        for a, b in ranges:
+            layer.dirty.add(a, b)
+        layer.frozen = True
+        return layer
 
     def pwrite(self, buf: bytes, offset: int) -> int:
         end = offset + len(buf)
@@ -51,7 +71,14 @@ class Layer:
             os.pwrite(self.fd, self.mem, 0)
             self.mem = None
         if self.mem is None:
-            return os.pwrite(self.fd, buf, offset)
+            n = os.pwrite(self.fd, buf, offset)
+            self.unflushed += n
+            if self.unflushed >= WRITEBACK_BYTES:
+                # The disk starts on a big write's pages while more arrive, so
+                # its fsync (durability.py) finds little left to write.
+                self.unflushed = 0
+                start_writeback(self.fd)
+            return n
         if end > len(self.mem):
             self.mem.extend(bytes(end - len(self.mem)))
         self.mem[offset:end] = buf
@@ -82,6 +109,9 @@ class Layer:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            if self.keep is not None:
+                self.keep.closed = True
+                return
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
@@ -98,6 +128,7 @@ class FileData:
         self.sealed_size = size       # size that goes with `extents` in the store
         self.layers: list[Layer] = []
         self.seal_lock = trio.Lock()
+        self.sync_lock = trio.Lock()      # one fsync of the file at a time (durability.py)
         self.last_write = 0.0
         self.deleted = False
         self._seq = 0

@@ -21,6 +21,7 @@ from pyfuse3 import FUSEError
 from versionfs.tree import schema
 from versionfs.tree.schema import ROOT_INO, Inode
 
+from . import acls
 from .core import LIVE_TIMEOUT, NAME_MAX, MountCore
 from .guard import guard
 from .snapshots import is_snap_ino
@@ -84,13 +85,23 @@ class NamespaceOps(MountCore):
 
     @guard
     async def forget(self, inode_list):
+        # The kernel forgets in batches (a deleted tree: thousands at once), so the
+        # unlinked inodes among them are deleted in one metadata batch.
+        released = []
         for ino, n in inode_list:
             if ino < schema.FIRST_FREE_INO or is_snap_ino(ino):
                 continue
             self.lookups[ino] -= n
             if self.lookups[ino] <= 0:
-                self._maybe_delete(ino)
-                self._maybe_unload(ino)
+                released.append(ino)
+        dead = [ino for ino in released if self._unreferenced(ino)]
+        if dead:
+            with self.meta.write() as b:
+                for ino in dead:
+                    self._forget_inode(ino, b)
+            self._meta_changed = True
+        for ino in released:
+            self._maybe_unload(ino)
 
     @guard
     async def getattr(self, ino, ctx):
@@ -109,18 +120,37 @@ class NamespaceOps(MountCore):
             if not inode.is_reg:
                 raise FUSEError(errno.EINVAL)
             await self._truncate(inode, attr.st_size, now)
+        acl_key = acl = None
         if fields.update_mode:
             inode.mode = stat.S_IFMT(inode.mode) | stat.S_IMODE(attr.st_mode)
+            acl_key = schema.xattr_key(ino, acls.ACCESS)
+            acl = self.meta.get(acl_key)
         if fields.update_uid:
             inode.uid = attr.st_uid
         if fields.update_gid:
             inode.gid = attr.st_gid
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            self.attrs_unsynced.add(ino)
         if fields.update_atime:
             inode.atime_ns = attr.st_atime_ns
         if fields.update_mtime:
             inode.mtime_ns = attr.st_mtime_ns
         inode.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now
-        self._store_inode(inode)
+        f = self.files.get(ino)
+        times_only = not (fields.update_size or fields.update_atime or fields.update_mode
+                          or fields.update_uid or fields.update_gid)
+        if inode.nlink == 0 or (times_only and f is not None and f.dirty
+                                and ino not in self.attrs_unsynced):
+            # Kept in memory only: an unlinked inode is deleted once let go (or at
+            # the next mount), and the kernel stamps mtime/ctime of a written file
+            # on every flush, fsync and eviction: kept like its size, stored by its
+            # seal, journaled by fsync (durability.py); no metadata write per
+            # transaction.
+            return self._entry(inode)
+        with self.meta.write() as b:
+            if acl is not None:               # chmod rewrites the access ACL (acls.py)
+                b.put(acl_key, acls.pack(acls.chmod(acls.parse(acl), inode.mode)))
+            self._store_inode(inode, b)
         return self._entry(inode)
 
     @guard
@@ -151,9 +181,18 @@ class NamespaceOps(MountCore):
             gid = pinode.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
-        ino = self.alloc.allocate()
         is_dir = stat.S_ISDIR(mode)
+        default_acl = None if target is not None else self.meta.get(
+            schema.xattr_key(parent, acls.DEFAULT))
+        access_acl = None
+        if default_acl is None:
+            mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask)
+        else:     # the default ACL instead of the umask (the kernel applied it: acls.py)
+            access, bits = acls.inherit(acls.parse(default_acl), mode)
+            mode = mode & ~0o777 | bits
+            if not acls.is_minimal(access):
+                access_acl = acls.pack(access)
+        ino = self.alloc.allocate()
         inode = Inode(ino, mode, 2 if is_dir else 1, ctx.uid, gid, rdev,
                       size=len(target) if target is not None else 0,
                       atime_ns=now, mtime_ns=now, ctime_ns=now,
@@ -164,8 +203,13 @@ class NamespaceOps(MountCore):
             schema.put_dirent(b, parent, name, ino)
             if target is not None:
                 b.put(schema.symlink_key(ino), target)
+            if access_acl is not None:
+                b.put(schema.xattr_key(ino, acls.ACCESS), access_acl)
+            if default_acl is not None and is_dir:
+                b.put(schema.xattr_key(ino, acls.DEFAULT), default_acl)
             self._store_inode(pinode, b)
         self._meta_changed = True
+        self.attrs_unsynced.add(ino)
         self.inodes[ino] = inode
         self.lookups[ino] += 1
         return inode

@@ -11,7 +11,8 @@ and keeps the inode cache and the metadata store in step:
     special_dirs.py    lookups and listings inside /.versionfs and its snapshots
                        directory (their inode numbers: special_inodes.py)
     files.py           open, create and the I/O on file handles
-    xattrs.py          extended attributes
+    xattrs.py          extended attributes, among them POSIX ACLs (their format
+                       and rules: acls.py)
     lifecycle.py       start, background sealing, snapshot, flush, status, shutdown
     durability.py      fsync through the dirty journal (journal.py), its replay
 
@@ -29,13 +30,15 @@ from .durability import DurabilityOps
 from .files import FileOps
 from .lifecycle import LifecycleOps
 from .namespace import NamespaceOps
+from .reclaiming import ReclaimOps
 from .special_dirs import SpecialDirOps
 from .xattrs import XattrOps
 
 
 class VersionFS(NamespaceOps, SpecialDirOps, FileOps, XattrOps, LifecycleOps, DurabilityOps,
-                pyfuse3.Operations):
+                ReclaimOps, pyfuse3.Operations):
     """One mount's request handlers; constructed with `MountCore`'s arguments."""
 
     enable_writeback_cache = True
+    enable_acl = True                 # POSIX ACLs checked and cached by the kernel (acls.py)
     supports_dot_lookup = True

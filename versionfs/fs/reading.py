@@ -12,14 +12,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
 
 import trio
+
+from versionfs.common.memory import give_back_free_memory
 
 from .extents import Extent, extent_index
 from .layers import FileData, Layer, plan_read
 
-# Decoded chunks kept in memory for reads.
-CHUNK_CACHE_BYTES = 96 << 20
+# Decoded chunks kept in memory for reads (config mount.read_cache_bytes; part
+# of the daemon's memory budget, common/memory.py).
+CHUNK_CACHE_BYTES = 64 << 20
+# The cache is emptied after this long unused (mount.read_cache_idle_seconds), so
+# an idle daemon holds little; the kernel's page cache still has hot files.
+CACHE_IDLE_SECONDS = 30.0
 READ_AHEAD_CHUNKS = 16       # chunks fetched ahead of a sequential read that missed the cache
 READ_AHEAD_WORKERS = 8
 
@@ -32,9 +39,15 @@ class ChunkCache:
         self._used = 0
         self._items: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
+        self._last_use = time.monotonic()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
 
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
+            self._last_use = time.monotonic()
             data = self._items.get(key)
             if data is not None:
                 self._items.move_to_end(key)
@@ -42,6 +55,7 @@ class ChunkCache:
 
     def put(self, key: bytes, data: bytes) -> None:
         with self._lock:
+            self._last_use = time.monotonic()
             if key in self._items:
                 return
             self._items[key] = data
@@ -51,6 +65,17 @@ class ChunkCache:
                 self._used -= len(old)
 
 
+    def release_if_idle(self, idle_seconds: float = CACHE_IDLE_SECONDS) -> int:
+        """Empty the cache if nothing used it for idle_seconds; returns bytes dropped."""
+        with self._lock:
+            if not self._items or time.monotonic() - self._last_use < idle_seconds:
+                return 0
+            dropped, self._used = self._used, 0
+            self._items.clear()
+        give_back_free_memory()
+        return dropped
+
+
 class ChunkReader:
     """Reads a file's bytes through its layers onto its extents.
 
@@ -58,9 +83,9 @@ class ChunkReader:
     chunks, also the ones a seal just stored.
     """
 
-    def __init__(self, blobs):
+    def __init__(self, blobs, cache_bytes: int = CHUNK_CACHE_BYTES):
         self.blobs = blobs
-        self.cache = ChunkCache()
+        self.cache = ChunkCache(cache_bytes)
         self._ahead_pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD_WORKERS,
                                                                  thread_name_prefix="vfs-ahead")
         self._ahead_lock = threading.Lock()
@@ -127,7 +152,7 @@ class ChunkReader:
                 if streaming or self.cache.get(ext.pointer) is None:
                     self._read_ahead(extents, i + 1)
                 data = self._chunk_sync(ext.pointer)
-                parts.append(data[pos - ext.offset:end - ext.offset])
+                parts.append(memoryview(data)[pos - ext.offset:end - ext.offset])
                 i += 1
             else:
                 end = min(b, extents[i].offset) if i < len(extents) else b

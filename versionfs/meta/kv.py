@@ -75,7 +75,12 @@ class InvalidKeyError(KVError, ValueError):
 
 
 class ForeignObjectError(KVError):
-    """A bucket object under the KV prefix was not written by this KV store."""
+    """A bucket object under the KV prefix was not written by this KV store;
+    ``pair`` holds its raw body and etag, so a caller can still replace it by CAS."""
+
+    def __init__(self, message: str, pair: "KVPair | None" = None):
+        super().__init__(message)
+        self.pair = pair
 
 
 LastIndex = Union[int, str]
@@ -341,7 +346,7 @@ class BucketKV(KVStore):
         if not body.startswith(_MAGIC) or len(body) < len(_MAGIC) + _NONCE_BYTES:
             raise ForeignObjectError(
                 f"object {self.prefix + key!r} was not written by the versionfs KV store "
-                f"(bad header {body[:4]!r})")
+                f"(bad header {body[:4]!r})", KVPair(key, body, etag))
         return KVPair(key, body[len(_MAGIC) + _NONCE_BYTES:], etag)
 
     def put(self, key: str, value: bytes) -> None:
