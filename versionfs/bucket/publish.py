@@ -26,7 +26,9 @@ Order, the one invariant that matters (DESIGN: nothing published refers to a
 blob that is not durable): the filesystem puts a chunk into the Paired store
 *before* it writes the metadata entry naming it, and Paired marks a key
 pending before it reaches the fast store.  So a publish first notes the last
-WAL index ``T`` (after taking the checkpoint copy, if any), then the keys
+WAL index ``T`` (after taking the checkpoint copy, if any) and fsyncs the
+local log up to it (the bucket must never be ahead of what a power cut leaves
+here), then the keys
 pending at that moment, waits until exactly those are durable on the slow
 store (blobs), uploads the checkpoint and WAL objects (metadata), and only
 then swings the head by compare-and-swap (head).  A crash anywhere before the
@@ -298,7 +300,12 @@ class Publisher:
         is older than one this state dir has seen or published.
         """
         record = load_record(self.record_path) or {}
-        self._writer = record.get("writer") or uuid.uuid4().hex
+        if not record.get("writer"):
+            # Saved before any head names it: a power cut right after the first
+            # swing, before the record below, must still find that head ours.
+            record = {**record, "writer": uuid.uuid4().hex}
+            save_record(self.record_path, record)
+        self._writer = record["writer"]
         head = read_head(self.kv, self.codec)
         published = int(record.get("last_index", 0))
         if head is not None:
@@ -390,6 +397,10 @@ class Publisher:
                 # 1. Blobs: the keys pending now include every chunk those entries name.
                 keys = self.paired.pending_keys() if self.paired is not None else []
                 self._awaited = (target, frozenset(keys))
+            # Never publish what this state dir could still lose: entries are
+            # fsynced at the next LMDB commit, and a power cut before it would
+            # leave the bucket ahead of the local copy (a mount refusing for good).
+            self.meta.sync()
             try:
                 entries = read_entries(self.meta.wal_dir,
                                        ckpt_index + 1 if checkpoint else shipped + 1, target)

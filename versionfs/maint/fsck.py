@@ -32,6 +32,8 @@ are reported only) and never delete user data:
   xattr/symlink/unlinked marks of inodes that do not exist are removed;
 * a blob the slow store lacks (or holds corrupted) but the fast store holds
   intact is uploaded again; a corrupted fast copy is replaced from the slow one.
+  Every copy is verified against its pointer before it is written (with or
+  without ``--read-data``): a damaged copy is never propagated.
 
 Anything else (an overlapping extent, a missing blob with no good copy, an
 unreadable record) is reported, not "fixed" by guessing.
@@ -457,8 +459,7 @@ class _Checker:
                     self._repair(where, "the fast copy is corrupted", lambda: self._refill_fast(p))
             if (not has_slow and not pending) or good_slow is False:
                 what = "corrupted in the slow store" if good_slow is False else "missing from the slow store"
-                self._repair(where, what + " (the fast copy is intact)",
-                             lambda: slow.put(p, fast.get(p)))
+                self._repair(where, what, lambda: self._copy_verified(fast, slow, p))
 
         with ThreadPoolExecutor(READ_WORKERS if self.read_data else 4) as pool, \
                 tqdm(total=len(refs), desc="fsck: " + ("reading blobs" if self.read_data else "blobs"),
@@ -481,10 +482,19 @@ class _Checker:
 
     def _refill_fast(self, p: Pointer) -> None:
         fast = self.state.paired.fast
-        data = self.state.paired.slow.get(p)
-        self.state.codec.decode(p, data)
         fast.delete(p)
-        fast.put(p, data)
+        self._copy_verified(self.state.paired.slow, fast, p)
+
+    def _copy_verified(self, source: Any, target: Any, p: Pointer) -> None:
+        """Copy a blob only if it verifies: a damaged copy (a cache fill cut short by
+        a power cut) must never replace or stand in for the good one in the bucket."""
+        data = source.get(p)
+        try:
+            self.state.codec.decode(p, data)
+        except CorruptBlobError as e:
+            raise CorruptBlobError(f"the only copy there is does not verify either, so it "
+                                   f"was not copied ({e})") from None
+        target.put(p, data)
 
     def _repair(self, where: str, what: str, fn) -> None:
         if not self.repair:
