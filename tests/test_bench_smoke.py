@@ -33,7 +33,7 @@ def test_fsync_bench_quick(tmp_path):
     assert list(tmp_path.iterdir()) == [], "the work directory was not removed"
 
 
-PEERS = BENCH.parent / "peers.py"
+PEERS = BENCH / "peers.py"
 
 
 def test_peers_bench_small(tmp_path):
@@ -69,7 +69,7 @@ def test_peers_bench_names_an_unknown_target(tmp_path):
     assert "unknown target zfs" in proc.stderr, proc.stderr
 
 
-THROUGHPUT = BENCH.parent / "throughput.py"
+THROUGHPUT = BENCH / "throughput.py"
 
 
 def test_throughput_bench_small(tmp_path):
