@@ -55,7 +55,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         passphrase = secret_source(args, str(state_dir))()
     if args.foreground:
         return daemon.run(state_dir, mountpoint, opts, passphrase, None)
-    return daemon.spawn(state_dir, mountpoint, args.options, opts.read_only, passphrase)
+    return daemon.detach(state_dir, mountpoint, opts, args.options, passphrase)
 
 
 def _setup_umount(p: argparse.ArgumentParser) -> None:
