@@ -13,10 +13,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from versionfs.cli.mount import wait_unlocked
+from versionfs.common import state as statemod
 
 from cli_util import (REPO, VERSIONFS, assert_user_error, daemon_pid, force_cleanup, mount_type,
                       ok, run_cli, wait_gone)
@@ -46,6 +50,7 @@ class Fs:
         pid = daemon_pid(self.state)
         ok(run_cli("umount", self.mnt))
         assert mount_type(self.mnt) is None
+        assert statemod.read_pid(self.state) is None, "umount returned before the daemon let go"
         if pid:
             assert wait_gone(pid, 5), "umount returned before the daemon exited"
 
@@ -152,6 +157,26 @@ def test_a_started_daemon_imports_only_what_it_needs(fs):
     unneeded = {"prometheus_client", "versionfs.common.metrics_endpoint",
                 "versionfs.fs.ctl.basic", "versionfs.fs.ctl.history", "versionfs.fs.ctl.maint"}
     assert imported & unneeded == set()
+
+
+def test_wait_unlocked_returns_when_the_holder_lets_go(tmp_path):
+    """What `versionfs umount` waits on: the daemon's lock, not a polling loop."""
+    root = statemod.init_state(tmp_path / "s")
+    st = statemod.open_state(root)
+    try:
+        assert wait_unlocked(root, 0.2) is False
+        closed_at = []
+
+        def close_later():
+            time.sleep(0.3)
+            closed_at.append(time.monotonic())
+            st.close()
+        threading.Thread(target=close_later).start()
+        assert wait_unlocked(root, 60) is True
+        assert closed_at and statemod.read_pid(root) is None
+    finally:
+        st.close()
+    assert wait_unlocked(root, 0) is True
 
 
 def test_already_mounted_and_busy(fs):

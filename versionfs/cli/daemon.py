@@ -12,6 +12,7 @@ is not safe (see ``_fork_is_safe``).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import select
@@ -105,18 +106,24 @@ def _serve_forked(log_fd: int, state_dir: Path, mountpoint: Path, opts, passphra
     `run`; it never returns into the caller's stack."""
     code = EXIT_ERROR
     try:
+        # A caller started with fd 0, 1 or 2 closed got one of these as a pipe end.
+        log_fd, ready_fd = (fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+                            for fd in (log_fd, ready_fd))
         os.setsid()
         os.chdir("/")
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        os.close(null)
+        if null > 2:
+            os.close(null)
         os.close(log_fd)
+        os.closerange(3, ready_fd)               # what else the caller had open is not ours
+        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
         os.environ.pop("NOTIFY_SOCKET", None)     # the parent, not the daemon, is the service
         code = run(state_dir, mountpoint, opts, passphrase, ready_fd)
-    except BaseException:                        # noqa: BLE001 - run() logged it
-        log.debug("the forked daemon ends with an exception", exc_info=True)
+    except BaseException:                        # noqa: BLE001 - the log is all it has
+        log.exception("the mount daemon ends with an error")
     finally:
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
