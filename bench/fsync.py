@@ -18,7 +18,9 @@ grows?); CPU of the mount daemon during the workload and during the
 in the flush); what fsync journaled and sealing chunked (``status --json``);
 blobs created and bytes added to the fast store (STATE/fast) and bytes
 uploaded to the slow store (STATE/slow/blobs, the default ``file://`` store)
-once the flush returned. "written" is what the program passed to write()
+once the flush returned; then, a few seconds later (`SETTLE_SECONDS`: one
+drain of the background reclamation), the chunks reclaimed (of which never
+uploaded) and the blobs and bytes left in both stores. "written" is what the program passed to write()
 (wchar of /proc/self/io, children included); "final" is the size of the files
 it leaves (for SQLite the database after close, which checkpoints and removes
 the -wal). The verdict column judges issue 10's targets.
@@ -44,10 +46,15 @@ from pathlib import Path
 from common import (MiB, Mount, arg_parser, fmt_time, load_average, native_and_mount,
                     write_file)
 
+from versionfs.fs.reclaiming import RECLAIM_INTERVAL
+from versionfs.maint.reclaim import MIN_AGE
+
 KB = 1000
 FULL = {"wal": 2000, "delete": 500, "saves": 200, "lines": 2000, "git_files": 5000}
 QUICK = {"wal": 200, "delete": 50, "saves": 20, "lines": 200, "git_files": 300}
 EDITOR_FILE_BYTES = 200 * KB
+# After the flush, long enough for one drain of the background reclamation.
+SETTLE_SECONDS = RECLAIM_INTERVAL + MIN_AGE + 1.0
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Store:
     journaled: int
     sealed: int
     cpu: float | None
+    reclaimed: int = 0
+    before_upload: int = 0
 
     @classmethod
     def measure(cls, vfs: Mount) -> "Store":
@@ -78,7 +87,8 @@ class Store:
         _, uploaded = _files_and_bytes(vfs.layout.slow / "blobs")
         st = vfs.status()
         return cls(blobs, fast_bytes, uploaded, st.get("journal_bytes") or 0,
-                   st.get("sealed_bytes") or 0, vfs.cpu())
+                   st.get("sealed_bytes") or 0, vfs.cpu(), st.get("reclaimed_blobs") or 0,
+                   st.get("reclaimed_before_upload") or 0)
 
 
 @dataclass
@@ -91,6 +101,7 @@ class Result:
     after_run: Store
     after_flush: Store
     flush_time: float
+    settled: Store | None = None          # SETTLE_SECONDS after the flush
     time_target: float | None = None      # max vfs/native time
     flat_target: float | None = None      # max last/first quarter per-op (versionfs)
     upload_limit: int | None = None       # max bytes uploaded
@@ -269,7 +280,10 @@ def measure(vfs: Mount, native_root: Path, name: str, fn, n: int, prepare=None) 
     t0 = time.perf_counter()
     vfs.flush()
     flush_time = time.perf_counter() - t0
-    return Result(name, n, native, ours, before, after_run, Store.measure(vfs), flush_time)
+    after_flush = Store.measure(vfs)
+    time.sleep(SETTLE_SECONDS)
+    return Result(name, n, native, ours, before, after_run, after_flush, flush_time,
+                  Store.measure(vfs))
 
 
 def run(args: argparse.Namespace) -> list[Result]:
@@ -369,6 +383,16 @@ def report(results: list[Result]) -> None:
                 ["workload", "written", "final", "journaled", "sealed", "blobs +",
                  "fast store +", "uploaded", "target", "verdict"], rows)
 
+    rows = []
+    for r in results:
+        b, s = r.before, r.settled
+        rows.append([r.name, f"{s.reclaimed - b.reclaimed:,}",
+                     f"{s.before_upload - b.before_upload:,}", f"{s.blobs - b.blobs:,}",
+                     fmt_bytes(s.fast_bytes - b.fast_bytes), fmt_bytes(s.uploaded - b.uploaded)])
+    print_table(f"Left after reclamation ({SETTLE_SECONDS:.0f} s after the flush)",
+                ["workload", "reclaimed", "never uploaded", "blobs +", "fast store +",
+                 "slow store +"], rows)
+
     print()
     for r in results:
         if r.vfs.note:
@@ -376,7 +400,9 @@ def report(results: list[Result]) -> None:
     print("written = bytes the program passed to write(); final = size of the files it leaves;")
     print("journaled / sealed = what fsync wrote to the dirty journal / what sealing chunked;")
     print("blobs + / fast store + = files and bytes added to STATE/fast; uploaded = bytes")
-    print("added to the slow store's blobs (STATE/slow/blobs) once `versionfs flush` returned")
+    print("added to the slow store's blobs (STATE/slow/blobs) once `versionfs flush` returned;")
+    print("reclaimed = superseded chunks the mount deleted by itself (never uploaded: before")
+    print("their upload); the last three columns: what the stores hold then, net")
     print(f"load average at the end: {load_average()} on {os.cpu_count()} CPUs")
 
 

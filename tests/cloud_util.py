@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import stat
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -73,6 +77,46 @@ def machines(tmp_path):
     finally:
         for m in made:
             m.cleanup()
+
+
+@pytest.fixture
+def powered_laptop(tmp_path):
+    """A machine whose state dir lives on the power-cut harness (tests/powercut.py,
+    ext4's worst case for names): ``.disk.cut()`` after ``kill9()``, then ``.disk.start()``."""
+    from powercut import PowerCutDisk
+    m = Machine(tmp_path, "laptop")
+    m.disk = PowerCutDisk(tmp_path / "disk", tmp_path / "disk-mnt", "ext4").start()
+    m.state = m.disk.mountpoint / "laptop-state"
+    try:
+        yield m
+    finally:
+        try:
+            m.cleanup()
+        finally:
+            m.disk.stop()
+
+
+def status(machine) -> dict:
+    return json.loads(machine.ctl("status", "--json"))
+
+
+def wait_for(machine, predicate, what: str, timeout: float = 60.0) -> dict:
+    """Poll the machine's status until ``predicate(status)`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(machine)
+        if predicate(st):
+            return st
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}; status: {st}"
+        time.sleep(0.2)
+
+
+def metric(port: int, name: str) -> float:
+    """One value from a mount's Prometheus endpoint (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def tree_digest(root: Path, skip_ctl: bool = True) -> dict[str, tuple]:

@@ -25,6 +25,8 @@ import socket
 import struct
 import threading
 
+import pytest
+
 CHUNK = 64 << 10
 POLL = 0.05
 
@@ -181,3 +183,13 @@ class FaultProxy:
                     return
                 if src is link.client and link.budget == 0:
                     return                      # cut off mid-request: reset both sides
+
+
+@pytest.fixture
+def proxy(s3_server):
+    """A FaultProxy in front of the test SeaweedFS, closed after the test."""
+    p = FaultProxy(s3_server.ports["s3.port"]).start()
+    try:
+        yield p
+    finally:
+        p.close()

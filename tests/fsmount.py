@@ -37,7 +37,8 @@ def _child(state_dir: str, mountpoint: str) -> None:
         mount.run(meta, blobs, paired, mountpoint, dirty_dir=os.path.join(state_dir, "dirty"),
                   ready=lambda: print("READY", flush=True),
                   fuse_options=("allow_other",),   # other uids reach the mount
-                  idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")))
+                  idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")),
+                  merge_quiet_seconds=float(os.environ.get("VFS_MERGE_QUIET", "60.0")))
     finally:
         meta.close()
         paired.close()

@@ -45,6 +45,21 @@ class Fs:
         fast.mkdir()
 
 
+def slow_blobs(s3_server, bucket: str) -> set[bytes]:
+    """Raw pointers of the blobs in a test bucket (slow store ``s3://bucket/vfs``)."""
+    client = s3_server.client()
+    out = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="vfs/blobs/"):
+        for obj in page.get("Contents", []):
+            out.add(bytes.fromhex(obj["Key"].rsplit("/", 1)[1]))
+    return out
+
+
+def fast_blobs(state: Path) -> set[bytes]:
+    """Raw pointers of the blobs in a state dir's fast store."""
+    return {bytes.fromhex(p.name) for p in (state / "fast").glob("??/*") if len(p.name) == 64}
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """relative path -> sha256 of every regular file (symlinks: their target)."""
     out = {}

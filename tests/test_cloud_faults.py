@@ -9,54 +9,22 @@ under test talks to the bucket through it, the other machines directly.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import time
-import urllib.request
 
 import pytest
 
 import cloud_util
 from cli_util import assert_user_error, ok, run_cli
-from cloud_util import tree_digest
-from faultproxy import FaultProxy
+from cloud_util import metric, status, tree_digest, wait_for
+import faultproxy
 from history_util import free_port
 
 machines = cloud_util.machines          # the fixture
+proxy = faultproxy.proxy                # the fixture
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def proxy(s3_server):
-    p = FaultProxy(s3_server.ports["s3.port"]).start()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def status(machine) -> dict:
-    return json.loads(machine.ctl("status", "--json"))
-
-
-def wait_for(machine, predicate, what: str, timeout: float = 60.0) -> dict:
-    """Poll the machine's status until ``predicate(status)`` holds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        st = status(machine)
-        if predicate(st):
-            return st
-        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}; status: {st}"
-        time.sleep(0.2)
-
-
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def new_machine(machines, s3_url, name="laptop", **settings):

@@ -12,28 +12,17 @@ import re
 
 import pytest
 
+import cloud_util
 from cli_util import ok, run_cli
-from cloud_util import Machine
-from powercut import PowerCutDisk
 
 pytestmark = pytest.mark.fuse
 
 
-@pytest.fixture
-def laptop(tmp_path):
-    m = Machine(tmp_path, "laptop")
-    m.disk = PowerCutDisk(tmp_path / "disk", tmp_path / "disk-mnt", "ext4").start()
-    m.state = m.disk.mountpoint / "laptop-state"
-    try:
-        yield m
-    finally:
-        try:
-            m.cleanup()
-        finally:
-            m.disk.stop()
+powered_laptop = cloud_util.powered_laptop      # the fixture
 
 
-def test_power_cut_then_the_laptop_remounts_without_steal_lease(laptop, s3_url):
+def test_power_cut_then_the_laptop_remounts_without_steal_lease(powered_laptop, s3_url):
+    laptop = powered_laptop
     ok(run_cli("init", laptop.state, "--slow", s3_url))
     laptop.configure(**{"cloud.lease_ttl_seconds": 600.0})
     laptop.mount_ok()

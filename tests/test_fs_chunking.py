@@ -71,3 +71,31 @@ def test_an_encrypted_data_path_seals_keyed_chunks_and_an_insert_stores_few_new_
         trio.run(run)
     finally:
         dm.close()
+
+
+def test_an_encrypted_file_appended_in_small_seals_is_merged_into_keyed_chunks(tmp_path):
+    """Appends sealed one by one become small extents of their own; merging them
+    (sealing.py, once the file is quiet) cuts the run under the key, exactly as
+    one keyed write of the same bytes, and the content reads back the same."""
+    from versionfs.fs.sealing import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, small_runs
+    codec = Codec(new_master_key())
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), codec), str(tmp_path / "dirty"),
+                     chunking_seed=codec.chunking_seed())
+    data = random.Random(5).randbytes(12 * 100_000)
+
+    async def run():
+        f = FileData(1, [], 0)
+        for i in range(0, len(data), 100_000):
+            dm.write(f, i, data[i:i + 100_000])
+            await dm.seal(f, lambda f, r: None)
+        assert [e.length for e in f.extents] == [100_000] * 12
+        assert small_runs(f.extents) == [(0, len(data))]
+        assert await dm.seal(f, lambda f, r: None, merge_small=True)
+        assert dm.extents_merged == 12
+        keyed = Chunker(CHUNK_AVG, CHUNK_MIN, CHUNK_MAX, codec.chunking_seed()).cuts(data)
+        assert [(e.offset, e.length) for e in f.extents] == keyed
+        assert keyed != Chunker(CHUNK_AVG, CHUNK_MIN, CHUNK_MAX).cuts(data)
+        assert await dm.read(f, 0, len(data)) == data
+
+    trio.run(run)
+    dm.close()

@@ -21,6 +21,11 @@ def status(vfs) -> dict:
     return json.loads(vfs.ok("status --json"))
 
 
+def meta_wal_bytes(vfs) -> int:
+    wal = vfs.state_dir / "meta" / "wal"
+    return sum(p.stat().st_size for p in wal.iterdir())
+
+
 def fast_blobs(vfs) -> int:
     return sum(len(files) for _, _, files in os.walk(vfs.state_dir / "fast"))
 
@@ -111,15 +116,20 @@ def test_unsynced_writes_never_corrupt_synced_data(vfs):
     assert body[300_000:] in (b"", b"T" * 7000)
 
 
-def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
-    """The same 4 KiB append + fsync costs the same on a 1 MiB and a 200 MiB
-    file: 4 KiB journaled, nothing chunked, no blob (counters, not timings)."""
+def small_and_big_files(vfs) -> None:
+    """Files "small" (1 MiB) and "big" (200 MiB) of distinct 1 MiB blocks, sealed."""
     block = os.urandom(1 << 20)
     for name, mib in (("small", 1), ("big", 200)):
         with open(vfs.path(name), "wb") as f:
             for i in range(mib):
                 f.write(block[i:] + block[:i])
     vfs.ok("flush")
+
+
+def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
+    """The same 4 KiB append + fsync costs the same on a 1 MiB and a 200 MiB
+    file: 4 KiB journaled, nothing chunked, no blob (counters, not timings)."""
+    small_and_big_files(vfs)
     costs = {}
     for name in ("small", "big"):
         before, blobs = status(vfs), fast_blobs(vfs)
@@ -134,6 +144,36 @@ def test_fsync_creates_no_blob_and_costs_what_was_written(vfs):
                        after["sealed_bytes"] - before["sealed_bytes"],
                        fast_blobs(vfs) - blobs)
     assert costs["small"] == costs["big"] == (4096, 0, 0), costs
+
+
+def test_fsync_syncs_only_the_journal(vfs):
+    """fsync of a file that exists on disk is one disk sync (the journal): the
+    metadata store is not synced, nor even written (the kernel's mtime/ctime
+    stamps stay in memory until the seal), yet size and mtime come back after
+    kill -9 from the journal record; a chmod since the last metadata sync makes
+    the next fsync sync the metadata too (the journal does not carry the mode)."""
+    fd = os.open(vfs.path("wal"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, os.urandom(5000))
+        os.fsync(fd)                               # new inode: metadata synced too
+        before, wal = status(vfs)["fsync_metadata_syncs"], meta_wal_bytes(vfs)
+        for _ in range(50):
+            os.write(fd, os.urandom(100))
+            os.fsync(fd)
+        assert meta_wal_bytes(vfs) == wal
+        assert status(vfs)["fsync_metadata_syncs"] == before
+        os.fchmod(fd, 0o600)
+        os.write(fd, b"last")
+        os.fsync(fd)
+        st = os.fstat(fd)
+        data = os.pread(fd, st.st_size, 0)
+    finally:
+        os.close(fd)
+    vfs.kill9()
+    vfs.start()
+    got = os.stat(vfs.path("wal"))
+    assert (got.st_size, got.st_mtime_ns, got.st_mode & 0o777) == (len(data), st.st_mtime_ns, 0o600)
+    assert open(vfs.path("wal"), "rb").read() == data
 
 
 def test_many_fsyncs_become_one_version(vfs):

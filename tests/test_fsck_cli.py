@@ -25,6 +25,15 @@ def _blob_paths(state: Path, raw: bytes) -> tuple[Path, Path]:
             Path(FanOutStore(state / "slow" / "blobs").path_for(p)))
 
 
+def _copies(fs: Fs, path: str) -> tuple[Path, Path]:
+    """The fast and the slow copy of the first blob of ``path`` in the head."""
+    meta = open_meta(fs.state)
+    try:
+        return _blob_paths(fs.state, file_pointers(meta, path)[0])
+    finally:
+        meta.close()
+
+
 def fsck(fs: Fs, *args: str):
     return run_cli("fsck", fs.state, "--quiet", *args)
 
@@ -108,12 +117,7 @@ def test_blob_only_the_slow_store_lacks_is_uploaded_again(fs):
 
 
 def test_corrupted_blob_is_found_by_read_data_and_repaired_from_the_good_copy(fs):
-    meta = open_meta(fs.state)
-    try:
-        victim = file_pointers(meta, "later.bin")[0]
-    finally:
-        meta.close()
-    fast, slow = _blob_paths(fs.state, victim)
+    fast, slow = _copies(fs, "later.bin")
     good = slow.read_bytes()
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0x40
@@ -130,6 +134,29 @@ def test_corrupted_blob_is_found_by_read_data_and_repaired_from_the_good_copy(fs
     r = fsck(fs, "--read-data", "--repair")
     assert r.returncode == 4 and "corrupted in the fast and the slow store" in r.stdout
     assert slow.read_bytes() == bytes(bad)
+
+
+def test_repair_never_uploads_a_corrupted_fast_copy(fs):
+    """Issue 11: a fast copy cut short (a cache fill lost by a power cut) or
+    damaged must not reach the bucket, with or without --read-data; the
+    bucket's good copy survives and refills the fast one."""
+    fast, slow = _copies(fs, "later.bin")
+    good = slow.read_bytes()
+    for damaged in (b"", good[:len(good) // 2], bytes(b ^ 1 for b in good)):
+        fast.write_bytes(damaged)
+        slow.unlink()                         # the bucket lacks it: only the bad copy is left
+        r = fsck(fs, "--repair")
+        assert r.returncode == 4, r.stdout
+        assert "missing from the slow store; repair failed: the only copy there is does not " \
+               "verify" in r.stdout, r.stdout
+        assert not slow.exists(), "a corrupted fast copy was uploaded"
+        slow.write_bytes(good)                # the bucket's good copy back
+        assert fsck(fs, "--repair").returncode == 0
+        assert slow.read_bytes() == good
+        r = fsck(fs, "--read-data", "--repair")
+        assert r.returncode == 3 and "the fast copy is corrupted; copied again" in r.stdout, r.stdout
+        assert slow.read_bytes() == good and fast.read_bytes() == good
+    assert fsck(fs, "--read-data").returncode == 0
 
 
 def test_broken_index_entries_are_found_and_rebuilt(fs, built):

@@ -8,27 +8,13 @@ from __future__ import annotations
 import os
 import random
 import threading
-from pathlib import Path
 
 import pytest
 
 from cli_util import assert_user_error, run_cli
-from maint_util import Fs, file_ino, file_pointers, open_meta, tree_digest
+from maint_util import Fs, fast_blobs, file_ino, file_pointers, open_meta, slow_blobs, tree_digest
 
 pytestmark = pytest.mark.fuse
-
-
-def slow_blobs(s3_server, bucket: str) -> set[bytes]:
-    client = s3_server.client()
-    out = set()
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="vfs/blobs/"):
-        for obj in page.get("Contents", []):
-            out.add(bytes.fromhex(obj["Key"].rsplit("/", 1)[1]))
-    return out
-
-
-def fast_blobs(state: Path) -> set[bytes]:
-    return {bytes.fromhex(p.name) for p in (state / "fast").glob("??/*") if len(p.name) == 64}
 
 
 @pytest.fixture

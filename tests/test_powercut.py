@@ -22,7 +22,7 @@ import pytest
 from cli_util import VERSIONFS, daemon_pid, force_cleanup, mount_type, ok, run_cli, wait_gone
 from powercut import PowerCutDisk
 from test_meta_crash import check, run_child
-from versionfs.blob.files import fsync_dir
+from versionfs.blob.files import TEMP_PREFIX, fsync_dir
 
 pytestmark = pytest.mark.fuse
 
@@ -327,6 +327,18 @@ class VersionfsOnDisk:
                         bad.append(f"{where} {p}: {e}")
         assert bad == [], "objects that do not verify after the power cut: " + "; ".join(bad)
 
+    def bucket_blobs(self) -> int:
+        """Blobs in the bucket (STATE/slow), counted beside the harness, not through it."""
+        return sum(len([f for f in files if not f.startswith(TEMP_PREFIX)])
+                   for _, _, files in os.walk(self.disk.disk / "live" / "slow" / "blobs"))
+
+    def wait_bucket(self, until, what: str, timeout: float = 120) -> None:
+        """Poll the bucket's blob count: the cut must land where the test says."""
+        deadline = time.monotonic() + timeout
+        while not until(self.bucket_blobs()):
+            assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
+            time.sleep(0.005)
+
     def cleanup(self) -> None:
         try:
             force_cleanup(self.mnt, self.state)
@@ -436,9 +448,11 @@ def test_power_cut_during_upload(vfs_disk):
     v, rng = vfs_disk, random.Random(7)
     v.mount()
     files = {f"big{i}": rng.randbytes(rng.randrange(1, 3_000_000)) for i in range(8)}
+    before = v.bucket_blobs()
     for name, data in files.items():
         write(v.mnt / name, data)
     fsync_dir(v.mnt)
+    v.wait_bucket(lambda n: n > before, "the first upload")      # uploads under way
     report = v.crash()
     refused = v.remount(report)
     ok(run_cli("flush", v.mnt, "--timeout", "60"))
@@ -468,9 +482,10 @@ def test_power_cut_during_gc(vfs_disk):
     for i in range(300):
         (v.mnt / "junk" / str(i)).unlink()
     ok(run_cli("flush", v.mnt, "--timeout", "60"))
+    before = v.bucket_blobs()
     gc = subprocess.Popen([*VERSIONFS, "gc", str(v.mnt)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-    time.sleep(rng.uniform(0.1, 0.6))
+    v.wait_bucket(lambda n: n < before, "gc's first deletion")  # the cut comes mid-sweep
     report = v.crash()
     gc_out = gc.communicate(timeout=60)[0]
     refused = v.remount(report)

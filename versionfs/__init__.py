@@ -12,7 +12,7 @@ and that no modules import each other in a cycle):
              group, listed in fs/ctl/registry.py
     bucket   the bucket: publishing metadata, the writer lease, the mount's
              bucket session (catching up, renewing, shipping), clone
-    maint    maintenance: retention, gc, fsck
+    maint    maintenance: retention, reclamation of superseded chunks, gc, fsck
     tree     the filesystem tree as kept in metadata: key schema, history
              (tree at a revision, diff, restore plans), snapshot names
     common   what commands and daemon share: config, units, the state

@@ -4,7 +4,8 @@ Modules, bottom up: ``pointer`` (Pointer, Null), ``errors``, ``store`` (the
 Store ABC over raw stored bytes), ``files``/``disk``/``directory`` (local
 stores), ``s3`` (S3Bucket named objects with conditional writes, S3Store),
 ``remote`` (RemoteStore + StoreService over HTTP), ``journal`` + ``copies``
-+ ``paired`` (the fast/slow write-back pair, judging copies with a verifier),
++ ``uploads`` + ``paired`` (the fast/slow write-back pair, judging copies with a
+verifier; ``uploads`` holds its upload workers),
 ``keys`` + ``codec`` (format byte, zstd, AEAD, keyed pointers, verification),
 ``blobstore`` (plaintext in, verified plaintext out; installs the verifier),
 ``url`` (open_store). Nothing here imports ``versionfs.meta`` or ``versionfs.fs``.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import NotFoundError, PreconditionFailedError
-from .files import DIR_MODE, FILE_MODE, TEMP_PREFIX, FanOutStore, atomic_write, fsync_dir, read_file
+from .files import FILE_MODE, TEMP_PREFIX, FanOutStore, atomic_write, fsync_dir, make_dirs, read_file
 from .store import Buffer
 
 LOCK_NAME = ".lock"
@@ -28,8 +28,7 @@ class DirectoryStore(FanOutStore):
 
     def __init__(self, path: str | os.PathLike):
         self.base = Path(path)
-        if not self.base.exists():                 # ours: private wherever it lives
-            self.base.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(self.base)                       # ours: private wherever it lives
         super().__init__(self.base / "blobs")
         self.bucket = DirectoryBucket(self.base)
 
@@ -52,7 +51,7 @@ class DirectoryBucket:
 
     def __init__(self, path: str | os.PathLike):
         self.root = Path(path)
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(self.root)
 
     def _path(self, name: str) -> Path:
         if not isinstance(name, str) or not name or name.startswith("/") or "\0" in name:
@@ -72,7 +71,7 @@ class DirectoryBucket:
             os.close(fd)
 
     def _write(self, path: Path, data: Buffer) -> str:
-        path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(path.parent)
         atomic_write(str(path), data)
         return _etag(bytes(data))
 

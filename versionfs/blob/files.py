@@ -36,6 +36,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str | os.PathLike, mode: int = DIR_MODE) -> None:
+    """``mkdir -p`` that survives a power cut: each directory it creates is
+    fsynced into its parent (a file fsynced inside a directory whose own entry
+    was never synced is lost with it)."""
+    path = Path(path)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+        fsync_dir(d.parent)
+
+
 def _start_writeback_fn():
     """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) where Linux has it, else None."""
     try:
@@ -182,7 +200,7 @@ class FanOutStore(Store):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         try:
-            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_dirs(self.root)
         except OSError as exc:
             raise StoreUnavailableError(f"cannot create store directory {self.root}: {exc}") from exc
         self._root_str = str(self.root)

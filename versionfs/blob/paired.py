@@ -47,8 +47,6 @@ import time
 from collections import OrderedDict, deque
 from typing import Iterable, Iterator
 
-from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
-
 from .copies import CopyCheck, Verifier
 from .errors import (BlobError, CorruptBlobError, NotFoundError, ReadOnlyError,
                      StoreFullError, StoreUnavailableError)
@@ -56,27 +54,12 @@ from .journal import UploadJournal
 from .linked import Uploader
 from .pointer import Pointer, as_pointer
 from .store import Buffer, Store
+from .uploads import UploadLoop
 
 log = logging.getLogger(__name__)
 
 
-class _Closed(Exception):
-    """The pair is closing; an upload in progress stays in the journal."""
-
-
-class _Deleted(Exception):
-    """The blob being uploaded is being deleted; its upload is abandoned."""
-
-
-class NoGoodCopyError(BlobError):
-    """A journaled blob has no good copy to upload and the slow store lacks it."""
-
-    def __init__(self, message: str, key: Pointer):
-        super().__init__(message)
-        self.key = key
-
-
-class Paired(Store):
+class Paired(UploadLoop, Store):
     """Fast store + slow store + upload journal. Blocking and thread-safe."""
 
     def __init__(self, fast: Store, slow: Store, journal_path: str | os.PathLike | None, *,
@@ -397,6 +380,25 @@ class Paired(Store):
         if self._journal is None:
             raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
         keys = [as_pointer(k) for k in keys]
+        self._unqueue(keys)
+        self.slow.delete_many(keys)
+        self.fast.delete_many(keys)
+
+    def discard_unuploaded(self, keys: Iterable[Pointer]) -> list[Pointer]:
+        """Of ``keys``, the blobs still waiting for upload: take them off the
+        upload queue and delete them from fast, never touching slow (which may
+        hold an older copy). Returns those; a key whose upload finished first
+        is left alone. For garbage superseded before its upload."""
+        if self._journal is None:
+            raise ReadOnlyError("read-only store: this pair was opened without an upload journal")
+        dropped = self._unqueue([as_pointer(k) for k in keys])
+        self.fast.delete_many(dropped)
+        return dropped
+
+    def _unqueue(self, keys: list[Pointer]) -> list[Pointer]:
+        """Stop uploading ``keys`` (an upload in flight is waited for); the keys
+        that were still pending."""
+        unqueued = []
         with self._cond:
             self._deleting.update(keys)         # an upload retrying one of them gives up
             self._cond.notify_all()
@@ -405,6 +407,7 @@ class Paired(Store):
                     self._cond.wait_for(lambda: key not in self._in_flight)
                     self._copies.forget(key)
                     if self._pending.pop(key, None) is not None:
+                        unqueued.append(key)
                         self._unuploadable.pop(key, None)
                         if key in self._journaled:
                             self._journaled.discard(key)
@@ -412,8 +415,7 @@ class Paired(Store):
                         self._cond.notify_all()
             finally:
                 self._deleting.difference_update(keys)
-        self.slow.delete_many(keys)
-        self.fast.delete_many(keys)
+        return unqueued
 
     def contains(self, key: Pointer) -> bool:
         key = as_pointer(key)
@@ -427,161 +429,6 @@ class Paired(Store):
         for key in self.slow.enumerate():
             if key not in seen:
                 yield key
-
-    # -- uploads -----------------------------------------------------------------
-    def _worker(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._stop.is_set())
-                if self._stop.is_set():
-                    return
-                key = self._queue.popleft()
-                if key not in self._pending or key in self._in_flight:
-                    continue
-                self._in_flight.add(key)
-            try:
-                self._upload(key)
-            except (_Closed, _Deleted) as exc:
-                with self._cond:
-                    self._in_flight.discard(key)
-                    self._cond.notify_all()
-                if isinstance(exc, _Closed):
-                    return
-                continue
-            self._finish(key)
-
-    def _finish(self, key: Pointer) -> None:
-        """An upload is durable on slow: unpin it and record it done.
-
-        Under the lock, so that a new put of the same blob (which pins it again
-        under the lock) writes its put record after this done record.
-        """
-        self._copies.forget(key)
-        with self._cond:
-            self._in_flight.discard(key)
-            self._unuploadable.pop(key, None)
-            if self._pending.pop(key, None) is not None:
-                self._journaled.discard(key)
-                self._record_done(key)
-            self._uploaded += 1
-            self._last_ok = time.time()
-            self._maybe_compact()
-            self._cond.notify_all()
-
-    def _record_done(self, key: Pointer) -> None:
-        """A lost done record only means one more upload after a restart."""
-        try:
-            self._journal.done(key)
-        except OSError as exc:
-            self._fail(f"upload journal {self._journal.path}: cannot record that blob "
-                       f"{key.hex()} is uploaded ({exc}); it will be uploaded again "
-                       "after a restart")
-
-    def _maybe_compact(self) -> None:
-        if not self._journal.needs_compaction(len(self._pending)):
-            return
-        try:
-            # Every pending key, journaled or about to be: a put whose record
-            # went to the old file must not lose it to the rewrite.
-            self._journal.compact(self._pending.items())
-        except OSError as exc:
-            self._fail(f"upload journal {self._journal.path}: compaction failed ({exc}); "
-                       "it is tried again later")
-
-    def _upload(self, key: Pointer) -> None:
-        """Copy one blob to slow, retrying with exponential backoff until it works."""
-        try:
-            for attempt in self._retrying(key):
-                with attempt:
-                    self._upload_once(key)
-        except Exception:
-            if self._stop.is_set():
-                raise _Closed() from None
-            if key in self._deleting:
-                raise _Deleted() from None
-            raise
-
-    def _retrying(self, key: Pointer | None = None) -> Retrying:
-        """Retry forever with capped exponential backoff; only closing, or a
-        delete of the blob being uploaded, stops it, and either interrupts the
-        backoff's sleep."""
-        def over(_state=None) -> bool:
-            return self._stop.is_set() or key in self._deleting
-
-        def sleep(seconds: float) -> None:
-            with self._cond:
-                self._cond.wait_for(over, seconds)
-
-        return Retrying(retry=retry_if_exception_type(Exception),
-                        wait=wait_exponential_jitter(multiplier=0.05, max=self.retry_max_wait,
-                                                     jitter=0.1),
-                        stop=over, sleep=sleep, before_sleep=self._note_error, reraise=True)
-
-    def _upload_once(self, key: Pointer) -> None:
-        """Send the fast copy if it verifies. Without one to send, the blob is
-        done only if the slow store already holds a good copy; else it stays
-        pending (NoGoodCopyError is retried: the same content written again
-        brings a good fast copy)."""
-        if key in self._copies.replaced and self._copies.slow_has_good_copy(self.slow, key):
-            return
-        try:
-            copy = self._uploader.fast_copy(key)
-        except NotFoundError:
-            problem = "missing from the fast store"
-        else:
-            with copy:
-                problem = self._copies.problem(key, copy.data)
-                if problem is None:
-                    self._uploader.send(key, copy)
-                    return
-            if key not in self._unuploadable:
-                self._copies.note_damaged(key, f"fails verification before its upload ({problem})")
-            problem = f"damaged in the fast store ({problem})"
-        if self._copies.slow_has_good_copy(self.slow, key):
-            return
-        raise NoGoodCopyError(f"blob {key.hex()} waits for upload but is {problem}, and the "
-                              "slow store has no good copy: it stays pending until the same "
-                              "content is written again", key)
-
-    def _note_error(self, state) -> None:
-        exc = state.outcome.exception()
-        message = f"upload failed (attempt {state.attempt_number}), retrying: {exc}"
-        if isinstance(exc, NoGoodCopyError):
-            with self._cond:
-                self._unuploadable[exc.key] = str(exc)
-            self._fail(message)             # not a passing outage: loud every time
-        else:
-            self._last_error = message
-            log.warning(message)
-
-    def _reconcile(self) -> None:
-        """After journal damage, re-queue every fast blob the slow store lacks
-        (one that fails verification cannot be: it is reported instead)."""
-        for key in self.fast.enumerate():
-            if self._stop.is_set():
-                return
-            if self.is_pending(key):
-                continue
-            try:
-                if not self._slow_lacks(key):
-                    continue
-                data = self.fast.get(key)
-                problem = self._copies.problem(key, data)
-                if problem is not None:
-                    self._fail(f"reconcile: blob {key.hex()} is damaged in the fast store "
-                               f"({problem}) and the slow store lacks it")
-                    continue
-                self.put(key, data)
-            except Exception as exc:  # noqa: BLE001 - closing, or the blob went away
-                if self._stop.is_set():
-                    return
-                self._fail(f"reconcile {key.hex()}: {exc}")
-
-    def _slow_lacks(self, key: Pointer) -> bool:
-        for attempt in self._retrying():
-            with attempt:
-                return not self.slow.contains(key)
-        raise _Closed()
 
 
 def _closed_error() -> BlobError:

@@ -26,7 +26,9 @@ Order, the one invariant that matters (DESIGN: nothing published refers to a
 blob that is not durable): the filesystem puts a chunk into the Paired store
 *before* it writes the metadata entry naming it, and Paired marks a key
 pending before it reaches the fast store.  So a publish first notes the last
-WAL index ``T`` (after taking the checkpoint copy, if any), then the keys
+WAL index ``T`` (after taking the checkpoint copy, if any) and fsyncs the
+local log up to it (the bucket must never be ahead of what a power cut leaves
+here), then the keys
 pending at that moment, waits until exactly those are durable on the slow
 store (blobs), uploads the checkpoint and WAL objects (metadata), and only
 then swings the head by compare-and-swap (head).  A crash anywhere before the
@@ -47,6 +49,7 @@ accepted, as the base of a publish or as metadata to catch up with
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -245,6 +248,10 @@ def save_record(path: str, record: dict) -> None:
 @dataclass
 class PublishStatus:
     published_index: int = 0
+    # The oldest index a head record still in the bucket covers (the head and
+    # its kept copies): a clone may restore any of them, so a chunk superseded
+    # later than this is still needed there (versionfs.maint.reclaim).
+    oldest_kept_index: int = 0
     last_publish: float | None = None
     last_error: str | None = None
 
@@ -274,6 +281,11 @@ class Publisher:
         self.watermark = watermark
         self.status = PublishStatus()
         self._lock = threading.Lock()
+        # Held from choosing the WAL index to ship until the pending blobs it
+        # needs are listed in _awaited (until the publish ends).
+        self._pins = threading.Lock()
+        self._awaited: tuple[int, frozenset] = (0, frozenset())
+        self._copy_indexes: list[int] = []      # last_index of the head copies published here
         self._head: tuple[KVPair, HeadRecord] | None = None
         self._writer = ""
         self._opened = False
@@ -288,7 +300,12 @@ class Publisher:
         is older than one this state dir has seen or published.
         """
         record = load_record(self.record_path) or {}
-        self._writer = record.get("writer") or uuid.uuid4().hex
+        if not record.get("writer"):
+            # Saved before any head names it: a power cut right after the first
+            # swing, before the record below, must still find that head ours.
+            record = {**record, "writer": uuid.uuid4().hex}
+            save_record(self.record_path, record)
+        self._writer = record["writer"]
         head = read_head(self.kv, self.codec)
         published = int(record.get("last_index", 0))
         if head is not None:
@@ -319,7 +336,18 @@ class Publisher:
             published = rec.last_index
         self._head = head
         self.status.published_index = published
+        self.status.oldest_kept_index = 0         # the kept copies' indexes are not known yet
+        self._copy_indexes = []
         self._opened = True
+
+    @contextlib.contextmanager
+    def uploads_awaited(self):
+        """While held, no publish picks the metadata it ships; yields (the WAL
+        index the running publish ships, the blobs it waits for): the only
+        pending blobs whose upload a published head may still need
+        (versionfs.maint.reclaim)."""
+        with self._pins:
+            yield self._awaited
 
     # -- publishing ------------------------------------------------------------
     def pending(self) -> int:
@@ -341,6 +369,9 @@ class Publisher:
             except Exception as exc:
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
                 raise
+            finally:
+                with self._pins:
+                    self._awaited = (0, frozenset())
             self.status.last_error = None
             return done
 
@@ -361,7 +392,15 @@ class Publisher:
             if checkpoint:
                 with BackupWriter(copy, CHECKPOINT_KIND, {"fs": self.fs_id}) as w:
                     ckpt_index = self.meta.backup_to(framed_copy(w))
-            target = self.meta.last_index
+            with self._pins:
+                target = self.meta.last_index
+                # 1. Blobs: the keys pending now include every chunk those entries name.
+                keys = self.paired.pending_keys() if self.paired is not None else []
+                self._awaited = (target, frozenset(keys))
+            # Never publish what this state dir could still lose: entries are
+            # fsynced at the next LMDB commit, and a power cut before it would
+            # leave the bucket ahead of the local copy (a mount refusing for good).
+            self.meta.sync()
             try:
                 entries = read_entries(self.meta.wal_dir,
                                        ckpt_index + 1 if checkpoint else shipped + 1, target)
@@ -371,8 +410,6 @@ class Publisher:
                 # The local log no longer holds what follows the last publish
                 # (released after a long time offline): a checkpoint covers it.
                 return self._publish(True, timeout)
-            # 1. Blobs: the keys pending now include every chunk those entries name.
-            keys = self.paired.pending_keys() if self.paired is not None else []
             if keys and not self.paired.wait_durable(keys, timeout):
                 raise BlobsNotDurableError(
                     f"{sum(self.paired.is_pending(k) for k in keys)} blob(s) the metadata refers "
@@ -414,6 +451,10 @@ class Publisher:
         # head has had a whole checkpoint interval to fetch it.
         self._forget(delete_after)
         self._forget([n for n in self.bucket.list(HEAD_COPY_PREFIX) if n not in new.copies])
+        self._copy_indexes = (self._copy_indexes + [target])[-len(new.copies):]
+        # Copies this process did not write have unknown (older) indexes.
+        self.status.oldest_kept_index = (self._copy_indexes[0]
+                                         if len(self._copy_indexes) == len(new.copies) else 0)
         return True
 
     def _upload_checkpoint(self, copy, index: int, uploaded: list[str]) -> dict:

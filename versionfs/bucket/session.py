@@ -35,6 +35,7 @@ be published.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -450,6 +451,20 @@ class CloudSession:
 
     def publish_soon(self) -> None:
         self._wake.set()
+
+    def published_floor(self) -> int | None:
+        """The oldest metadata index a head record in the bucket covers; None
+        when nothing is published here (versionfs.maint.reclaim)."""
+        if self.bucket is None:
+            return None
+        return 0 if self.publisher is None else self.publisher.status.oldest_kept_index
+
+    def uploads_awaited(self):
+        """Context manager (``Publisher.uploads_awaited``): yields (index shipped,
+        pending blobs awaited) of a running publish, or None when that cannot be known."""
+        if self.publisher is None:
+            return contextlib.nullcontext((0, frozenset()) if self.bucket is None else None)
+        return self.publisher.uploads_awaited()
 
     # -- reporting -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:

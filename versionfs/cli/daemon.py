@@ -336,6 +336,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     seal_max_age_seconds=st.config["mount.seal_max_age_seconds"],
                     read_cache_bytes=st.config["mount.read_cache_bytes"],
                     read_cache_idle_seconds=st.config["mount.read_cache_idle_seconds"],
+                    merge_quiet_seconds=st.config["mount.merge_quiet_seconds"],
                     cloud=session, services=services.daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

@@ -143,6 +143,11 @@ for _k in [
         "A file that keeps being written is sealed at least this often. With "
         "cloud.wal_ship_interval_seconds it bounds what a lost laptop can lose (the RPO).",
         _positive),
+    Key("mount", "merge_quiet_seconds", "float", 60.0,
+        "A file appended and sealed many times holds runs of small extents; once it "
+        "has not been written for this long they are merged into regular chunks "
+        "(the merged bytes are stored and uploaded once more).",
+        _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),
     Key("mount", "read_cache_bytes", "size", "64MiB",

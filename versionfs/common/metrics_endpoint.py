@@ -115,6 +115,8 @@ class _MountCollector:
             yield GaugeMetricFamily("versionfs_journal_files",
                                     "files with fsynced writes not yet sealed",
                                     value=journal.held_files())
+        for name, text, value in getattr(self.fs, "reclaim_gauges", list)():
+            yield GaugeMetricFamily(f"versionfs_{name}", text, value=value)
         cloud = getattr(self.fs, "cloud", None)
         if cloud is not None:
             for name, text, value in cloud.gauges():

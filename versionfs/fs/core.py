@@ -28,6 +28,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
+from versionfs.maint.reclaim import ensure_extent_refs
 from versionfs.tree import schema
 from versionfs.tree.schema import ROOT_INO, Inode
 
@@ -53,8 +54,8 @@ class MountCore:
 
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
-                 seal_max_age_seconds: float = 60.0, cloud=None,
-                 read_cache_bytes: int = CHUNK_CACHE_BYTES,
+                 seal_max_age_seconds: float = 60.0, merge_quiet_seconds: float = 60.0,
+                 cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
                  read_cache_idle_seconds: float = CACHE_IDLE_SECONDS):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
@@ -68,6 +69,7 @@ class MountCore:
         self.idle_seal_seconds = idle_seal_seconds
         self.seal_max_age_seconds = seal_max_age_seconds
         self.read_cache_idle_seconds = read_cache_idle_seconds
+        self.merge_quiet_seconds = merge_quiet_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
         # Encrypted filesystems chunk under a key (chunking.py); only the
@@ -86,9 +88,17 @@ class MountCore:
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self._seal_scheduled: set[int] = set()
+        # ino -> monotonic time of the seal that left it with runs of small
+        # extents: merged once it has been quiet for merge_quiet_seconds.
+        self._merge_due: dict[int, float] = {}
         self._small_due: set[int] = set()
         self._small_wakeup = trio.Event()
         self._meta_changed = False
+        # Inodes whose record changed since the last metadata sync in a way the
+        # dirty journal does not carry (created; mode or owner changed): their
+        # fsync syncs the metadata too (durability.py).
+        self.attrs_unsynced: set[int] = set()
+        self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
@@ -100,6 +110,8 @@ class MountCore:
         if not read_only:
             self.data.discard_leftovers(set() if self.journal is None else self.journal.layer_files())
             self._ensure_root()
+            if ensure_extent_refs(meta):
+                log.info("indexed the chunks of every live extent (reclamation starts)")
             self._delete_orphans()
         self.alloc = schema.InodeAllocator(meta) if not read_only else None
 
@@ -236,9 +248,12 @@ class MountCore:
             self.open_count.pop(ino, None)
 
     def _delete_inode_keys(self, ino: int, b) -> None:
-        for prefix in (schema.extent_prefix(ino), schema.xattr_prefix(ino)):
-            for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
-                b.delete(key)
+        prefix = schema.extent_prefix(ino)
+        for key, value in self.meta.range(prefix, schema.prefix_end(prefix)):
+            schema.delete_extent_record(b, key, value)
+        prefix = schema.xattr_prefix(ino)
+        for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
+            b.delete(key)
         b.delete(schema.symlink_key(ino))
         b.delete(schema.journal_mark_key(ino))
         b.delete(schema.inode_key(ino))

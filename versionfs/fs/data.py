@@ -1,8 +1,9 @@
 """File contents: sealed content-defined chunks plus a local dirty overlay.
 
-A regular file's sealed content is a sorted list of `Extent`s, each one whole
-content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted) stored as a blob; gaps
-between extents are holes and read as zeros, so sparse files cost nothing.
+A regular file's sealed content is a sorted list of `Extent`s, each a
+content-defined chunk (pyfastcdc, average ~1 MiB, keyed when encrypted), or
+the bytes of an append, stored as a blob (sealing.py); gaps between extents
+are holes and read as zeros, so sparse files cost nothing.
 
 Writes never touch blobs: they land in the file's dirty layers (layers.py).
 Reading walks the layers newest first, then the extents (reading.py). Sealing
@@ -167,21 +168,25 @@ class DataManager(Sealer):
 
     # -- sealing --------------------------------------------------------------
 
-    async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None]) -> bool:
-        """Turn all current layers of `f` into chunks.
+    async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None],
+                   merge_small: bool = False) -> bool:
+        """Turn all current layers of `f` into chunks; with `merge_small`, also
+        merge its runs of small extents (sealing.py), even if it has no layers.
 
         `persist(f, result)` is called on the trio thread after the chunks are
         stored and must write the change to the metadata store atomically.
         Returns True when something was sealed.
         """
         async with f.seal_lock:
-            if not f.layers or f.deleted:
+            if not (f.layers or merge_small) or f.deleted:
                 return False
             layers = list(f.layers)
             for layer in layers:
                 layer.frozen = True
             covered = self.journal_index()
-            result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers)
+            size = layers[-1].size if layers else f.sealed_size
+            result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers, size,
+                                                   merge_small)
             result.covered = covered
             if not f.deleted:
                 persist(f, result)
@@ -199,12 +204,15 @@ class DataManager(Sealer):
         A file no bigger than CHUNK_MIN is exactly one CDC chunk, so no cut is
         needed: the contents of all files are stored with one `put_many` (one
         round of fsyncs) and `persist` writes all results in one MVCC batch.
-        Files that are busy or too big are left for `seal`. Returns how many
+        Files that are busy or too big are left for `seal`, and so are files
+        with stored extents: `seal` stores only what changed (an append to a
+        small log costs the appended bytes, not the file). Returns how many
         files were sealed.
         """
         taken: list[FileData] = []
         for f in files:
-            if f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.seal_lock.locked():
+            if (f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.extents
+                    and not f.seal_lock.locked()):
                 f.seal_lock.acquire_nowait()
                 taken.append(f)
         if not taken:

@@ -2,24 +2,29 @@
 with the journal at start and at the end.
 
 fsync/fdatasync of a file appends the bytes written since its last fsync
-(their current content), its truncation and its size to the dirty journal
-(journal.py) and fsyncs it, and stores the inode (times, mode, owner) in the
-metadata and fsyncs that: the cost follows what was written since the last fsync, never the
-file's size, and no blob is created. The file is sealed later (lifecycle.py),
-coalescing many fsyncs into one version. A file with more than
-`JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied into
-the journal: its bytes are already in dirty layer files, so fsync freezes
-those layers (new writes open a fresh one), fdatasyncs them and journals
-where they are (L records, journal.py): one write of each byte before it is
-durable, like a native file, and sealing follows in the background. A layer
-file the journal refers to is kept after its seal until the metadata saying
-so is durable (`DataManager.kept_files`, released at each metadata sync).
+(their current content), its truncation, its size and its times to the dirty
+journal (journal.py) and fsyncs that journal: one disk sync, whose cost
+follows what was written since the last fsync, never the file's size, and no
+blob is created. The inode record in the metadata is stored as usual by the
+next seal or metadata sync; replay restores size and times from the journal.
+Only a file whose inode record changed in a way the journal does not carry
+since the last metadata sync (`MountCore.attrs_unsynced`: created, mode or
+owner changed) costs a metadata sync too. The file is sealed later
+(lifecycle.py), coalescing many fsyncs into one version. A file with more
+than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied
+into the journal: its bytes are already in dirty layer files, so fsync
+freezes those layers (new writes open a fresh one), fdatasyncs them and
+journals where they are (L records, journal.py): one write of each byte
+before it is durable, like a native file, and sealing follows in the
+background. A layer file the journal refers to is kept after its seal until
+the metadata saying so is durable (`DataManager.kept_files`, released at each
+metadata sync).
 
 At start the journal is replayed before the first request: the files it
-holds get their journaled writes back as dirty layers and are sealed like any
-written file. At the end (`shutdown`) every dirty file is journaled before
-the final seals, so a seal that fails there (a full disk, a broken store)
-loses nothing: the next mount replays it.
+holds get their journaled writes and times back as dirty layers and are
+sealed like any written file. At the end (`shutdown`) every dirty file is
+journaled before the final seals, so a seal that fails there (a full disk, a
+broken store) loses nothing: the next mount replays it.
 """
 
 from __future__ import annotations
@@ -66,14 +71,23 @@ class DurabilityOps(MountCore):
             ops = r.after(self.meta.get(schema.journal_mark_key(r.ino)), self.journal.id)
             if not ops:
                 continue
+            times = None
             for index, kind, *args in ops:
                 if kind == "W":
                     self.data.write(f, args[0], args[1])
-                elif kind == "L":
+                    continue
+                if kind == "L":
                     self._replay_layer(f, index, *args)
                     adopted.add(args[0])
-                elif args[0] != f.size:                  # "T", or "A" (the size at the fsync)
+                    continue
+                if args[0] != f.size:                    # "T", or "A" (the size at the fsync)
                     self._replay_truncate(inode, f, args[0])
+                if kind == "A" and len(args) == 3:     # older A records carry no times
+                    times = args[1:]
+            if times is not None and times[1] >= inode.ctime_ns:
+                # A larger ctime in the metadata is a later change of the inode
+                # (chmod, utimes...) whose record holds the times to keep.
+                inode.mtime_ns, inode.ctime_ns = times
             inode.size = f.size
             f.unsynced.clip(0)                          # all of it is in the journal already
             f.unsynced_trunc = None
@@ -109,9 +123,14 @@ class DurabilityOps(MountCore):
             else:
                 async with f.sync_lock:
                     await self._journal_unsynced(f)
+                if ino not in self.attrs_unsynced:
+                    # Size and times are in the journal record: one disk sync.
+                    await trio.to_thread.run_sync(self.journal.sync)
+                    return
         if not self.read_only and ino in self.inodes:
-            # Times, mode and owner live in the metadata; the journal holds the size.
             self._store_inode(self.inodes[ino])
+        self.fsync_metadata_syncs += 1
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
 
     def _fast_store_full(self) -> bool:
@@ -147,7 +166,7 @@ class DurabilityOps(MountCore):
                 if data:
                     writes.append((start, data))
         inode = self._inode(f.ino)
-        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns)
+        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns, inode.ctime_ns)
 
     async def _journal_layers(self, f) -> None:
         """Journal a big unsynced area where it is: each layer not journaled yet,
@@ -189,7 +208,8 @@ class DurabilityOps(MountCore):
                 layer.readers -= 1
                 if layer.retired:
                     layer.close()
-        index = self.journal.log_layers(f.ino, ops, f.size, self._inode(f.ino).mtime_ns)
+        inode = self._inode(f.ino)
+        index = self.journal.log_layers(f.ino, ops, f.size, inode.mtime_ns, inode.ctime_ns)
         for k in kept:
             k.index = index
 
@@ -239,6 +259,7 @@ class DurabilityOps(MountCore):
         journal records them and releases what it no longer needs."""
         marker = self.journal.seals_noted() if self.journal is not None else 0
         unneeded = self._kept_files_unneeded() if self.journal is not None else []
+        self.attrs_unsynced.clear()
         await trio.to_thread.run_sync(self.meta.sync)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)

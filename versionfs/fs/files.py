@@ -109,7 +109,7 @@ class FileOps(MountCore):
         inode.stored = self._stored(f)
         with self.meta.write() as b:
             for e in removed:
-                b.delete(schema.extent_key(inode.ino, e.offset))
+                schema.delete_extent(b, inode.ino, e.offset, e.pointer)
             self._store_inode(inode, b)
         self._maybe_unload(inode.ino)
 

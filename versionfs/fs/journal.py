@@ -4,8 +4,8 @@ Sealing a file (cutting its changed bytes into content-defined chunks, storing
 them as blobs, recording the extents) costs a chunk or more and creates blobs
 that must be uploaded. An fsync must cost only what was written since the last
 one, so fsync does not seal: it appends the file's changed byte ranges (their
-current content), its truncations and its size and mtime to this journal and
-fsyncs it. Sealing happens later, coalesced (see versionfs.fs.sealing).
+current content), its truncations, its size and its times to this journal and
+fsyncs it: one disk sync, the metadata store is not synced. Sealing happens later, coalesced (see versionfs.fs.sealing).
 
 The journal is a second write-ahead log (versionfs.meta.wal: framed records
 with a chained CRC32C, torn-tail repair, segments released when no longer
@@ -16,9 +16,10 @@ Records (msgpack lists)::
 
     [ino, "W", offset, data]        bytes [offset, offset+len(data)) are data
     [ino, "T", size]                truncated to size (before the W records after it)
-    [ino, "A", size, mtime_ns]      the file's size at the fsync (and its mtime, for
-                                    the record: times are restored from the metadata,
-                                    which fsync also syncs)
+    [ino, "A", size, mtime_ns, ctime_ns]
+                                    the file's size and times at the fsync: replay
+                                    restores the times unless the metadata holds a
+                                    later change of the inode (a larger ctime)
     [ino, "S", index]               the file's seal that covers every record of
                                     it up to index is durable in the metadata
     [ino, "L", name, size, ranges]  a big write's bytes stay where they are: the
@@ -69,8 +70,8 @@ class Replayed:
     """What the journal holds for one file, to apply on top of its metadata."""
 
     ino: int
-    ops: list                      # (index, "W", offset, data) / (index, "T", size) / (index, "A", size)
-                                   # / (index, "L", name, size, ranges)
+    ops: list       # (index, "W", offset, data) / (index, "T", size)
+                    # / (index, "A", size, mtime, ctime) / (index, "L", name, size, ranges)
 
     def after(self, mark: bytes | None, journal_id: str) -> list:
         """The ops the file's sealed content does not include yet: those after
@@ -137,25 +138,18 @@ class DirtyJournal:
     # -- appends --------------------------------------------------------------
 
     def log(self, ino: int, truncated_to: int | None, writes: list[tuple[int, bytes]],
-            size: int, mtime_ns: int) -> int:
+            size: int, mtime_ns: int, ctime_ns: int) -> int:
         """Append one fsync's records of a file; returns the index of the last one.
         Not durable until ``sync``."""
-        records = []
-        if truncated_to is not None:
-            records.append(msgpack.packb([ino, TRUNCATE, truncated_to]))
-        for offset, data in writes:
-            records.append(msgpack.packb([ino, WRITE, offset, data]))
-            self.bytes_logged += len(data)
-        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
-        with self._lock:
-            first = self._append(records)
-            self._holds.setdefault(ino, collections.deque()).append(first)
-            return first + len(records) - 1
+        ops = [] if truncated_to is None else [(TRUNCATE, truncated_to)]
+        ops += [(WRITE, offset, data) for offset, data in writes]
+        return self.log_layers(ino, ops, size, mtime_ns, ctime_ns)
 
-    def log_layers(self, ino: int, ops: list[tuple], size: int, mtime_ns: int) -> int:
+    def log_layers(self, ino: int, ops: list[tuple], size: int, mtime_ns: int,
+                   ctime_ns: int) -> int:
         """Append one fsync's records of a file journaled layer by layer, in order:
         ("T", size), ("W", offset, data) and ("L", name, layer_size, ranges) ops,
-        then its size and mtime; returns the index of the last record. Not
+        then its size and times; returns the index of the last record. Not
         durable until ``sync``."""
         records = []
         for kind, *args in ops:
@@ -167,7 +161,7 @@ class DirtyJournal:
                 records.append(msgpack.packb([ino, kind, *args]))
                 if kind == WRITE:
                     self.bytes_logged += len(args[1])
-        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns]))
+        records.append(msgpack.packb([ino, ATTRS, size, mtime_ns, ctime_ns]))
         with self._lock:
             first = self._append(records)
             self._holds.setdefault(ino, collections.deque()).append(first)

@@ -10,7 +10,9 @@ coalesced, so that a file saved or fsynced many times becomes few versions
 not written for `idle_seal_seconds` (open or closed), or dirty for
 `seal_max_age_seconds` however busy; a writer streaming a big file is sealed
 in the background once more than `STREAM_SEAL_BYTES` are pending; snapshot, flush and
-unmount seal everything. Small files are sealed many to a batch. The idle
+unmount seal everything. Small new files are sealed many to a batch. A file
+left with runs of small extents by appends is merged once it has been quiet
+for `merge_quiet_seconds` (sealing.py says why and how). The idle
 sealer also syncs the metadata now and then, which lets the journal release
 what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
@@ -32,6 +34,7 @@ from .core import MountCore
 from .ctl.command import CommandError
 from .data import CHUNK_MIN, FileData, SealResult
 from .files import FileHandle
+from .sealing import small_runs
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +64,13 @@ class LifecycleOps(MountCore):
         if not self.read_only:
             nursery.start_soon(self._idle_sealer)
             nursery.start_soon(self._small_sealer)
+            nursery.start_soon(self._reclaim_loop)      # reclaiming.py
 
     # -- sealing --------------------------------------------------------------
 
     def _queue_seal(self, f: FileData) -> None:
-        """Seal soon: small files in batches, others on their own."""
-        if f.size <= CHUNK_MIN:
+        """Seal soon: new small files in batches, others on their own."""
+        if f.size <= CHUNK_MIN and not f.extents:
             self._small_due.add(f.ino)
             self._small_wakeup.set()
         else:
@@ -138,11 +142,15 @@ class LifecycleOps(MountCore):
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
         for e in r.removed:
-            b.delete(schema.extent_key(f.ino, e.offset))
+            schema.delete_extent(b, f.ino, e.offset, e.pointer)
         for e in r.added:
-            b.put(schema.extent_key(f.ino, e.offset), schema.pack_extent(e.length, e.pointer))
+            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        if small_runs(r.extents):
+            self._merge_due[f.ino] = time.monotonic()
+        else:
+            self._merge_due.pop(f.ino, None)
         if self.journal is not None and self.journal.holds(f.ino):
             # What the journal holds of this file up to `covered` is in this seal.
             b.put(schema.journal_mark_key(f.ino), self.journal.mark(r.covered))
@@ -205,6 +213,34 @@ class LifecycleOps(MountCore):
         if self.seal_failures.pop(ino, None) is not None:
             log.info("sealing inode %d succeeded after earlier failures", ino)
 
+    def _merges_due(self, now: float) -> list[int]:
+        """Files with runs of small extents, quiet for `merge_quiet_seconds`
+        since their last write and their last seal."""
+        due = []
+        for ino, sealed_at in list(self._merge_due.items()):
+            f = self.files.get(ino)
+            last = max(sealed_at, f.last_write if f is not None else 0.0)
+            if now - last >= self.merge_quiet_seconds and not (f is not None and f.dirty):
+                del self._merge_due[ino]
+                due.append(ino)
+        return due
+
+    async def _merge_small_extents(self, ino: int) -> None:
+        """Merge a quiet file's runs of small extents (sealing.py); a failure is
+        logged and reported, the file stays as it was."""
+        if ino in self._seal_scheduled or self.meta.get(schema.inode_key(ino)) is None:
+            return
+        self._seal_scheduled.add(ino)            # no seal of it meanwhile; stays loaded
+        try:
+            if self._inode(ino).is_reg:
+                await self.data.seal(self._file(ino), self._persist_seal, merge_small=True)
+        except Exception as exc:                 # noqa: BLE001 - the next seal asks again
+            log.error("merging the small extents of inode %d failed: %s", ino, exc)
+            self.last_error = f"merge of inode {ino}: {exc!r}"
+        finally:
+            self._seal_scheduled.discard(ino)
+            self._maybe_unload(ino)
+
     async def _idle_sealer(self) -> None:
         last_sync = time.monotonic()
         while True:
@@ -215,6 +251,8 @@ class LifecycleOps(MountCore):
                     self._queue_seal(f)
             if self.data.cache.release_if_idle(self.read_cache_idle_seconds):
                 log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
+            for ino in self._merges_due(now):
+                self._nursery.start_soon(self._merge_small_extents, ino)
             if self._meta_changed and now - last_sync > 5:
                 self._meta_changed = False
                 last_sync = now
@@ -338,12 +376,15 @@ class LifecycleOps(MountCore):
             "journal_files": None if self.journal is None else self.journal.held_files(),
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
+            "fsync_metadata_syncs": self.fsync_metadata_syncs,
+            "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
             # The memory budget (common/memory.py): per-file state is only for
             # files the kernel still knows, the read cache stays under its limit.
             "inodes_in_memory": len(self.inodes),
             "files_in_memory": len(self.files),
             "read_cache_bytes": self.data.cache.used_bytes,
+            **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:
             ps = self.paired.status()

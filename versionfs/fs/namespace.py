@@ -129,19 +129,23 @@ class NamespaceOps(MountCore):
             inode.uid = attr.st_uid
         if fields.update_gid:
             inode.gid = attr.st_gid
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            self.attrs_unsynced.add(ino)
         if fields.update_atime:
             inode.atime_ns = attr.st_atime_ns
         if fields.update_mtime:
             inode.mtime_ns = attr.st_mtime_ns
         inode.ctime_ns = attr.st_ctime_ns if fields.update_ctime else now
         f = self.files.get(ino)
-        times_only = not (fields.update_size or fields.update_mode
+        times_only = not (fields.update_size or fields.update_atime or fields.update_mode
                           or fields.update_uid or fields.update_gid)
-        if inode.nlink == 0 or (times_only and f is not None and f.dirty):
+        if inode.nlink == 0 or (times_only and f is not None and f.dirty
+                                and ino not in self.attrs_unsynced):
             # Kept in memory only: an unlinked inode is deleted once let go (or at
-            # the next mount), and the times of a file not yet sealed (the kernel's
-            # writeback cache sends them at close and when it evicts the inode)
-            # are stored by the seal or an fsync, like the times write() changes.
+            # the next mount), and the kernel stamps mtime/ctime of a written file
+            # on every flush, fsync and eviction: kept like its size, stored by its
+            # seal, journaled by fsync (durability.py); no metadata write per
+            # transaction.
             return self._entry(inode)
         with self.meta.write() as b:
             if acl is not None:               # chmod rewrites the access ACL (acls.py)
@@ -205,6 +209,7 @@ class NamespaceOps(MountCore):
                 b.put(schema.xattr_key(ino, acls.DEFAULT), default_acl)
             self._store_inode(pinode, b)
         self._meta_changed = True
+        self.attrs_unsynced.add(ino)
         self.inodes[ino] = inode
         self.lookups[ino] += 1
         return inode

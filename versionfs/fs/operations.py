@@ -30,12 +30,13 @@ from .durability import DurabilityOps
 from .files import FileOps
 from .lifecycle import LifecycleOps
 from .namespace import NamespaceOps
+from .reclaiming import ReclaimOps
 from .special_dirs import SpecialDirOps
 from .xattrs import XattrOps
 
 
 class VersionFS(NamespaceOps, SpecialDirOps, FileOps, XattrOps, LifecycleOps, DurabilityOps,
-                pyfuse3.Operations):
+                ReclaimOps, pyfuse3.Operations):
     """One mount's request handlers; constructed with `MountCore`'s arguments."""
 
     enable_writeback_cache = True

@@ -10,6 +10,24 @@ the result in, is `DataManager.seal`):
   the start of a 64 MiB file therefore re-hashes a chunk or two beyond the
   insert; when an application rewrites the whole file the chunks that come out
   are the old ones again and content addressing stores nothing new for them.
+* Appends cost what was appended: new bytes past the last extent are cut into
+  new extents of their own (an extent may be any length); the partial last
+  chunk before them is kept, never re-stored. Only a big append (at least
+  CHUNK_MIN and half the length of that last chunk) re-chunks the last chunk
+  with the new bytes, at most three times the bytes appended: a file written
+  in big steps (or streamed out in slices) so gets the chunks of one big
+  write, and dedups with them. The kernel writes back whole
+  pages, so an append also rewrites the start of the page that held the old
+  end of file: an extent whose only change is such a tail (at most
+  `TAIL_COMPARE` bytes) is compared with what it holds and kept when equal
+  (`_unchanged_tails`). A file appended and
+  sealed many times so gathers runs of small extents; once the file is quiet
+  (`merge_small`, scheduled by lifecycle.py) a run of at least
+  `MERGE_MIN_EXTENTS` adjacent extents shorter than CHUNK_MIN is re-chunked
+  as one, so reads and the extent list stay proportional to the content.
+  Every appended byte is so stored once when sealed and about once more when
+  its run is merged; a merge's last chunk may be short again and is merged
+  with what follows it next time.
 * Chunks that are all zeros are not stored: they become holes.
 * On an encrypted filesystem the cut points are keyed (chunking.py), so the
   chunk lengths of a known file cannot be predicted without the key.
@@ -25,7 +43,7 @@ import threading
 from dataclasses import dataclass
 
 from .chunking import Chunker
-from .extents import Extent, Intervals
+from .extents import Extent, Intervals, extent_index
 from .layers import Layer
 from .reading import CHUNK_CACHE_BYTES, ChunkReader
 
@@ -37,6 +55,29 @@ CDC_WINDOW = 16 << 20
 # Chunk uploads (hash + compress + encrypt + store) in flight per seal.
 PUT_WORKERS = 2
 PUTS_IN_FLIGHT = 2 * CDC_WINDOW // CHUNK_AVG
+# Adjacent extents shorter than CHUNK_MIN, this many or more, are merged once
+# the file is quiet (see the module docstring).
+MERGE_MIN_EXTENTS = 8
+# An extent whose touched bytes are only a tail this short is compared with
+# its content before it is re-chunked (a page the kernel wrote back unchanged).
+TAIL_COMPARE = 64 << 10
+
+
+def small_runs(extents: list[Extent]) -> list[tuple[int, int]]:
+    """Byte ranges of the runs of at least MERGE_MIN_EXTENTS adjacent extents
+    each shorter than CHUNK_MIN: what a merge re-chunks."""
+    runs: list[tuple[int, int]] = []
+    first = count = 0
+    end = -1
+    for e in extents + [Extent(-1, CHUNK_MIN, b"")]:     # a sentinel closes the last run
+        if e.length < CHUNK_MIN and e.offset == end:
+            count += 1
+        else:
+            if count >= MERGE_MIN_EXTENTS:
+                runs.append((first, end))
+            first, count = e.offset, int(e.length < CHUNK_MIN)
+        end = e.end
+    return runs
 
 
 @dataclass(slots=True)
@@ -66,6 +107,7 @@ class Sealer(ChunkReader):
         self._pool = concurrent.futures.ThreadPoolExecutor(PUT_WORKERS, thread_name_prefix="vfs-put")
         self._cdc = threading.local()
         self.bytes_sealed = 0      # content bytes read to be chunked (counter for tests/metrics)
+        self.extents_merged = 0    # small extents re-chunked by merges (counter for tests/metrics)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -93,10 +135,11 @@ class Sealer(ChunkReader):
                                       len({e.pointer for e in new} - {e.pointer for e in extents})))
         return results
 
-    def seal_layers(self, extents: list[Extent], layers: list[Layer]) -> SealResult:
-        """Re-chunk what `layers` changed over `extents`; the chunks are durable
-        when this returns."""
-        size = layers[-1].size
+    def seal_layers(self, extents: list[Extent], layers: list[Layer], size: int,
+                    merge_small: bool = False) -> SealResult:
+        """Re-chunk what `layers` changed over `extents` (a file of `size` bytes);
+        with `merge_small` the runs of small extents (`small_runs`) too. The
+        chunks are durable when this returns."""
         # Where base content is still visible: below every truncation point.
         tmin = min((l.trunc for l in layers if l.trunc is not None), default=None)
         visible = Intervals()
@@ -106,6 +149,10 @@ class Sealer(ChunkReader):
                 break
             visible.add(e.offset, min(e.end, base_limit))
         touched = Intervals()       # positions whose content may differ from base
+        if merge_small:
+            for a, b in small_runs(extents):
+                touched.add(a, min(b, base_limit))
+                self.extents_merged += sum(1 for e in extents if a <= e.offset < b)
         for i, layer in enumerate(layers):
             limit = min((l.trunc for l in layers[i + 1:] if l.trunc is not None), default=size)
             for a, b in layer.dirty:
@@ -113,8 +160,9 @@ class Sealer(ChunkReader):
                 if a < b:
                     visible.add(a, b)
                     touched.add(a, b)
+        same = self._unchanged_tails(extents, layers, touched, base_limit)
         clean = [e for e in extents
-                 if e.end <= base_limit and not touched.overlaps(e.offset, e.end)]
+                 if e.end <= base_limit and (e in same or not touched.overlaps(e.offset, e.end))]
         clean_starts = {e.offset: e for e in clean}
         clean_ends = {e.end: e for e in clean}
         base_starts = {e.offset for e in extents}
@@ -135,11 +183,11 @@ class Sealer(ChunkReader):
                     pos = ext.end
                     continue
                 start = pos
-                # A chunk that ended where its data ended (an append point) was
-                # cut by end-of-data, not by content: re-chunk it with the new
-                # bytes so appends produce the same chunks as one big write.
+                # A last chunk was cut by end-of-data, not by content: a big
+                # append re-chunks it with the new bytes (module docstring).
                 prev = clean_ends.get(start)
-                if prev is not None and start not in base_starts and prev.offset >= ra:
+                if (prev is not None and start not in base_starts and prev.offset >= ra
+                        and rb - start >= max(CHUNK_MIN, prev.length // 2)):
                     dropped.add(prev)
                     start = prev.offset
                 pos = self._rechunk(cdc, read, start, rb, clean_starts, futures)
@@ -161,6 +209,24 @@ class Sealer(ChunkReader):
         old_ptrs = {e.pointer for e in extents}
         new_chunks = len({e.pointer for e in added} - old_ptrs)
         return SealResult(size, result_exts, removed, added, new_chunks)
+
+    def _unchanged_tails(self, extents: list[Extent], layers: list[Layer], touched: Intervals,
+                         base_limit: int) -> set[Extent]:
+        """Extents whose only touched bytes are a tail of at most TAIL_COMPARE
+        bytes that the layers hold unchanged (see the module docstring). The
+        extent was sealed recently, so its chunk is usually in the read cache."""
+        same: set[Extent] = set()
+        for a, b in touched:
+            i = extent_index(extents, a)
+            if i == len(extents):
+                break
+            e = extents[i]
+            if (e.offset < a < e.end <= min(b, base_limit) and e.end - a <= TAIL_COMPARE
+                    and not touched.overlaps(e.offset, a)
+                    and self._read_sync(extents, layers, a, e.end)
+                    == self._read_sync(extents, [], a, e.end)):
+                same.add(e)
+        return same
 
     def _chunker(self) -> Chunker:
         cdc = getattr(self._cdc, "cdc", None)

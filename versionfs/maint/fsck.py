@@ -32,6 +32,8 @@ are reported only) and never delete user data:
   xattr/symlink/unlinked marks of inodes that do not exist are removed;
 * a blob the slow store lacks (or holds corrupted) but the fast store holds
   intact is uploaded again; a corrupted fast copy is replaced from the slow one.
+  Every copy is verified against its pointer before it is written (with or
+  without ``--read-data``): a damaged copy is never propagated.
 
 Anything else (an overlapping extent, a missing blob with no good copy, an
 unreadable record) is reported, not "fixed" by guessing.
@@ -118,6 +120,10 @@ class _Tree:
     symlinks: set[int] = field(default_factory=set)
     orphans: set[int] = field(default_factory=set)
     journal_marks: set[int] = field(default_factory=set)
+    # Reverse extent references (b"R" pointer ino offset), checked only in trees
+    # written since they exist (those with schema.EXTENT_REFS_KEY).
+    refs: set[tuple[bytes, int, int]] = field(default_factory=set)
+    has_refs: bool = False
     bad: list[tuple[bytes, str]] = field(default_factory=list)
     lost_found: int | None = None       # set once repairs need /lost+found
     rewrite: set[int] = field(default_factory=set)  # inodes repairs changed silently
@@ -153,6 +159,12 @@ def _scan(meta: Any, rev: int | None) -> _Tree:
                 if not (isinstance(mark, list) and len(mark) == 2 and isinstance(mark[1], int)):
                     raise ValueError("not [journal id, index]")
                 t.journal_marks.add(schema.from_u64(key[1:]))
+            elif tag == b"R" and len(key) == 49:
+                t.refs.add((key[1:33], schema.from_u64(key[33:41]), schema.from_u64(key[41:49])))
+            elif tag in (schema.RECLAIM_PREFIX, schema.WAITING_PREFIX) and len(key) == 33:
+                pass            # reclamation candidates: any pointer may be one
+            elif key == schema.EXTENT_REFS_KEY:
+                t.has_refs = True
             elif key == schema.NEXT_INO_KEY:
                 pass
             else:
@@ -239,15 +251,20 @@ class _Checker:
                 if names[child] > 1:
                     self.problem(where, f"directory inode {child} has more than one name")
         # The reverse index (b"P" ino parent name) must mirror the entries exactly.
-        for ino, parent, name in sorted(named - t.links):
-            self.problem(where, f"reverse index lacks the entry {name!r} in directory inode "
-                         f"{parent} (inode {ino})" + ("; rebuilt" if fix else ""), repaired=fix)
-            ops.append((schema.link_key(ino, parent, name), b""))
-        for ino, parent, name in sorted(t.links - named):
-            self.problem(where, f"reverse index names inode {ino} as {name!r} in directory inode "
-                         f"{parent}, but no such entry exists" + ("; removed" if fix else ""),
-                         repaired=fix)
-            ops.append((schema.link_key(ino, parent, name), None))
+        self._mirror(where, fix, ops, named, t.links, schema.link_key,
+                     lambda ino, parent, name: f"reverse index lacks the entry {name!r} in "
+                                               f"directory inode {parent} (inode {ino})",
+                     lambda ino, parent, name: f"reverse index names inode {ino} as {name!r} in "
+                                               f"directory inode {parent}, but no such entry exists")
+        if t.has_refs:
+            # So must the reverse extent references: a missing one would let
+            # reclamation (versionfs.maint.reclaim) delete a chunk still in use.
+            self._mirror(where, fix, ops,
+                         {(p, ino, off) for ino, exts in t.extents.items() for off, _n, p in exts},
+                         t.refs, schema.extent_ref_key,
+                         lambda p, ino, off: f"inode {ino} extent at {off} lacks its reverse reference",
+                         lambda p, ino, off: f"reverse reference to chunk {p.hex()} from inode "
+                                             f"{ino} at {off}, which has no such extent")
         # Orphans: inodes no entry names.
         lost = [ino for ino in sorted(t.inodes) if ino != schema.ROOT_INO and ino not in names
                 and ino not in t.orphans]
@@ -311,6 +328,18 @@ class _Checker:
             if ino in t.journal_marks:
                 ops.append((schema.journal_mark_key(ino), None))
         return ops
+
+    def _mirror(self, where: str, fix: bool, ops: list, want: set, have: set, key,
+                missing, extra) -> None:
+        """A reverse index must hold exactly ``want``: report what it lacks
+        (``missing(*item)``) and what it has too much (``extra(*item)``);
+        with ``fix`` rebuild and remove them (``key(*item)``)."""
+        for item in sorted(want - have):
+            self.problem(where, missing(*item) + ("; rebuilt" if fix else ""), repaired=fix)
+            ops.append((key(*item), b""))
+        for item in sorted(have - want):
+            self.problem(where, extra(*item) + ("; removed" if fix else ""), repaired=fix)
+            ops.append((key(*item), None))
 
     def _check_extents(self, t: _Tree, ino: int, inode: schema.Inode, where: str, fix: bool) -> bool:
         exts = t.extents.get(ino)
@@ -430,8 +459,7 @@ class _Checker:
                     self._repair(where, "the fast copy is corrupted", lambda: self._refill_fast(p))
             if (not has_slow and not pending) or good_slow is False:
                 what = "corrupted in the slow store" if good_slow is False else "missing from the slow store"
-                self._repair(where, what + " (the fast copy is intact)",
-                             lambda: slow.put(p, fast.get(p)))
+                self._repair(where, what, lambda: self._copy_verified(fast, slow, p))
 
         with ThreadPoolExecutor(READ_WORKERS if self.read_data else 4) as pool, \
                 tqdm(total=len(refs), desc="fsck: " + ("reading blobs" if self.read_data else "blobs"),
@@ -454,10 +482,19 @@ class _Checker:
 
     def _refill_fast(self, p: Pointer) -> None:
         fast = self.state.paired.fast
-        data = self.state.paired.slow.get(p)
-        self.state.codec.decode(p, data)
         fast.delete(p)
-        fast.put(p, data)
+        self._copy_verified(self.state.paired.slow, fast, p)
+
+    def _copy_verified(self, source: Any, target: Any, p: Pointer) -> None:
+        """Copy a blob only if it verifies: a damaged copy (a cache fill cut short by
+        a power cut) must never replace or stand in for the good one in the bucket."""
+        data = source.get(p)
+        try:
+            self.state.codec.decode(p, data)
+        except CorruptBlobError as e:
+            raise CorruptBlobError(f"the only copy there is does not verify either, so it "
+                                   f"was not copied ({e})") from None
+        target.put(p, data)
 
     def _repair(self, where: str, what: str, fn) -> None:
         if not self.repair:

@@ -65,7 +65,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import crc32c
 import msgpack
@@ -75,7 +75,7 @@ from versionfs.blob.store import Buffer, Store
 from versionfs.tree import schema
 
 __all__ = ["GCGuard", "KnownBlobIndex", "GCResult", "GCError", "collect_garbage",
-           "extent_pointers", "note_live", "referencing", "index_path_for"]
+           "extent_pointers", "note_live", "referencing", "index_path_for", "fast_copy_size"]
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,19 @@ class GCGuard(Store):
         with self._cond:
             return set(self._recent)
 
-    def delete_unless_recent(self, keys: Iterable[Pointer]) -> list[Pointer]:
-        """Delete the keys not put or noted live this epoch (one batch); returns those."""
+    def delete_unless_recent(self, keys: Iterable[Pointer],
+                             delete: Callable[[list[Pointer]], Any] | None = None) -> list[Pointer]:
+        """Delete the keys not put or noted live this epoch (one batch); returns
+        those. ``delete`` replaces ``inner.delete_many``; when it returns a
+        list, that is what it deleted."""
         with self._cond:
             doomed = [k for k in keys if k.bytes not in self._recent]
             self._deleting.update(k.bytes for k in doomed)
         try:
             if doomed:
-                self.inner.delete_many(doomed)
+                done = (delete or self.inner.delete_many)(doomed)
+                if done is not None:
+                    return list(done)
         finally:
             with self._cond:
                 self._deleting.difference_update(k.bytes for k in doomed)
@@ -350,6 +355,15 @@ class GCResult:
         return out
 
 
+def fast_copy_size(paired: Any, key: Pointer) -> int:
+    """Bytes the fast store holds for ``key`` (0 when absent or unknown)."""
+    fast_path = getattr(paired.fast, "path_for", None)
+    try:
+        return os.stat(fast_path(key)).st_size if fast_path is not None else 0
+    except OSError:
+        return 0
+
+
 def _pointers(it: Iterable[Any]) -> set[bytes]:
     return {as_pointer(p).bytes for p in it}
 
@@ -403,17 +417,10 @@ def _sweep(paired: Any, guard: GCGuard | None, candidates: list[bytes], result: 
            progress: bool, workers: int) -> set[bytes]:
     """Delete in batches (one S3 DeleteObjects request each), a few batches at a time."""
     from tqdm import tqdm
-    fast_path = getattr(paired.fast, "path_for", None)
-
-    def fast_size(key: Pointer) -> int:
-        try:
-            return os.stat(fast_path(key)).st_size if fast_path is not None else 0
-        except OSError:
-            return 0
 
     def delete_batch(raws: list[bytes]) -> tuple[list[bytes], int]:
         keys = [Pointer.from_bytes(raw) for raw in raws]
-        sizes = {k.bytes: fast_size(k) for k in keys}
+        sizes = {k.bytes: fast_copy_size(paired, k) for k in keys}
         if guard is not None:
             done = guard.delete_unless_recent(keys)
         else:

@@ -92,7 +92,10 @@ def write_restored(meta, tree: TreeAt, plan: RestorePlan, new_ino: dict[int, int
                         if k[:1] == schema.extent_prefix(0)[:1] and v is not None]
             with _referencing(blobs, pointers), meta.write() as b:
                 for k, v in pending:
-                    b.put(k, v)
+                    if k[:1] == schema.extent_prefix(0)[:1]:
+                        schema.put_extent_record(b, k, v)
+                    else:
+                        b.put(k, v)
             pending.clear()
 
     done = 0

@@ -8,7 +8,8 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
 
     b"I" ino                      -> msgpack inode record (see `Inode`)
     b"D" parent_ino name          -> child ino (8 bytes, big endian)
-    b"E" ino offset               -> msgpack [length, pointer bytes]
+    b"E" ino offset               -> msgpack [length, pointer bytes] (with its
+                                     b"R" key: `put_extent` / `delete_extent`)
     b"X" ino name                 -> raw xattr value
     b"L" ino                      -> symlink target
     b"O" ino                      -> b"" (inode unlinked while open; deleted
@@ -16,7 +17,22 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
     b"P" ino parent_ino name      -> b"" (one per directory entry naming ino:
                                      the reverse of b"D", so `diff`/`log`
                                      find an inode's path without a tree walk)
+    b"R" pointer ino offset       -> b"" (one per extent: the reverse of b"E",
+                                     so "does anything still use this chunk?"
+                                     is one short range read, at the head and,
+                                     through `MVCCStore.versions`, in every
+                                     retained snapshot; written only by
+                                     `put_extent` / `delete_extent`)
+    b"G" pointer                  -> 8-byte time (ns) of the latest deletion of
+                                     an extent naming the chunk from the live
+                                     tree: a reclamation candidate, drained by
+                                     versionfs.maint.reclaim (a new time tells
+                                     it the chunk was superseded again)
+    b"W" pointer                  -> b"" (a candidate only retained snapshots
+                                     still use: requeued when one is forgotten)
     b"C" b"next_ino"              -> 8-byte counter (inode allocation)
+    b"C" b"extent_refs"           -> 8-byte revision from which every extent
+                                     has its b"R" key (set at the first mount)
     b"J" ino                      -> msgpack [journal id, index]: the file's
                                      sealed content includes every record of
                                      it in that dirty journal up to index
@@ -85,6 +101,53 @@ def extent_key(ino: int, offset: int) -> bytes:
 
 def extent_prefix(ino: int) -> bytes:
     return b"E" + u64(ino)
+
+
+def extent_ref_key(pointer: bytes, ino: int, offset: int) -> bytes:
+    return b"R" + pointer + u64(ino) + u64(offset)
+
+
+def extent_ref_prefix(pointer: bytes) -> bytes:
+    return b"R" + pointer
+
+
+RECLAIM_PREFIX = b"G"
+WAITING_PREFIX = b"W"
+EXTENT_REFS_KEY = b"Cextent_refs"
+
+
+def reclaim_key(pointer: bytes) -> bytes:
+    return RECLAIM_PREFIX + pointer
+
+
+def waiting_key(pointer: bytes) -> bytes:
+    return WAITING_PREFIX + pointer
+
+
+def put_extent(batch, ino: int, offset: int, length: int, pointer: bytes) -> None:
+    """Store an extent and its reverse reference, in one batch."""
+    batch.put(extent_key(ino, offset), pack_extent(length, pointer))
+    batch.put(extent_ref_key(pointer, ino, offset), b"")
+
+
+def delete_extent(batch, ino: int, offset: int, pointer: bytes) -> None:
+    """Drop an extent and its reverse reference, and queue its chunk as a
+    reclamation candidate, all in one batch (so a crash keeps them in step)."""
+    batch.delete(extent_key(ino, offset))
+    batch.delete(extent_ref_key(pointer, ino, offset))
+    batch.put(reclaim_key(pointer), u64(time.time_ns()))
+
+
+def put_extent_record(batch, key: bytes, value: bytes) -> None:
+    """`put_extent` for a stored (key, value) pair copied as it is (restore)."""
+    offset, length, pointer = unpack_extent(key, value)
+    put_extent(batch, from_u64(key[1:9]), offset, length, pointer)
+
+
+def delete_extent_record(batch, key: bytes, value: bytes) -> None:
+    """`delete_extent` for a stored (key, value) pair."""
+    offset, _length, pointer = unpack_extent(key, value)
+    delete_extent(batch, from_u64(key[1:9]), offset, pointer)
 
 
 def link_key(ino: int, parent: int, name: bytes) -> bytes:

@@ -259,7 +259,10 @@ def _discard(meta, new_ino: dict[int, int], plan) -> None:
     """Remove copies written for a restore that could not be linked in."""
     with meta.write() as b:
         for old, ino in new_ino.items():
-            for prefix in (schema.extent_prefix(ino), schema.xattr_prefix(ino), schema.dirent_prefix(ino),
+            prefix = schema.extent_prefix(ino)
+            for k, v in meta.range(prefix, schema.prefix_end(prefix)):
+                schema.delete_extent_record(b, k, v)
+            for prefix in (schema.xattr_prefix(ino), schema.dirent_prefix(ino),
                            schema.link_prefix(ino)):
                 for k, _ in meta.range(prefix, schema.prefix_end(prefix)):
                     b.delete(k)

@@ -29,6 +29,8 @@ from .command import CommandError, command
 log = logging.getLogger(__name__)
 
 _INT_RULES = ("last", *retention.PERIODS)
+# How long gc waits for another collection or a reclamation drain to finish.
+GC_WAIT_SECONDS = 60.0
 
 
 def parse_forget_args(words: list[str]) -> tuple[list[str], retention.Policy | None, bool]:
@@ -113,16 +115,6 @@ async def _forget(fs, args):
     return "\n".join(lines)
 
 
-def _open_extents(fs) -> set[bytes]:
-    """Pointers the daemon holds outside the metadata: open and snapshot files."""
-    live: set[bytes] = set()
-    for f in list(fs.files.values()):
-        live.update(e.pointer for e in f.extents)
-    for h in list(fs.handles.values()):
-        live.update(e.pointer for e in getattr(h, "extents", ()) or ())
-    return live
-
-
 @command("gc", "gc [--dry-run] [--full]", "delete blobs no snapshot or live file refers to")
 async def _gc(fs, args):
     unknown = [a for a in args if a not in ("--dry-run", "--full")]
@@ -134,13 +126,14 @@ async def _gc(fs, args):
     if fs.read_only and not dry_run:
         raise CommandError("the mount is read-only", errno.EROFS)
     guard = gcmod.GCGuard.install(fs.blobs)
-    if not guard.running.acquire(blocking=False):
+    # The background reclamation (fs/reclaiming.py) holds it for one short drain.
+    if not await trio.to_thread.run_sync(lambda: guard.running.acquire(timeout=GC_WAIT_SECONDS)):
         raise CommandError("a garbage collection is already running", errno.EBUSY)
     try:
         await trio.to_thread.run_sync(guard.begin)  # 1. puts from now on are recorded
         try:
             await fs.seal_all()         # 2. every seal running before the epoch is done
-            live = _open_extents(fs)
+            live = fs.held_chunks()
             try:
                 result = await trio.to_thread.run_sync(
                     lambda: gcmod.collect_garbage(fs.meta, fs.paired, gcmod.index_path_for(fs.meta),

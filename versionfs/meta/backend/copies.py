@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import lmdb
 
-from ...blob.files import fsync_dir
+from ...blob.files import fsync_dir, make_dirs
 from .errors import BackendError
 
 __all__ = ["CompactCopies"]
@@ -66,8 +66,9 @@ class CompactCopies:
 
     @staticmethod
     def restore(stream: BinaryIO, path: str) -> None:
-        """Create a database directory at ``path`` from a ``backup_to`` stream."""
-        os.makedirs(path, exist_ok=True)
+        """Create a database directory at ``path`` from a ``backup_to`` stream, durably
+        (a clone's metadata: its WAL holds nothing the copy covers)."""
+        make_dirs(path)
         target = os.path.join(path, "data.mdb")
         if os.path.exists(target):
             raise FileExistsError(f"refusing to restore over existing database {target}")
@@ -84,3 +85,4 @@ class CompactCopies:
             os.unlink(tmp)
             raise BackendError(f"backup stream is not a valid LMDB database: {exc}") from exc
         os.rename(tmp, target)
+        fsync_dir(path)

@@ -18,6 +18,7 @@ import threading
 
 import msgpack
 
+from ...blob.files import make_dirs
 from ..backend.backend import Backend
 from ..wal.wal import WAL
 from .changes import ChangeIndex
@@ -200,7 +201,7 @@ class MVCCStore(Writes, RevisionCatalogue, Reads, ChangeIndex, Compaction, Overl
         dirpath = os.path.abspath(dirpath)
         if os.path.exists(os.path.join(dirpath, "db")) or WAL.exist(os.path.join(dirpath, "wal")):
             raise FileExistsError(f"refusing to restore over the metadata store in {dirpath}")
-        os.makedirs(dirpath, exist_ok=True)
+        make_dirs(dirpath)
         Backend.restore(stream, os.path.join(dirpath, "db"))
         wal = WAL.create(os.path.join(dirpath, "wal"), WAL_METADATA)
         try:
