@@ -12,10 +12,15 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from versionfs.cli.mount import wait_unlocked
+from versionfs.common import state as statemod
 
 from cli_util import (REPO, VERSIONFS, assert_user_error, daemon_pid, force_cleanup, mount_type,
                       ok, run_cli, wait_gone)
@@ -45,6 +50,7 @@ class Fs:
         pid = daemon_pid(self.state)
         ok(run_cli("umount", self.mnt))
         assert mount_type(self.mnt) is None
+        assert statemod.read_pid(self.state) is None, "umount returned before the daemon let go"
         if pid:
             assert wait_gone(pid, 5), "umount returned before the daemon exited"
 
@@ -94,6 +100,83 @@ def test_lifecycle_init_mount_write_snapshot_umount_remount(fs):
     again = fs.mnt / ".versionfs" / "snapshots" / name / "docs" / "a.txt"
     assert again.read_text() == "version one\n"
     fs.umount()
+
+
+def _daemon_process(pid: int) -> dict:
+    """What a detached daemon looks like from /proc: argv, session, cwd, fds 0-2."""
+    proc = Path(f"/proc/{pid}")
+    stat = proc.joinpath("stat").read_text().rsplit(") ", 1)[1].split()
+    return {"argv": proc.joinpath("cmdline").read_bytes().split(b"\0"),
+            "session": int(stat[3]), "cwd": os.readlink(proc / "cwd"),
+            "fds": [os.readlink(proc / "fd" / str(fd)) for fd in (0, 1, 2)],
+            "environ": proc.joinpath("environ").read_bytes()}
+
+
+def test_mount_forks_a_detached_daemon(fs):
+    """`versionfs mount` forks the daemon (no second interpreter start): it runs
+    in its own session, in /, stdin from /dev/null, output to the log."""
+    fs.init()
+    fs.mount()
+    pid = daemon_pid(fs.state)
+    daemon = _daemon_process(pid)
+    assert b"--ready-fd" not in daemon["argv"], daemon["argv"]      # not a spawned interpreter
+    assert daemon["session"] == pid and daemon["cwd"] == "/"
+    assert daemon["fds"] == ["/dev/null", str(fs.state / "versionfs.log"),
+                             str(fs.state / "versionfs.log")]
+    assert "mounting" in (fs.state / "versionfs.log").read_text()
+    fs.umount()
+
+
+def test_a_started_daemon_imports_only_what_it_needs(fs):
+    """Mount time: when the daemon answers, it has not imported the ctl command
+    groups (imported on first use) nor prometheus_client (metrics are off)."""
+    fs.init()
+    modules = fs.state.parent / "modules"
+    code = ("import sys\nfrom versionfs.cli import daemon, main\n"
+            "answer = daemon._Readiness.ready\n"
+            "def ready(self):\n"
+            "    answer(self)\n"
+            "    open(sys.argv[1], 'w').write(' '.join(sorted(sys.modules)))\n"
+            "daemon._Readiness.ready = ready\n"
+            "sys.exit(main.main(['mount', '--foreground', sys.argv[2], sys.argv[3]]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(modules), str(fs.state), str(fs.mnt)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not modules.exists() or not modules.read_text():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        imported = set(modules.read_text().split())
+        ok(run_cli("umount", fs.mnt))
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert {"pyfuse3", "versionfs.fs.mount", "versionfs.bucket.session"} <= imported
+    unneeded = {"prometheus_client", "versionfs.common.metrics_endpoint",
+                "versionfs.fs.ctl.basic", "versionfs.fs.ctl.history", "versionfs.fs.ctl.maint"}
+    assert imported & unneeded == set()
+
+
+def test_wait_unlocked_returns_when_the_holder_lets_go(tmp_path):
+    """What `versionfs umount` waits on: the daemon's lock, not a polling loop."""
+    root = statemod.init_state(tmp_path / "s")
+    st = statemod.open_state(root)
+    try:
+        assert wait_unlocked(root, 0.2) is False
+        closed_at = []
+
+        def close_later():
+            time.sleep(0.3)
+            closed_at.append(time.monotonic())
+            st.close()
+        threading.Thread(target=close_later).start()
+        assert wait_unlocked(root, 60) is True
+        assert closed_at and statemod.read_pid(root) is None
+    finally:
+        st.close()
+    assert wait_unlocked(root, 0) is True
 
 
 def test_already_mounted_and_busy(fs):
@@ -245,9 +328,15 @@ def test_encrypted_filesystem(fs):
     for path in (fs.state / "slow").rglob("*"):
         if path.is_file():
             assert b"plain words here" not in path.read_bytes()
-    # The environment variable works too, and the data comes back.
+    # The environment variable works too, and the data comes back. The daemon
+    # is then a fresh interpreter, not a fork: a fork would keep the
+    # variable readable in /proc/PID/environ.
     fs.mount(env={"VERSIONFS_PASSPHRASE": "correct horse"})
     assert (fs.mnt / "f").read_text() == "plain words here"
+    daemon = _daemon_process(daemon_pid(fs.state))
+    assert b"--ready-fd" in daemon["argv"]
+    assert b"correct horse" not in daemon["environ"]
+    assert not any(b"correct horse" in arg for arg in daemon["argv"])
     fs.umount()
 
 

@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from fsmount import vfs  # noqa: F401  (fixture)
+from versionfs.fs.ctl import registry
 
 pytestmark = pytest.mark.fuse
 
@@ -22,6 +23,14 @@ def test_help_lists_every_command(vfs):
     text = vfs.ok("help")
     for name in ("snapshot", "snapshots", "flush", "status", "help"):
         assert re.search(rf"^{name}\b", text, re.M), text
+
+
+def test_command_index_matches_the_groups():
+    """registry.INDEX (which group to import for a ctl command) names every
+    command of every group, and nothing else."""
+    defined = {name: cmd.run.__module__.rsplit(".", 1)[1]
+               for name, cmd in registry.commands().items()}
+    assert defined == registry.INDEX
 
 
 def test_snapshot_and_snapshots(vfs):

@@ -160,7 +160,7 @@ class CloudSession:
                 problem = str(exc)
             if problem is None:
                 return
-            metrics.BACKGROUND_ERRORS.labels("identity").inc()
+            metrics.background_error("identity")
             if not repair:
                 log.error("%s; a read-write mount writes it back", problem)
                 return
@@ -194,7 +194,7 @@ class CloudSession:
         except publish.RollbackError as exc:
             self.refused = f"{exc}; mounted this machine's copy as it is"
             log.error(self.refused)
-            metrics.BACKGROUND_ERRORS.labels("catch-up").inc()
+            metrics.background_error("catch-up")
         except (BlobError, OSError) as exc:
             log.warning("catching up with the bucket failed (%s): mounting the local copy "
                         "as it is", exc)
@@ -284,7 +284,7 @@ class CloudSession:
             LeaseRecord.record(st.path, e.info.holder, e.info.generation, "lost")
             raise
         if self.lease.overridden:
-            metrics.BACKGROUND_ERRORS.labels("lease").inc()
+            metrics.background_error("lease")
         LeaseRecord.record(st.path, self.lease.holder, self.lease.info.generation, "held")
 
     def _open_publisher(self, at_mount: bool) -> None:
@@ -373,7 +373,7 @@ class CloudSession:
         text = f"{type(exc).__name__}: {exc}"
         self.errors[task] = (f"{text} (failed {retry_state.attempt_number} time(s), "
                              f"retrying in {wait:.0f}s)")
-        metrics.BACKGROUND_ERRORS.labels(task).inc()
+        metrics.background_error(task)
         unreachable = isinstance(exc, (StoreUnavailableError, ConnectionError, TimeoutError))
         log.log(logging.WARNING if unreachable else logging.ERROR, "%s failed, retrying in "
                 "%.0fs: %s", task, wait, text,       # a traceback once per series, for bugs
@@ -382,7 +382,7 @@ class CloudSession:
     def _stop_publishing(self, why: str) -> None:
         if not self.stopped:
             self.stopped = why
-            metrics.BACKGROUND_ERRORS.labels("publish").inc()
+            metrics.background_error("publish")
             log.error(why)
 
     # -- lease -------------------------------------------------------------------

@@ -3,16 +3,25 @@ under systemd), it opens the state dir, joins the bucket and serves the mount.
 
 The parent waits on a pipe for one line, ``ready`` or ``error: ...``; systemd
 gets READY=1 on $NOTIFY_SOCKET.
+
+``detach`` forks the daemon from the ``versionfs mount`` process itself, which
+has already paid for Python and its imports (half of a mount's time was a
+second interpreter starting); ``spawn`` starts a fresh interpreter where a fork
+is not safe (see ``_fork_is_safe``).
 """
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import logging
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,13 +51,127 @@ def read_fd_secret(passphrase_fd: int | None, recovery_key_fd: int | None):
     return data or None
 
 
+def _daemon_modules() -> tuple:
+    """What `run` serves a mount with (imported before a fork, so the child needs no import)."""
+    from versionfs.bucket import session
+    from versionfs.fs import mount, services
+    from versionfs.maint import gc
+    return session, mount, services, gc
+
+
+def _fork_is_safe() -> bool:
+    """A fork copies one thread and every lock as it is: safe only while this
+    process runs no other thread and has opened no state (the caller has not).
+    The passphrase variable would stay readable in the child's
+    /proc/PID/environ (unsetenv does not erase the original block): a fresh
+    interpreter gets an environment without it."""
+    _daemon_modules()
+    return threading.active_count() == 1 and statemod.PASSPHRASE_ENV not in os.environ
+
+
+def detach(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions,
+           option_lists: list[str], passphrase) -> int:
+    """Start the daemon in its own session, logging to STATE_DIR/versionfs.log,
+    and wait for its readiness line: forked from this process when that is safe,
+    else a fresh interpreter."""
+    if not _fork_is_safe():
+        return spawn(state_dir, mountpoint, option_lists, opts.read_only, passphrase)
+    layout = statemod.Layout(state_dir)
+    log_fd = os.open(layout.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    ready_r, ready_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # What the imports made is the daemon's for good: frozen, the garbage
+    # collector skips it, in the daemon's collections and at this process's
+    # exit (which took longer than the daemon's whole start without it).
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        _serve_forked(log_fd, state_dir, mountpoint, opts, passphrase, ready_w)
+    os.close(log_fd)
+    os.close(ready_w)
+    message = _wait_ready(ready_r, READY_TIMEOUT_SECONDS)
+    if message is None:
+        message = f"the daemon exited before the mount was ready (status {_exit_status(pid)})"
+
+    def stop() -> None:
+        try:
+            if _exit_status(pid, 0) is None:
+                os.kill(pid, signal.SIGTERM)
+        except ChildProcessError:            # already reaped: it exited
+            pass
+    return _answer(message, layout, state_dir, mountpoint, pid, stop)
+
+
+def _serve_forked(log_fd: int, state_dir: Path, mountpoint: Path, opts, passphrase,
+                  ready_fd: int):
+    """The forked child: what a spawned daemon's exec would give it (a new
+    session, / as cwd, stdin from /dev/null, stdout and stderr to the log), then
+    `run`; it never returns into the caller's stack."""
+    code = EXIT_ERROR
+    try:
+        # A caller started with fd 0, 1 or 2 closed got one of these as a pipe end.
+        log_fd, ready_fd = (fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+                            for fd in (log_fd, ready_fd))
+        os.setsid()
+        os.chdir("/")
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        if null > 2:
+            os.close(null)
+        os.close(log_fd)
+        os.closerange(3, ready_fd)               # what else the caller had open is not ours
+        os.closerange(ready_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        os.environ.pop("NOTIFY_SOCKET", None)     # the parent, not the daemon, is the service
+        code = run(state_dir, mountpoint, opts, passphrase, ready_fd)
+    except BaseException:                        # noqa: BLE001 - the log is all it has
+        log.exception("the mount daemon ends with an error")
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _exit_status(pid: int, timeout: float = 5.0) -> int | None:
+    """The forked daemon's exit status, once it has exited (None: still running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+
+
+def _answer(message: str, layout, state_dir: Path, mountpoint: Path, pid: int, stop) -> int:
+    """What `versionfs mount` says once the daemon answered (`stop` ends a daemon that failed)."""
+    if message != "ready":
+        stop()
+        if message.startswith(("unexpected ", "the daemon ")):
+            message += f"; see {layout.log}"
+        raise UserError(message)
+    if not ctlclient.ctl_path(mountpoint).exists():
+        raise UserError(f"the daemon reported ready but {mountpoint} does not answer; "
+                        f"see {layout.log}")
+    print(f"mounted {state_dir} on {mountpoint} (pid {pid}, log {layout.log})")
+    return EXIT_OK
+
+
 def spawn(state_dir: Path, mountpoint: Path, option_lists: list[str], read_only: bool,
                   passphrase) -> int:
     """Start ``versionfs mount --foreground`` detached, and wait for its readiness line.
 
-    The child is a fresh interpreter (no state inherited through fork) in its own
-    session, logging to STATE_DIR/versionfs.log; the passphrase (or recovery key)
-    travels through a pipe, never argv or the environment.
+    The child is a fresh interpreter (for when `detach` cannot fork safely) in its
+    own session, logging to STATE_DIR/versionfs.log; the passphrase (or recovery
+    key) travels through a pipe, never argv or the environment.
     """
     from versionfs.blob.keys import RecoveryKey, encode_recovery_key
     layout = statemod.Layout(state_dir)
@@ -81,22 +204,20 @@ def spawn(state_dir: Path, mountpoint: Path, option_lists: list[str], read_only:
         os.close(pass_r)
         with os.fdopen(pass_w, "wb") as f:
             f.write(secret)
-    message = _wait_ready(ready_r, proc, READY_TIMEOUT_SECONDS)
-    if message != "ready":
-        if proc.poll() is None:
-            proc.terminate()
-        if message.startswith(("unexpected ", "the daemon ")):
-            message += f"; see {layout.log}"
-        raise UserError(message)
-    if not ctlclient.ctl_path(mountpoint).exists():
-        raise UserError(f"the daemon reported ready but {mountpoint} does not answer; "
-                        f"see {layout.log}")
-    print(f"mounted {state_dir} on {mountpoint} (pid {proc.pid}, log {layout.log})")
-    return EXIT_OK
+    message = _wait_ready(ready_r, READY_TIMEOUT_SECONDS)
+    if message is None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        message = f"the daemon exited before the mount was ready (status {proc.returncode})"
+    return _answer(message, layout, state_dir, mountpoint, proc.pid,
+                   lambda: proc.poll() is None and proc.terminate())
 
 
-def _wait_ready(fd: int, proc: subprocess.Popen, timeout: float) -> str:
-    """The daemon's first line: ``ready`` or ``error: ...``; EOF means it died."""
+def _wait_ready(fd: int, timeout: float) -> str | None:
+    """The daemon's first line: ``ready`` or the message of its ``error: ...``;
+    None when it died without a word (EOF)."""
     deadline = time.monotonic() + timeout
     data = b""
     try:
@@ -118,11 +239,7 @@ def _wait_ready(fd: int, proc: subprocess.Popen, timeout: float) -> str:
         return "ready"
     if line.startswith("error: "):
         return line[len("error: "):]
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    return f"the daemon exited before the mount was ready (status {proc.returncode})"
+    return None
 
 
 class _Readiness:
@@ -185,7 +302,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
         st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only,
                                  start_uploads=not opts.read_only)
         try:                                   # writer lease, catching up, publishing
-            from versionfs.bucket import session as cloud
+            cloud = _daemon_modules()[0]
             session = cloud.CloudSession.start(st, read_only=opts.read_only,
                                                steal_lease=opts.steal_lease)
         except BaseException:
@@ -207,12 +324,10 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     log.info("versionfs %s mounting %s on %s (pid %d)", __version__, state_dir, mountpoint,
              os.getpid())
     try:
-        from versionfs.fs import mount as fsmount
-        from versionfs.fs.services import daemon_services
-        from versionfs.maint.gc import GCGuard
+        _, fsmount, services, gc = _daemon_modules()
         # The guard is in the data path from the start, so a collection can
         # never begin while a write it does not know about is in flight.
-        GCGuard.install(st.blobs)
+        gc.GCGuard.install(st.blobs)
         fsmount.run(st.meta, st.blobs, st.paired, str(mountpoint), dirty_dir=st.dirty_dir,
                     read_only=opts.read_only,
                     fuse_options=tuple(preflight.fuse_options(state_dir, st.config, opts)),
@@ -222,7 +337,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     read_cache_bytes=st.config["mount.read_cache_bytes"],
                     read_cache_idle_seconds=st.config["mount.read_cache_idle_seconds"],
                     merge_quiet_seconds=st.config["mount.merge_quiet_seconds"],
-                    cloud=session, services=daemon_services(st.config))
+                    cloud=session, services=services.daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")
         log.exception("mount failed")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import time
+import fcntl
+import os
+import threading
 from pathlib import Path
 
 from versionfs.cli import ctlclient
 from versionfs.common import config as configmod
 from versionfs.common import state as statemod
 
-from . import daemon, preflight
+from . import preflight
 from .preflight import parse_mount_options
 from .command import EXIT_ERROR, EXIT_OK, UserError, command, warn
 from .keys import add_secret_args, secret_source
@@ -44,6 +46,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts = parse_mount_options(args.options)
     opts.read_only = opts.read_only or args.read_only
     passphrase_file = args.passphrase_file or opts.passphrase_file
+    from . import daemon          # not for umount: the daemon's own imports (start-up time)
     if args.ready_fd is not None:                    # we are the background daemon
         return daemon.run(state_dir, mountpoint, opts,
                           daemon.read_fd_secret(args.passphrase_fd, args.recovery_key_fd),
@@ -55,7 +58,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         passphrase = secret_source(args, str(state_dir))()
     if args.foreground:
         return daemon.run(state_dir, mountpoint, opts, passphrase, None)
-    return daemon.spawn(state_dir, mountpoint, args.options, opts.read_only, passphrase)
+    return daemon.detach(state_dir, mountpoint, opts, args.options, passphrase)
 
 
 def _setup_umount(p: argparse.ArgumentParser) -> None:
@@ -100,11 +103,37 @@ def cmd_umount(args: argparse.Namespace) -> int:
             raise UserError(f"{mountpoint} is busy: a process has files open there "
                             f"(see `fuser -vm {mountpoint}`), or use --lazy")
         raise UserError(f"unmounting {mountpoint} failed: {text.splitlines()[-1] if text else result.returncode}")
-    deadline = time.monotonic() + DAEMON_EXIT_TIMEOUT_SECONDS
-    while statemod.is_state_dir(state_dir) and statemod.read_pid(state_dir) is not None:
-        if time.monotonic() > deadline:
-            warn(f"unmounted, but the daemon for {state_dir} is still running after "
-                  f"{DAEMON_EXIT_TIMEOUT_SECONDS:.0f}s")
-            return EXIT_ERROR
-        time.sleep(0.05)
+    if not wait_unlocked(state_dir, DAEMON_EXIT_TIMEOUT_SECONDS):
+        warn(f"unmounted, but the daemon for {state_dir} is still running after "
+             f"{DAEMON_EXIT_TIMEOUT_SECONDS:.0f}s")
+        return EXIT_ERROR
     return EXIT_OK
+
+
+def wait_unlocked(state_dir: Path, timeout: float) -> bool:
+    """Wait until nobody holds the state dir open (True), at most `timeout`
+    seconds (False). A blocking flock returns the moment the daemon lets go,
+    where polling `read_pid` would sleep past it; a daemon thread carries it,
+    since flock itself has no timeout."""
+    try:
+        fd = os.open(statemod.Layout(state_dir).lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.close(fd)
+        return True
+    except BlockingIOError:
+        pass
+    released = threading.Event()
+
+    def wait() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        finally:
+            released.set()
+    threading.Thread(target=wait, name="vfs-wait-unlocked", daemon=True).start()
+    if not released.wait(timeout):
+        return False                 # the thread and its fd end with this process
+    os.close(fd)
+    return True

@@ -378,7 +378,7 @@ def example_toml() -> str:
     return "\n".join(lines) + "\n"
 
 # Issue 6: automatic snapshots, the metrics endpoint, log verbosity (versionfs.fs.scheduler,
-# versionfs.common.metrics, versionfs.common.logs).
+# versionfs.common.metrics_endpoint, versionfs.common.logs).
 def _interval(v: Any) -> str | None:
     problem = _duration(v)
     if problem or v == "":

@@ -48,7 +48,7 @@ class ReclaimOps(MountCore):
                 await self.reclaim_now()
             except Exception as exc:          # noqa: BLE001 - reported and retried
                 failures += 1
-                metrics.BACKGROUND_ERRORS.labels("reclaim").inc()
+                metrics.background_error("reclaim")
                 if self.reclaimer is not None:
                     self.reclaimer.stats.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("reclaiming superseded chunks failed (%d time(s)); retrying: %s",

@@ -48,7 +48,7 @@ def daemon_services(cfg) -> list:
             nursery.start_soon(running.scheduler.run, fs)
             log.info("automatic snapshots every %s", interval)
         if listen:
-            from versionfs.common.metrics import MetricsServer
+            from versionfs.common.metrics_endpoint import MetricsServer
             try:
                 server = MetricsServer(fs, listen, running.scheduler)
             except OSError as e:           # the mount is worth more than its metrics

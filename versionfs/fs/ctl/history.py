@@ -7,7 +7,7 @@ copies are unreachable until linked in), then links the result into the live
 tree on the trio thread in one atomic batch, so no request ever sees half of
 it, and finally tells the kernel to drop what it cached for the replaced name.
 
-Importing this module registers the commands (mount.py does).
+The registry (registry.py) imports this module on the first use of one of them.
 """
 
 from __future__ import annotations

@@ -28,36 +28,42 @@ Commands:
 NAME: 1-100 characters of [A-Za-z0-9._@+:-], not starting with "." or "-",
 unique, not all digits, and not itself shaped like a snapshot directory name.
 
-Each command group is a module of this package (basic, history, maint);
-`GROUPS` below is the one place that lists them.
+Each command group is a module of this package; `GROUPS` below is the one
+place that lists them, and `INDEX` says which group defines which command, so
+a group is imported on the first use of one of its commands, not when the
+daemon starts (mount time; tests/test_fs_ctl.py keeps the index in step with
+what the groups define).
 """
 
 from __future__ import annotations
 
+import importlib
 import shlex
 from dataclasses import dataclass, field
 
 from versionfs.common.marks import collect_marked
 
-from . import basic, history, maint
 from .command import Command, CommandError, command, no_args
 
-GROUPS = (basic, history, maint)
+GROUPS = ("basic", "history", "maint")
+INDEX = {
+    "snapshot": "basic", "snapshots": "basic", "flush": "basic", "status": "basic",
+    "log": "history", "diff": "history", "progress": "history", "restore": "history",
+    "forget": "maint", "gc": "maint",
+}
+
+
+def commands(groups=GROUPS) -> dict[str, Command]:
+    """The commands the given groups define (importing them), in group order."""
+    modules = (importlib.import_module(f"{__package__}.{name}") for name in groups)
+    return collect_marked(modules, "ctl_command", Command)
 
 
 @command("help", "help", "this list")
 async def _help(fs, args):
     no_args(args, "help")
-    return "\n".join(f"{c.usage:<20} {c.summary}" for c in COMMANDS.values())
-
-
-def _collect() -> dict[str, Command]:
-    table = collect_marked(GROUPS, "ctl_command", Command)
-    table["help"] = _help.ctl_command
-    return table
-
-
-COMMANDS: dict[str, Command] = _collect()
+    table = {**commands(), "help": _help.ctl_command}
+    return "\n".join(f"{c.usage:<20} {c.summary}" for c in table.values())
 
 
 async def run_command(fs, text: str) -> str:
@@ -71,8 +77,11 @@ async def run_command(fs, text: str) -> str:
         raise CommandError(f"cannot parse command: {e}") from None
     if not words:
         raise CommandError("empty command; try 'help'")
-    cmd = COMMANDS.get(words[0])
-    if cmd is None:
+    if words[0] == "help":
+        cmd = _help.ctl_command
+    elif words[0] in INDEX:
+        cmd = commands((INDEX[words[0]],))[words[0]]
+    else:
         raise CommandError(f"unknown command {words[0]!r}; try 'help'")
     return await cmd.run(fs, words[1:])
 
