@@ -77,7 +77,11 @@ class S3Server:
         args = [weed_binary(), "mini", f"-dir={self.datadir}",
                 "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.config={self.config}", "-master.telemetry=false",
-                "-webdav=false", "-admin.ui=false"]
+                "-webdav=false", "-admin.ui=false",
+                # Each test bucket is a collection holding at least one volume;
+                # the automatic count (free disk / 1 GiB) ran out after ~75
+                # buckets and later PUTs got InternalError ("no writable volumes").
+                "-volume.max=5000"]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, GOMEMLIMIT="512MiB")
         logf = open(self.log, "ab")

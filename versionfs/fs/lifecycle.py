@@ -27,6 +27,7 @@ import time
 import pyfuse3
 import trio
 
+from versionfs.blob.errors import StoreFullError
 from versionfs.tree import schema
 from versionfs.tree.names import iso_utc
 
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 KERNEL_WRITEBACK_TIMEOUT = 60.0
 # A failed seal is retried after 2, 4, 8, ... seconds, at most this long apart.
 SEAL_RETRY_MAX_SECONDS = 300.0
+# A seal that failed for lack of room in the fast store waits for uploads to
+# make room, which nothing announces: it is retried at least this often, not
+# after a backoff that would have grown to minutes during the outage that
+# filled the store.
+STORE_FULL_RETRY_SECONDS = 10.0
 
 
 class SealError(OSError):
@@ -204,6 +210,8 @@ class LifecycleOps(MountCore):
         """Keep the data, say so (log, status, metrics), retry with backoff."""
         count = self.seal_failures.get(ino, (0, 0.0, ""))[0] + 1
         delay = min(SEAL_RETRY_MAX_SECONDS, 2.0 ** count)
+        if isinstance(exc, StoreFullError):
+            delay = min(delay, STORE_FULL_RETRY_SECONDS)
         self.seal_failures[ino] = (count, time.monotonic() + delay, repr(exc))
         self.last_error = f"seal of inode {ino} failed ({count}x), retrying in {delay:.0f}s: {exc!r}"
         log.error("sealing inode %d failed (%d time(s)); its data stays dirty and journaled, "
