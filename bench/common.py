@@ -120,30 +120,16 @@ def source_tarball(workdir: Path, subdirs: tuple[str, ...] = ()) -> tuple[Path, 
     return tarball, count
 
 
-class Daemon:
-    """CPU accounting of a FUSE daemon process, `pid` (None: not running)."""
-
-    pid: int | None = None
-
-    def cpu(self) -> float | None:
-        """CPU seconds (user + system) the daemon has used so far."""
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def timed(self, fn, *args) -> tuple[float, float | None]:
-        """(wall seconds, daemon CPU seconds) of fn(*args) on its mount."""
-        c0 = self.cpu()
-        t = timed(fn, *args)
-        c1 = self.cpu()
-        return t, (None if c0 is None or c1 is None else c1 - c0)
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) process `pid` has used so far; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Mount(Daemon):
+class Mount:
     """A fresh filesystem (``versionfs init``, default embedded config: the
     ``file://`` slow store is STATE/slow) mounted with ``versionfs mount``."""
 
@@ -159,6 +145,17 @@ class Mount(Daemon):
         subprocess.run([*VERSIONFS, "mount", str(self.state), str(self.mnt)], check=True,
                        stdout=subprocess.DEVNULL)
         self.pid = read_pid(self.state)       # the daemon holds the state dir's lock
+
+    def cpu(self) -> float | None:
+        """CPU seconds the mount daemon has used so far."""
+        return None if self.pid is None else cpu_seconds(self.pid)
+
+    def timed(self, fn, *args) -> tuple[float, float | None]:
+        """(wall seconds, daemon CPU seconds) of fn(*args) on its mount."""
+        c0 = self.cpu()
+        t = timed(fn, *args)
+        c1 = self.cpu()
+        return t, (None if c0 is None or c1 is None else c1 - c0)
 
     def flush(self) -> None:
         """``versionfs flush``: seal everything and wait until every blob is in the slow store."""

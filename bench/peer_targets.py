@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Mount, timed
+from common import Mount, cpu_seconds, timed
 
 from versionfs.common.memory import resident_bytes
 
@@ -81,14 +81,8 @@ class Target:
 
     def cpu(self) -> float:
         """CPU seconds of the target's daemons so far (0 for native)."""
-        ticks = 0
-        for pid in self.processes():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            ticks += int(fields[11]) + int(fields[12])
-        return self.cpu_before_remounts + ticks / os.sysconf("SC_CLK_TCK")
+        return self.cpu_before_remounts + sum(cpu_seconds(pid) or 0.0
+                                              for pid in self.processes())
 
     def rss(self) -> dict[str, int]:
         """VmRSS and VmHWM summed over the daemon's processes; keeps the peak."""
