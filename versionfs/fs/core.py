@@ -288,11 +288,15 @@ class MountCore:
         return (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
                 and self.open_count[ino] <= 0)
 
-    def _maybe_delete(self, ino: int) -> None:
-        """Delete an unlinked inode once the kernel and all opens let go of it."""
-        if self._unreferenced(ino):
+    def _maybe_delete(self, *inos: int) -> None:
+        """Delete the unlinked inodes among `inos` that the kernel and all opens
+        let go of, in one metadata batch (FORGET comes in batches of thousands
+        when a tree is deleted)."""
+        dead = [ino for ino in inos if self._unreferenced(ino)]
+        if dead:
             with self.meta.write() as b:
-                self._forget_inode(ino, b)
+                for ino in dead:
+                    self._forget_inode(ino, b)
             self._meta_changed = True
 
     def _new_fh(self, handle) -> int:

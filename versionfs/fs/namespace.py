@@ -85,8 +85,6 @@ class NamespaceOps(MountCore):
 
     @guard
     async def forget(self, inode_list):
-        # The kernel forgets in batches (a deleted tree: thousands at once), so the
-        # unlinked inodes among them are deleted in one metadata batch.
         released = []
         for ino, n in inode_list:
             if ino < schema.FIRST_FREE_INO or is_snap_ino(ino):
@@ -94,12 +92,7 @@ class NamespaceOps(MountCore):
             self.lookups[ino] -= n
             if self.lookups[ino] <= 0:
                 released.append(ino)
-        dead = [ino for ino in released if self._unreferenced(ino)]
-        if dead:
-            with self.meta.write() as b:
-                for ino in dead:
-                    self._forget_inode(ino, b)
-            self._meta_changed = True
+        self._maybe_delete(*released)
         for ino in released:
             self._maybe_unload(ino)
 
