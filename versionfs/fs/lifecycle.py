@@ -261,7 +261,7 @@ class LifecycleOps(MountCore):
                 log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
             for ino in self._merges_due(now):
                 self._nursery.start_soon(self._merge_small_extents, ino)
-            if self._meta_changed and now - last_sync > 5:
+            if self._meta_changed and now - last_sync > self.metadata_sync_seconds:
                 self._meta_changed = False
                 last_sync = now
                 try:
