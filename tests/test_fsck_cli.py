@@ -250,7 +250,7 @@ def test_fsck_refuses_a_mounted_filesystem(fs):
 
 def test_partial_extents_reading_past_their_blob_or_with_a_bad_skip_are_reported(fs):
     """A partial extent ([length, pointer, skip], sealing.py) must read inside its
-    blob (checked with --read-data) and have a positive integer skip."""
+    blob (checked with --read-data) and have a non-negative integer skip."""
     from versionfs.tree import schema
     meta = open_meta(fs.state)
     try:

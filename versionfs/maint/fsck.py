@@ -11,7 +11,7 @@ Checks, in order:
    entry names (orphans; those marked unlinked-while-open are normal and
    deleted at the next mount); extents only on regular files, in order, not
    overlapping, within the file size, with the right ``stored`` total, a
-   partial extent's skip a positive integer; every extent with its b"R"
+   partial extent's skip a non-negative integer; every extent with its b"R"
    reverse reference and no reference without its extent; xattr
    and symlink records of inodes that exist; the reverse index of entries
    (``b"P" ino parent name``, used by ``log``/``diff``) mirroring them exactly.

@@ -267,8 +267,8 @@ def unpack_extent(key: bytes, raw: bytes):
     if not isinstance(fields, list) or len(fields) not in (2, 3):
         raise ValueError("not [length, pointer] or [length, pointer, skip]")
     skip = fields[2] if len(fields) == 3 else 0
-    if not isinstance(skip, int) or skip < 0 or (len(fields) == 3 and skip == 0):
-        raise ValueError(f"skip {skip!r} is not a positive integer")
+    if not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip {skip!r} is not a non-negative integer")
     return from_u64(key[9:17]), fields[0], fields[1], skip
 
 
