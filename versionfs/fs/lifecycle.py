@@ -147,10 +147,13 @@ class LifecycleOps(MountCore):
         """New extents, size and inode record of a sealed file, in batch `b`."""
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
+        # A chunk the file still uses (partial extents of a split) is not a
+        # reclamation candidate.
+        still_used = {e.pointer for e in r.extents}
         for e in r.removed:
-            schema.delete_extent(b, f.ino, e.offset, e.pointer)
+            schema.delete_extent(b, f.ino, e.offset, e.pointer, queue=e.pointer not in still_used)
         for e in r.added:
-            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer)
+            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer, e.skip)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
         if small_runs(r.extents):

@@ -152,7 +152,8 @@ class ChunkReader:
                 if streaming or self.cache.get(ext.pointer) is None:
                     self._read_ahead(extents, i + 1)
                 data = self._chunk_sync(ext.pointer)
-                parts.append(memoryview(data)[pos - ext.offset:end - ext.offset])
+                at = pos - ext.offset + ext.skip
+                parts.append(memoryview(data)[at:at + end - pos])
                 i += 1
             else:
                 end = min(b, extents[i].offset) if i < len(extents) else b
