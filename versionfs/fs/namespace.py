@@ -229,6 +229,7 @@ class NamespaceOps(MountCore):
         self._check_name(new_name)
         self._writable(new_parent)
         self._writable(ino)
+        self._not_gone(ino)
         inode = self._inode(ino)
         if inode.is_dir:
             raise FUSEError(errno.EPERM)
