@@ -388,6 +388,9 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "fsync_metadata_syncs": self.fsync_metadata_syncs,
+            # Metadata batches (WAL entries) written so far: what a name
+            # operation costs in the store (one each for create and unlink).
+            "metadata_batches": self.meta.last_index,
             "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
             # The memory budget (common/memory.py): per-file state is only for
