@@ -50,10 +50,6 @@ import struct
 import threading
 
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import CorruptBlobError, TruncatedBlobError, WrongPassphraseError
 from .keys import MASTER_KEY_SIZE, unwrap_key
@@ -71,10 +67,12 @@ FMT_SEAL_PLAIN = 0x21
 FMT_SEAL_AEAD = 0x22
 FMT_SEAL_CHACHA = 0x23
 
-# cipher name -> (AEAD class, padded blob format, seal format)
+# cipher name -> (AEAD class in cryptography's aead module, padded blob format,
+# seal format). cryptography is imported only by a Codec with a key
+# (`_aead_class`): a plain filesystem's mount never loads it (start-up time).
 CIPHERS = {
-    "aes-256-gcm": (AESGCM, FMT_PAD_AEAD, FMT_SEAL_AEAD),
-    "chacha20-poly1305": (ChaCha20Poly1305, FMT_PAD_CHACHA, FMT_SEAL_CHACHA),
+    "aes-256-gcm": ("AESGCM", FMT_PAD_AEAD, FMT_SEAL_AEAD),
+    "chacha20-poly1305": ("ChaCha20Poly1305", FMT_PAD_CHACHA, FMT_SEAL_CHACHA),
 }
 # format -> (cipher, packed); packed None: the padded layout says it.
 _BLOB_AEAD = {FMT_AEAD: ("aes-256-gcm", False), FMT_AEAD_ZSTD: ("aes-256-gcm", True),
@@ -125,7 +123,14 @@ def padded_size(payload: int) -> int:
     return max(need, min(padme(max(need, MIN_STORED)), HEADER_SIZE + MAX_BLOB))
 
 
+def _aead_class(name: str):
+    from cryptography.hazmat.primitives.ciphers import aead
+    return getattr(aead, name)
+
+
 def _subkey(master: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                 info=b"versionfs/" + purpose).derive(master)
 
@@ -150,8 +155,10 @@ class Codec:
         if self.encrypted:
             self._pointer_key = _subkey(master_key, b"pointer")
             blob_key, seal_key = _subkey(master_key, b"blob"), _subkey(master_key, b"seal")
-            self._blob_aead = {name: c[0](blob_key) for name, c in CIPHERS.items()}
-            self._seal_aead = {name: c[0](seal_key) for name, c in CIPHERS.items()}
+            self._blob_aead = {name: _aead_class(c[0])(blob_key) for name, c in CIPHERS.items()}
+            self._seal_aead = {name: _aead_class(c[0])(seal_key) for name, c in CIPHERS.items()}
+            from cryptography.exceptions import InvalidTag
+            self._invalid = (InvalidTag, ValueError)       # what a failed AEAD open raises
             _, self._fmt_blob, self._fmt_seal = CIPHERS[cipher]
             self._chunking_seed = int.from_bytes(_subkey(master_key, b"chunking"), "big")
 
@@ -263,7 +270,7 @@ class Codec:
             try:
                 payload = self._blob_aead[cipher].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
                                                           header + pointer.bytes)
-            except (InvalidTag, ValueError):
+            except self._invalid:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
                                        "under another name)", ptr) from None
             if not unpack:
@@ -319,7 +326,7 @@ class Codec:
             try:
                 return self._seal_aead[_SEAL_AEAD[fmt]].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
                                                header + context)
-            except (InvalidTag, ValueError):
+            except self._invalid:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
                                        "for another context)") from None
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
