@@ -9,7 +9,9 @@ blob is created. The inode record in the metadata is stored as usual by the
 next seal or metadata sync; replay restores size and times from the journal.
 Only a file whose inode record changed in a way the journal does not carry
 since the last metadata sync (`MountCore.attrs_unsynced`: created, mode or
-owner changed) costs a metadata sync too. The file is sealed later
+owner changed), or that was sealed since (`MountCore.seals_unsynced`: replay
+builds on the metadata as it is on disk, and a journal record may need the
+seal under it), costs a metadata sync too. The file is sealed later
 (lifecycle.py), coalescing many fsyncs into one version. A file with more
 than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied
 into the journal: its bytes are already in dirty layer files, so fsync
@@ -123,7 +125,7 @@ class DurabilityOps(MountCore):
             else:
                 async with f.sync_lock:
                     await self._journal_unsynced(f)
-                if ino not in self.attrs_unsynced:
+                if ino not in self.attrs_unsynced and ino not in self.seals_unsynced:
                     # Size and times are in the journal record: one disk sync.
                     await trio.to_thread.run_sync(self.journal.sync)
                     return
@@ -131,6 +133,7 @@ class DurabilityOps(MountCore):
             self._store_inode(self.inodes[ino])
         self.fsync_metadata_syncs += 1
         self.attrs_unsynced.clear()
+        self.seals_unsynced.clear()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
 
     def _fast_store_full(self) -> bool:
@@ -260,6 +263,7 @@ class DurabilityOps(MountCore):
         marker = self.journal.seals_noted() if self.journal is not None else 0
         unneeded = self._kept_files_unneeded() if self.journal is not None else []
         self.attrs_unsynced.clear()
+        self.seals_unsynced.clear()
         await trio.to_thread.run_sync(self.meta.sync)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)
