@@ -105,6 +105,10 @@ class MountCore:
         # dirty journal does not carry (created; mode or owner changed): their
         # fsync syncs the metadata too (durability.py).
         self.attrs_unsynced: set[int] = set()
+        # Inodes sealed since the last metadata sync: the journal records that
+        # follow build on that seal (replay applies them on top of the metadata
+        # as it is on disk), so their fsync syncs the metadata too (durability.py).
+        self.seals_unsynced: set[int] = set()
         self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()

@@ -156,6 +156,7 @@ class LifecycleOps(MountCore):
             schema.put_extent(b, f.ino, e.offset, e.length, e.pointer, e.skip)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        self.seals_unsynced.add(f.ino)
         if small_runs(r.extents):
             self._merge_due[f.ino] = time.monotonic()
         else:
