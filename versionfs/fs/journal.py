@@ -115,6 +115,7 @@ class DirtyJournal:
         # (ino, index) of seals persisted in the metadata but not yet synced there
         self._seals_pending: list[tuple[int, int]] = []
         self.bytes_logged = 0           # W payload bytes appended since the mount (metrics)
+        self.unsynced_bytes = 0         # record bytes appended since the last sync began
 
     # -- replay ---------------------------------------------------------------
 
@@ -190,12 +191,14 @@ class DirtyJournal:
         last = self._wal.last_index
         first = self._base if last is None else last + 1
         self._wal.save(None, [(first + i, data) for i, data in enumerate(records)])
+        self.unsynced_bytes += sum(len(data) for data in records)
         return first
 
     def sync(self) -> None:
         """fdatasync what was appended (blocking): the segments are pre-zeroed
         (versionfs.meta.wal.spare), so it overwrites written blocks and commits
         no size or extent change."""
+        self.unsynced_bytes = 0
         self._wal.sync()
 
     @property

@@ -391,6 +391,7 @@ class LifecycleOps(MountCore):
             else self.journal.size_changing_syncs,
             "sealed_bytes": self.data.bytes_sealed,
             "fsync_metadata_syncs": self.fsync_metadata_syncs,
+            "fsync_syncs_in_loop": self.fsync_syncs_in_loop,
             "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
             # The memory budget (common/memory.py): per-file state is only for
