@@ -150,3 +150,25 @@ def test_power_cut_keeps_exactly_the_synced_journal_records(tmp_path, names):
         j.close()
     finally:
         disk.stop()
+
+
+def test_a_spare_that_cannot_be_prepared_is_logged_and_the_cut_zeroes_one(tmp_path, caplog):
+    """The background preparation fails for real (a directory sits where the
+    spare file goes): the error is logged when it happens, and the cut that
+    needed the spare writes a zeroed segment itself; nothing is lost."""
+    d = str(tmp_path / "wal")
+    blocker = os.path.join(d, "%016x%s" % (1, SPARE_SUFFIX))
+    os.makedirs(blocker)
+    w = WAL.create(d, b"meta", segment_bytes=SEGMENT, preallocate=True)
+    for i in range(1, 301):
+        w.save_entry(i, payload(i))
+    w.sync()
+    w.close()
+    assert any("could not prepare the next write-ahead log segment" in r.getMessage()
+               for r in caplog.records)
+    names = segs(d)
+    assert len(names) >= 2 and all(os.path.getsize(os.path.join(d, n)) == SEGMENT for n in names)
+    os.rmdir(blocker)
+    w, ents = read(d)
+    assert [e.index for e in ents] == list(range(1, 301))
+    w.close()

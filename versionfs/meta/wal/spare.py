@@ -31,11 +31,15 @@ def write_zeros(fd: int, start: int, end: int) -> None:
 
 
 def zeroed_file(path: str, size: int) -> None:
-    """Create `path` holding `size` zero bytes, durable (fsynced)."""
+    """Create `path` holding `size` zero bytes, durable (fsynced); on failure
+    (a full disk) nothing is left behind."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_zeros(fd, 0, size)
         os.fsync(fd)
+    except BaseException:
+        os.unlink(path)
+        raise
     finally:
         os.close(fd)
 
@@ -70,8 +74,11 @@ class SpareSegment:
         return self.path
 
     def discard(self) -> None:
-        """Not needed after all (the WAL closes): wait for it and remove it."""
+        """Not needed after all (the WAL closes): wait for it and remove it
+        (a failed preparation left nothing)."""
         self._thread.join()
+        if self.error is not None:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
