@@ -2,6 +2,7 @@
 """Programs that fsync all day, on a fresh versionfs mount and on a plain directory.
 
     .venv/bin/python bench/fsync.py [--workdir /var/tmp] [--quick] [--keep]
+                                    [--only wal,delete,saves,lines,git]
 
 Workloads (issue 10's list), each on both sides of the same disk in one run:
 SQLite in WAL mode with synchronous=FULL (2,000 single-row transactions);
@@ -50,6 +51,8 @@ from versionfs.fs.reclaiming import RECLAIM_INTERVAL
 from versionfs.maint.reclaim import MIN_AGE
 
 KB = 1000
+# --only names (the keys of the counts below, "git" for git_files)
+WORKLOADS = ("wal", "delete", "saves", "lines", "git")
 FULL = {"wal": 2000, "delete": 500, "saves": 200, "lines": 2000, "git_files": 5000}
 QUICK = {"wal": 200, "delete": 50, "saves": 20, "lines": 200, "git_files": 300}
 EDITOR_FILE_BYTES = 200 * KB
@@ -288,24 +291,35 @@ def measure(vfs: Mount, native_root: Path, name: str, fn, n: int, prepare=None) 
 
 def run(args: argparse.Namespace) -> list[Result]:
     counts = QUICK if args.quick else FULL
+    only = set(args.only.split(",")) if args.only else set(WORKLOADS)
+    unknown = only - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"bench/fsync.py: unknown workload(s) {', '.join(sorted(unknown))}: "
+                         f"--only takes {', '.join(WORKLOADS)}")
     results = []
     with native_and_mount(args.workdir, "vfs-bench-fsync-", args.keep) as (_, native, vfs):
-        r = measure(vfs, native, f"SQLite WAL, {counts['wal']:,} txns", sqlite_wal, counts["wal"])
-        r.time_target, r.flat_target = 3.0, 1.2
-        r.upload_limit, r.upload_target = 2 * r.vfs.final + MiB, "<= 2x final + 1 MiB"
-        results.append(r)
-        results.append(measure(vfs, native, f"SQLite DELETE, {counts['delete']:,} txns",
-                               sqlite_delete, counts["delete"]))
-        r = measure(vfs, native, f"editor save 200 KB x {counts['saves']:,}", editor_saves,
-                    counts["saves"])
-        r.upload_limit, r.upload_target = 2 * r.vfs.written, "<= 2x written"
-        results.append(r)
-        r = measure(vfs, native, f"append log, {counts['lines']:,} lines", append_log,
-                    counts["lines"])
-        r.upload_limit, r.upload_target = 2 * r.vfs.written, "<= 2x written"
-        results.append(r)
-        results.append(measure(vfs, native, f"git commit, {counts['git_files']:,} files",
-                               git_commit, counts["git_files"], prepare=git_tree))
+        if "wal" in only:
+            r = measure(vfs, native, f"SQLite WAL, {counts['wal']:,} txns", sqlite_wal,
+                        counts["wal"])
+            r.time_target, r.flat_target = 3.0, 1.2
+            r.upload_limit, r.upload_target = 2 * r.vfs.final + MiB, "<= 2x final + 1 MiB"
+            results.append(r)
+        if "delete" in only:
+            results.append(measure(vfs, native, f"SQLite DELETE, {counts['delete']:,} txns",
+                                   sqlite_delete, counts["delete"]))
+        if "saves" in only:
+            r = measure(vfs, native, f"editor save 200 KB x {counts['saves']:,}", editor_saves,
+                        counts["saves"])
+            r.upload_limit, r.upload_target = 2 * r.vfs.written, "<= 2x written"
+            results.append(r)
+        if "lines" in only:
+            r = measure(vfs, native, f"append log, {counts['lines']:,} lines", append_log,
+                        counts["lines"])
+            r.upload_limit, r.upload_target = 2 * r.vfs.written, "<= 2x written"
+            results.append(r)
+        if "git" in only:
+            results.append(measure(vfs, native, f"git commit, {counts['git_files']:,} files",
+                                   git_commit, counts["git_files"], prepare=git_tree))
     return results
 
 
@@ -409,6 +423,8 @@ def report(results: list[Result]) -> None:
 def main() -> int:
     p = arg_parser(__doc__)
     p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    p.add_argument("--only", help="comma-separated workloads to run (default all): "
+                   + ",".join(WORKLOADS))
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench/fsync.py needs root (FUSE mounts)", file=sys.stderr)

@@ -181,6 +181,27 @@ def test_the_first_fsync_after_a_seal_the_metadata_lacks_syncs_it_once(tmp_path,
     assert cost == (2 * 4096, 1), cost
 
 
+def test_fsync_alone_in_flight_syncs_without_a_thread_and_grows_no_segment(vfs):
+    """A program fsyncing after each small write (SQLite's commits): each fsync
+    is the only request being served, so its journal sync runs on the loop
+    (no thread hop), and it overwrites the journal's pre-zeroed blocks: no
+    sync changes a segment's size."""
+    fd = os.open(vfs.path("db-wal"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, os.urandom(4096))
+        os.fsync(fd)                               # new inode: metadata synced too
+        before = status(vfs)
+        for _ in range(50):
+            os.write(fd, os.urandom(4120))
+            os.fsync(fd)
+        after = status(vfs)
+    finally:
+        os.close(fd)
+    assert after["fsync_syncs_in_loop"] - before["fsync_syncs_in_loop"] == 50
+    assert after["journal_size_changing_syncs"] == 0
+    assert after["journal_segments_preallocated"] >= 1
+
+
 def test_fsync_syncs_only_the_journal(vfs):
     """fsync of a file that exists on disk is one disk sync (the journal): the
     metadata store is not synced, nor even written (the kernel's mtime/ctime

@@ -215,15 +215,21 @@ def test_flipped_byte_is_crc_mismatch(tmp_path, where):
             "last-record": range(start + 16, end),
             "header": range(start, start + 16),
         }[where]
+    assert_flips_are_corruption(path, offsets, lambda: read(d))
+
+
+def assert_flips_are_corruption(path, offsets, reopen):
+    """A bit flipped at each of `offsets` of the segment `path` makes `reopen()`
+    (which opens and reads the WAL) fail with CRCMismatchError; intact, it reads."""
     original = open(path, "rb").read()
     for off in offsets:
         data = bytearray(original)
         data[off] ^= 0x40
         open(path, "wb").write(data)
         with pytest.raises(CRCMismatchError):
-            read(d)
+            reopen()
     open(path, "wb").write(original)
-    read(d)[0].close()
+    reopen()[0].close()
 
 
 def test_torn_tail_only_in_last_segment(tmp_path):

@@ -110,6 +110,8 @@ class MountCore:
         # as it is on disk), so their fsync syncs the metadata too (durability.py).
         self.seals_unsynced: set[int] = set()
         self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
+        self.requests_in_flight = 0            # FUSE requests being served (guard.py)
+        self.fsync_syncs_in_loop = 0           # journal syncs run without a thread (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None

@@ -3,7 +3,9 @@
 FUSEError passes through, a few known failures map to their errno (full store
 -> ENOSPC, read-only -> EROFS, a failed ctl command -> its errno), and
 anything unexpected is logged and becomes EIO; the mount stays up. Each
-request is also reported to `metrics.request_done`.
+request is also reported to `metrics.request_done`, and counted in
+`requests_in_flight` while it is served (an fsync alone in flight syncs
+without a thread hop, durability.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def guard(fn):
     @functools.wraps(fn)
     async def handler(self, *args):
         start = time.perf_counter()
+        self.requests_in_flight += 1
         try:
             result = await fn(self, *args)
             metrics.request_done(op, time.perf_counter() - start, True, result)
@@ -58,4 +61,6 @@ def guard(fn):
                 err = errno.EIO
             metrics.request_done(op, time.perf_counter() - start, False)
             raise FUSEError(err) from None
+        finally:
+            self.requests_in_flight -= 1
     return handler

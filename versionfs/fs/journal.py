@@ -98,13 +98,15 @@ class DirtyJournal:
             # After a release the oldest segment may hold no entry yet: indices
             # go on from the one its name gives.
             self._base = first_index(dirpath)
-            self._wal = WAL.open_at_index(dirpath, self._base, segment_bytes=SEGMENT_BYTES)
+            self._wal = WAL.open_at_index(dirpath, self._base, segment_bytes=SEGMENT_BYTES,
+                                          preallocate=True)
             metadata, _state, entries = self._wal.read_all()
             self.id = metadata.decode()
         else:
             self._base = 0
             self.id = uuid.uuid4().hex
-            self._wal = WAL.create(dirpath, self.id.encode(), segment_bytes=SEGMENT_BYTES)
+            self._wal = WAL.create(dirpath, self.id.encode(), segment_bytes=SEGMENT_BYTES,
+                                   preallocate=True)
             entries = []
         self._entries = entries
         self._lock = threading.Lock()
@@ -113,6 +115,7 @@ class DirtyJournal:
         # (ino, index) of seals persisted in the metadata but not yet synced there
         self._seals_pending: list[tuple[int, int]] = []
         self.bytes_logged = 0           # W payload bytes appended since the mount (metrics)
+        self.unsynced_bytes = 0         # record bytes appended since the last sync began
 
     # -- replay ---------------------------------------------------------------
 
@@ -188,11 +191,26 @@ class DirtyJournal:
         last = self._wal.last_index
         first = self._base if last is None else last + 1
         self._wal.save(None, [(first + i, data) for i, data in enumerate(records)])
+        self.unsynced_bytes += sum(len(data) for data in records)
         return first
 
     def sync(self) -> None:
-        """fsync what was appended (blocking)."""
+        """fdatasync what was appended (blocking): the segments are pre-zeroed
+        (versionfs.meta.wal.spare), so it overwrites written blocks and commits
+        no size or extent change."""
+        self.unsynced_bytes = 0
         self._wal.sync()
+
+    @property
+    def segments_preallocated(self) -> int:
+        """Segments zero-filled ahead of use since the mount (status)."""
+        return self._wal.segments_preallocated
+
+    @property
+    def size_changing_syncs(self) -> int:
+        """Syncs that extended a segment all the same (a record bigger than the
+        room left; status): each cost a metadata commit too."""
+        return self._wal.size_changing_syncs
 
     @property
     def last_index(self) -> int:

@@ -387,11 +387,18 @@ class LifecycleOps(MountCore):
             # what fsync journaled and what sealing chunked (bytes since mount).
             "journal_files": None if self.journal is None else self.journal.held_files(),
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
+            # Journal segments zero-filled ahead of use, and journal syncs that
+            # extended a segment anyway (each also commits a size change).
+            "journal_segments_preallocated": None if self.journal is None
+            else self.journal.segments_preallocated,
+            "journal_size_changing_syncs": None if self.journal is None
+            else self.journal.size_changing_syncs,
             "sealed_bytes": self.data.bytes_sealed,
             "fsync_metadata_syncs": self.fsync_metadata_syncs,
             # Metadata batches (WAL entries) written so far: what a name
             # operation costs in the store (one each for create and unlink).
             "metadata_batches": self.meta.last_index,
+            "fsync_syncs_in_loop": self.fsync_syncs_in_loop,
             "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
             # The memory budget (common/memory.py): per-file state is only for

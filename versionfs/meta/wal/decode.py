@@ -9,7 +9,7 @@ import crc32c
 
 from .errors import CRCMismatchError, IndexNotFoundError
 from .record import _HEADER, _TYPES, _U32, _U64, TYPE_CRC, TYPE_ENTRY, Entry
-from .repair import _has_zero_sector
+from .repair import _has_zero_sector, _runs_into_zeros
 from .segments import _list_segments
 
 __all__ = ["read_entries"]
@@ -26,22 +26,26 @@ def _scan(buf: bytes, path: str, running: int | None, is_last: bool):
     """Decode one segment. Returns (records, valid_end, running_crc).
 
     ``running`` is None for the first segment read (its CRC record seeds the
-    chain) or the crc the previous segment ended with.  A torn tail is
-    tolerated only when ``is_last``; ``valid_end`` < len(buf) means truncate.
+    chain) or the crc the previous segment ended with.  A zeroed tail ends any
+    segment; a torn tail is tolerated only when ``is_last`` (repair.py);
+    ``valid_end`` < len(buf) means repair.
     """
     records: list[_Record] = []
     off = 0
     n = len(buf)
     hsize = _HEADER.size
+    tail = len(buf.rstrip(b"\0"))     # from here on every byte is zero
     while off < n:
+        if off >= tail:
+            return records, off, running  # zero-filled tail: never written
         if off + hsize > n:
             if is_last:
                 return records, off, running
             raise CRCMismatchError(f"wal: short header at offset {off} of {path}")
         length, rtype, crc, hcrc = _HEADER.unpack_from(buf, off)
         if crc32c.crc32c(buf[off : off + 12]) != hcrc or rtype not in _TYPES:
-            if is_last and buf.count(0, off) == n - off:
-                return records, off, running  # zero-filled tail: never written
+            if is_last and _runs_into_zeros(tail, off, off + hsize):
+                return records, off, running  # header only partly on disk
             raise CRCMismatchError(f"wal: bad record header at offset {off} of {path}")
         end = off + hsize + length
         if end > n:
@@ -61,7 +65,8 @@ def _scan(buf: bytes, path: str, running: int | None, is_last: bool):
                 )
         expect = crc32c.crc32c(payload, crc32c.crc32c(_U32.pack(rtype), running))
         if expect != crc:
-            if is_last and end == n and _has_zero_sector(buf, off, end):
+            if is_last and end >= tail and (
+                    _has_zero_sector(buf, off, end) or _runs_into_zeros(tail, off, end)):
                 return records, off, running  # last record only partly on disk
             raise CRCMismatchError(f"wal: crc mismatch in record at offset {off} of {path}")
         running = crc

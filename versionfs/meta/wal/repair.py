@@ -7,8 +7,17 @@ last record with a zeroed 512-byte sector (a page that never reached the disk)
 can only be the remains of an interrupted append.  Anything else that does not
 check out is reported as ``CRCMismatchError``.
 
+A segment may end in zeros in any case: a pre-zeroed segment (spare.py) is
+written full of zeros before use, so its unused tail is zeros, and a zeroed
+frame header is the end of the log, never a record.  In a segment that is not
+the last one that is safe too: had records been lost there, the CRC carried
+into the next segment would not match.  In a pre-zeroed segment an interrupted
+append is a last record that runs into the zeroed tail (the file's size does
+not say where the append ended).
+
 The decoder (``decode._scan``) decides where the valid records end; the WAL
-truncates the last segment there when it opens it for appending.
+truncates the last segment there when it opens it for appending, or, in a
+pre-zeroed segment, writes zeros over the torn bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +35,14 @@ def _has_zero_sector(buf: bytes, start: int, end: int) -> bool:
         if buf[off : off + SECTOR] == zero:
             return True
     return False
+
+
+def _runs_into_zeros(tail: int, off: int, end: int) -> bool:
+    """True when the frame at [off, end) runs into the zeroed tail of its
+    segment (every byte from `tail` on is zero): from a sector boundary inside
+    it on (the sectors of an interrupted append that never reached the disk)."""
+    boundary = (max(tail, off + 1) + SECTOR - 1) // SECTOR * SECTOR
+    return boundary < end
 
 
 def _truncate_file(path: str, size: int) -> None:

@@ -4,6 +4,12 @@ Appends go to the end of the last segment only; ``read_all`` cuts a torn tail
 off it first (see ``repair``).  A new segment's head (CRC, metadata and state
 records) is written under a temporary name, fsynced and renamed into place, so
 a segment on disk always starts complete.
+
+With ``preallocate`` a segment is zero-filled to ``segment_bytes`` before use
+(spare.py) and appends overwrite those zeros in place: a sync is then an
+fdatasync with no size or extent change to commit. ``size_changing_syncs``
+counts the syncs that did extend a file all the same (a record bigger than
+the room left).
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from ..backend.errors import DiskFullError
 from .decode import _scan
 from .errors import (CRCMismatchError, IndexNotFoundError, MetadataConflictError,
                      WALBrokenError, WALError, WALFileNotFoundError, WALModeError)
-from .record import (_U32, _U64, MAX_RECORD_BYTES, TYPE_CRC, TYPE_ENTRY,
+from .record import (_HEADER, _U32, _U64, MAX_RECORD_BYTES, TYPE_CRC, TYPE_ENTRY,
                      TYPE_METADATA, TYPE_STATE, Entry, _frame)
 from .repair import _truncate_file
 from .segments import _list_segments, segment_name
+from .spare import SpareSegment, write_zeros, zeroed_file
 
 __all__ = ["WAL", "DEFAULT_SEGMENT_BYTES"]
 
@@ -35,13 +42,20 @@ class WAL:
     held up by the disk.
     """
 
-    def __init__(self, dirpath: str, segment_bytes: int):
+    def __init__(self, dirpath: str, segment_bytes: int, preallocate: bool = False):
         self.dir = dirpath
         self.segment_bytes = segment_bytes
+        self.preallocate = preallocate
+        self._spare: SpareSegment | None = None
+        self._allocated = 0     # size of the current segment's file
+        self._grew = False      # an append since the last sync extended the file
+        self.segments_preallocated = 0
+        self.size_changing_syncs = 0
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._seq = 0
         self._size = 0  # bytes in the current segment
+        self._head_size = 0  # bytes of the current segment's head records
         self._crc = 0
         self._metadata = b""
         self._state = b""
@@ -64,13 +78,14 @@ class WAL:
 
     @classmethod
     def create(
-        cls, dirpath: str, metadata: bytes, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls, dirpath: str, metadata: bytes, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        preallocate: bool = False,
     ) -> "WAL":
         """A new WAL in append mode; refuses a directory that already has one."""
         if cls.exist(dirpath):
             raise FileExistsError(f"wal: {dirpath} already holds a write-ahead log")
         os.makedirs(dirpath, exist_ok=True)
-        w = cls(dirpath, segment_bytes)
+        w = cls(dirpath, segment_bytes, preallocate)
         w._metadata = bytes(metadata)
         w._mode = "append"
         w._open_new_segment(0, 0)
@@ -79,7 +94,8 @@ class WAL:
 
     @classmethod
     def open_at_index(
-        cls, dirpath: str, index: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls, dirpath: str, index: int, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        preallocate: bool = False,
     ) -> "WAL":
         """Open for reading from ``index``; call ``read_all`` before appending."""
         segs = _list_segments(dirpath)
@@ -96,7 +112,7 @@ class WAL:
         for name in os.listdir(dirpath):
             if name.endswith(".wal.tmp"):
                 os.unlink(os.path.join(dirpath, name))
-        w = cls(dirpath, segment_bytes)
+        w = cls(dirpath, segment_bytes, preallocate)
         w._segments = segs[start:]
         w._start_index = index
         return w
@@ -122,7 +138,7 @@ class WAL:
                 is_last = pos == len(self._segments) - 1
                 records, valid_end, running = _scan(buf, path, running, is_last)
                 if is_last and valid_end < len(buf):
-                    _truncate_file(path, valid_end)
+                    self._repair(path, buf, valid_end)
                 if not records:
                     # Only the last segment can be empty (a torn first write of
                     # a segment created by a cut is impossible: cut renames a
@@ -152,6 +168,7 @@ class WAL:
                             entries.append(Entry(eidx, rec.payload[8:]))
                 self._seq = seq
                 self._size = valid_end
+                self._head_size = records[min(2, len(records) - 1)].end
             if not found:
                 # Fine when the log simply ends just before ``index``, or when
                 # it is the original first segment and begins after ``index``.
@@ -170,9 +187,29 @@ class WAL:
             self._last_index = last_index
             self._synced_index = last_index
             path = os.path.join(self.dir, self._segments[-1][2])
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(path, os.O_WRONLY)
+            self._allocated = os.fstat(self._fd).st_size
             self._mode = "append"
+            self._prepare_spare()
             return metadata, state, entries
+
+    def _repair(self, path: str, buf: bytes, valid_end: int) -> None:
+        """Remove a torn tail: zeros over it in a pre-zeroed segment (the
+        allocation stays), else truncate."""
+        if not self.preallocate:
+            _truncate_file(path, valid_end)
+            return
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            write_zeros(fd, valid_end, len(buf.rstrip(b"\0")))
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _prepare_spare(self) -> None:
+        """Start zero-filling the segment after the current one (spare.py)."""
+        if self.preallocate and self._spare is None:
+            self._spare = SpareSegment(self.dir, self._seq + 1, self.segment_bytes)
 
     # ---------------------------------------------------------------- append
 
@@ -200,10 +237,12 @@ class WAL:
         try:
             written = 0
             while written < len(data):
-                written += os.write(self._fd, data[written:])
+                written += os.pwrite(self._fd, data[written:], start + written)
         except OSError as exc:
             try:
-                os.ftruncate(self._fd, start)
+                if start < self._allocated:
+                    write_zeros(self._fd, start, min(self._allocated, start + len(data)))
+                os.ftruncate(self._fd, max(start, self._allocated))
             except OSError as exc2:
                 self._broken = f"wal: write failed ({exc}) and could not be undone ({exc2})"
                 raise WALBrokenError(self._broken) from exc
@@ -213,6 +252,9 @@ class WAL:
                 ) from exc
             raise
         self._size = start + len(data)
+        if self._size > self._allocated:
+            self._allocated = self._size
+            self._grew = True
         self._dirty = True
 
     def save_entry(self, index: int, data: bytes) -> None:
@@ -243,7 +285,7 @@ class WAL:
     def _save_entries(self, entries) -> None:
         if not entries:
             return
-        self._maybe_cut()
+        self._maybe_cut(sum(_HEADER.size + _U64.size + len(data) for _index, data in entries))
         parts = []
         crc = self._crc
         last = self._last_index
@@ -270,8 +312,11 @@ class WAL:
             target = self._last_index
             fd = os.dup(self._fd)
             self._dirty = False
+            if self._grew:
+                self.size_changing_syncs += 1
+                self._grew = False
         try:
-            os.fsync(fd)
+            os.fdatasync(fd)
         except OSError as exc:
             with self._lock:
                 self._broken = f"wal: fsync failed: {exc}"
@@ -287,8 +332,12 @@ class WAL:
     def synced_index(self) -> int | None:
         return self._synced_index
 
-    def _maybe_cut(self) -> None:
-        if self._size >= self.segment_bytes:
+    def _maybe_cut(self, incoming: int = 0) -> None:
+        """Cut when the segment is full, or, pre-zeroed, when `incoming` more
+        bytes would extend it and it holds more than its head."""
+        if self._size >= self.segment_bytes or (
+                self.preallocate and self._size + incoming > self.segment_bytes
+                and self._size > self._head_size):
             self._cut()
 
     def cut(self) -> None:
@@ -301,7 +350,7 @@ class WAL:
         # The old segment must be complete on disk before a newer one exists:
         # torn-tail repair assumes only the last segment can be torn.
         try:
-            os.fsync(self._fd)
+            os.fdatasync(self._fd)
         except OSError as exc:
             self._broken = f"wal: fsync failed: {exc}"
             raise WALBrokenError(self._broken) from exc
@@ -320,10 +369,13 @@ class WAL:
         frame2, crc = _frame(TYPE_METADATA, self._metadata, crc)
         frame3, crc = _frame(TYPE_STATE, self._state, crc)
         head = frame1 + frame2 + frame3
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if self.preallocate:
+            self._zeroed_segment_file(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (0 if self.preallocate else os.O_TRUNC),
+                     0o600)
         try:
             try:
-                os.write(fd, head)
+                os.pwrite(fd, head, 0)
                 os.fsync(fd)
             except OSError as exc:
                 os.close(fd)
@@ -341,12 +393,30 @@ class WAL:
                 os.close(fd)
             raise
         os.close(fd)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(path, os.O_WRONLY)
         self._seq = seq
-        self._size = len(head)
+        self._size = self._head_size = len(head)
+        self._allocated = os.fstat(self._fd).st_size
+        self._grew = False
         self._crc = crc
         self._segments.append((seq, first_index, name))
         self._dirty = False
+        self._prepare_spare()
+
+    def _zeroed_segment_file(self, tmp: str) -> None:
+        """Put a zero-filled, fsynced file of segment_bytes at `tmp`: the spare
+        prepared ahead (spare.py), or, when there is none or it failed (logged
+        there), one written now."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            try:
+                os.rename(spare.take(), tmp)
+                self.segments_preallocated += 1
+                return
+            except OSError:
+                pass                        # logged by the spare's thread; try here
+        zeroed_file(tmp, self.segment_bytes)
+        self.segments_preallocated += 1
 
     def release_to(self, index: int) -> int:
         """Delete segments holding only entries below ``index`` (never the current one).
@@ -374,10 +444,13 @@ class WAL:
 
     def close(self) -> None:
         with self._lock:
+            if self._spare is not None:
+                self._spare.discard()
+                self._spare = None
             if self._fd is not None:
                 try:
                     if self._dirty and not self._broken:
-                        os.fsync(self._fd)
+                        os.fdatasync(self._fd)
                 finally:
                     os.close(self._fd)
                     self._fd = None
