@@ -15,6 +15,7 @@ import trio
 from versionfs.blob.blobstore import BlobStore
 from versionfs.blob.codec import Codec
 from versionfs.blob.disk import DiskStore
+from versionfs.fs.core import UnsyncedInodes
 from versionfs.fs.data import DataManager
 from versionfs.fs.layers import FileData
 
@@ -81,3 +82,19 @@ def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
         assert f.take_unsynced() == ([(0, MIB - 10), (3 * MIB, 3 * MIB + 10)], MIB - 10)
 
     trio.run(run)
+
+
+def test_an_inode_stays_unsynced_until_a_metadata_sync_started_after_its_change():
+    """An fsync arriving while a metadata sync runs must not count on it (the
+    inode stays in until the sync is durable), and a change made during the
+    sync is not forgotten when that sync ends (it may not hold the change)."""
+    pending = UnsyncedInodes()
+    pending.add(7)
+    pending.add(8)
+    mark = pending.mark()              # a metadata sync starts
+    assert 7 in pending and 8 in pending
+    pending.add(8)                     # changed again during that sync
+    pending.synced(mark)               # the sync is durable
+    assert 7 not in pending and 8 in pending
+    pending.synced(pending.mark())
+    assert 8 not in pending

@@ -49,6 +49,35 @@ SNAP_TIMEOUT = 3600.0
 CTL_TIMEOUT = 1.0
 
 
+class UnsyncedInodes:
+    """Inodes whose fsync must sync the metadata too, each until a metadata
+    sync that started after its latest change has finished.
+
+    Cleared at the start of a sync, an inode changed during that sync would be
+    forgotten although the sync may not hold the change; cleared after it, an
+    fsync arriving meanwhile would rely on a sync that had not finished. So a
+    sync takes a `mark()` before it starts and hands it to `synced()` after.
+    """
+
+    def __init__(self) -> None:
+        self._changes = 0
+        self._latest: dict[int, int] = {}       # ino -> number of its latest change
+
+    def add(self, ino: int) -> None:
+        self._changes += 1
+        self._latest[ino] = self._changes
+
+    def __contains__(self, ino: int) -> bool:
+        return ino in self._latest
+
+    def mark(self) -> int:
+        return self._changes
+
+    def synced(self, mark: int) -> None:
+        """A metadata sync that started at `mark` is durable."""
+        self._latest = {ino: n for ino, n in self._latest.items() if n > mark}
+
+
 class MountCore:
     """Shared state and inode bookkeeping of one mount (no request handlers)."""
 
@@ -104,11 +133,11 @@ class MountCore:
         # Inodes whose record changed since the last metadata sync in a way the
         # dirty journal does not carry (created; mode or owner changed): their
         # fsync syncs the metadata too (durability.py).
-        self.attrs_unsynced: set[int] = set()
+        self.attrs_unsynced = UnsyncedInodes()
         # Inodes sealed since the last metadata sync: the journal records that
         # follow build on that seal (replay applies them on top of the metadata
         # as it is on disk), so their fsync syncs the metadata too (durability.py).
-        self.seals_unsynced: set[int] = set()
+        self.seals_unsynced = UnsyncedInodes()
         self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self.requests_in_flight = 0            # FUSE requests being served (guard.py)
         self.fsync_syncs_in_loop = 0           # journal syncs run without a thread (status)

@@ -136,9 +136,9 @@ class DurabilityOps(MountCore):
         if not self.read_only and ino in self.inodes:
             self._store_inode(self.inodes[ino])
         self.fsync_metadata_syncs += 1
-        self.attrs_unsynced.clear()
-        self.seals_unsynced.clear()
+        marks = self.attrs_unsynced.mark(), self.seals_unsynced.mark()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
+        self._metadata_synced(*marks)
 
     async def _sync_journal(self) -> None:
         """The journal's fdatasync for one fsync. When that fsync is the only
@@ -254,10 +254,19 @@ class DurabilityOps(MountCore):
                 and (self.meta.get(schema.inode_key(k.ino)) is None
                      or self.journal.covers(self.meta.get(schema.journal_mark_key(k.ino)), k.index))]
 
+    def _metadata_synced(self, attrs_mark: int, seals_mark: int) -> None:
+        self.attrs_unsynced.synced(attrs_mark)
+        self.seals_unsynced.synced(seals_mark)
+
     def _drop_kept_files(self, kept: list) -> None:
-        """After the metadata sync that made them unneeded."""
+        """After the metadata sync that made them unneeded. Two syncs (an
+        fsync's and the periodic one) may run at once and both find a file
+        unneeded: the second finds it gone."""
         for k in kept:
-            self.data.kept_files.remove(k)
+            try:
+                self.data.kept_files.remove(k)
+            except ValueError:
+                continue
             _unlink_quietly(os.path.join(self.dirty_dir, k.name))
 
     async def journal_all_dirty(self) -> None:
@@ -277,9 +286,9 @@ class DurabilityOps(MountCore):
         journal records them and releases what it no longer needs."""
         marker = self.journal.seals_noted() if self.journal is not None else 0
         unneeded = self._kept_files_unneeded() if self.journal is not None else []
-        self.attrs_unsynced.clear()
-        self.seals_unsynced.clear()
+        marks = self.attrs_unsynced.mark(), self.seals_unsynced.mark()
         await trio.to_thread.run_sync(self.meta.sync)
+        self._metadata_synced(*marks)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)
         self._drop_kept_files(unneeded)
