@@ -21,6 +21,8 @@ from cloud_util import Machine, metric, wait_for
 from history_util import free_port
 from maint_util import fast_blobs, open_meta, slow_blobs
 
+from versionfs.fs.data import SEAL_PAUSE_ENV
+
 pytestmark = pytest.mark.fuse
 
 proxy = faultproxy.proxy                # the fixture
@@ -238,3 +240,42 @@ def test_a_failing_drain_is_an_error_in_log_status_and_metrics_and_is_retried(
              "the retried drain", 420)
     assert old not in slow_blobs(s3_server, s3_bucket)
     m.umount()
+
+
+def test_a_file_deleted_while_its_seal_runs_leaves_no_chunk_behind(laptop, s3_server, s3_bucket):
+    """The seal's new chunks are queued when it finds the file gone: both
+    stores lose them without gc. The seal is held between storing its chunks
+    and persisting them by the daemon's test hook (data.SEAL_PAUSE_ENV): with
+    a big file alone the delete raced the seal, and under load the seal won."""
+    m = laptop
+    m.configure(**{"mount.idle_seal_seconds": 1.0})
+    pause = m.state.parent / "seal-pause"
+    pause.touch()
+    m.mount_ok(env={SEAL_PAUSE_ENV: str(pause)})
+    fast_before, slow_before = fast_blobs(m.state), slow_blobs(s3_server, s3_bucket)
+    big = m.mnt / "big.bin"
+    big.write_bytes(os.urandom(16 << 20))
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{pause}.reached").exists():    # the idle seal has stored its chunks
+            assert time.monotonic() < deadline, "the seal of big.bin did not store its chunks"
+            time.sleep(0.05)
+        stored = fast_blobs(m.state) - fast_before
+        assert stored, "the seal stored no chunk"
+        big.unlink()
+        wait_for(m, lambda st: st["files_in_memory"] == 0, "the daemon to let go of big.bin")
+    finally:
+        pause.unlink(missing_ok=True)
+    line = f"was deleted while it was sealed: {len(stored)} new chunk(s) queued"
+    deadline = time.monotonic() + 60
+    while line not in (log := (m.state / "versionfs.log").read_text()):
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.2)
+    m.ctl("flush")
+    publish_past(m)
+    wait_for(m, lambda st: st["reclaim_backlog"] == 0 and st["pending_uploads"] == 0,
+             "the seal's chunks to be reclaimed")
+    assert fast_blobs(m.state) - fast_before == set()
+    assert slow_blobs(s3_server, s3_bucket) - slow_before == set()
+    m.umount()
+

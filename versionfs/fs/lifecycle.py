@@ -144,7 +144,16 @@ class LifecycleOps(MountCore):
         self._meta_changed = True
 
     def _persist_into(self, b, f: FileData, r: SealResult) -> None:
-        """New extents, size and inode record of a sealed file, in batch `b`."""
+        """New extents, size and inode record of a sealed file, in batch `b`.
+        A file deleted while it was sealed gets its new chunks queued for
+        reclamation instead: no extent will ever name them."""
+        if f.deleted:
+            for pointer in {e.pointer for e in r.added}:
+                schema.queue_candidate(b, pointer)
+            if r.added:
+                log.info("inode %d was deleted while it was sealed: %d new chunk(s) queued "
+                         "for reclamation", f.ino, len({e.pointer for e in r.added}))
+            return
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
         for e in r.removed:

@@ -5,7 +5,9 @@ offset`` written in the same MVCC batch as the extent (``schema.put_extent``);
 deleting an extent deletes its reference and queues the chunk as a candidate
 ``b"G" pointer`` in that batch too (``schema.delete_extent``). A crash can
 therefore never separate an extent from its reference or lose a candidate
-whose extent is gone: they are one WAL record.
+whose extent is gone: they are one WAL record. A seal that finds its file
+deleted when it is done queues the chunks it stored instead (no extent will
+ever name them; versionfs.fs.lifecycle).
 
 A drain (``Reclaimer.drain``, run in the background by the mount every few
 seconds) looks at each candidate, newest knowledge only, at a cost
@@ -47,8 +49,8 @@ Why it is safe:
 
 ``versionfs gc`` stays the full verifier: it marks from every retained extent
 version; in the stores it finds nothing more to delete than what is still
-queued here, plus chunks no extent ever named (a file deleted while its seal
-was storing them), which only it collects.
+queued here, plus chunks no metadata ever named (a seal that failed half-way,
+or a crash between a seal's puts and its metadata), which only it collects.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class Reclaimer:
                 with self.meta.write() as b:
                     for k in keys[i:i + 4 * BATCH]:
                         b.delete(k)
-                        b.put(schema.reclaim_key(k[1:]), schema.u64(time.time_ns()))
+                        schema.queue_candidate(b, k[1:])
                 moved += len(keys[i:i + 4 * BATCH])
             if moved:
                 log.info("%d reclamation candidate(s) requeued: a snapshot was forgotten", moved)

@@ -124,6 +124,11 @@ def waiting_key(pointer: bytes) -> bytes:
     return WAITING_PREFIX + pointer
 
 
+def queue_candidate(batch, pointer: bytes) -> None:
+    """Queue a chunk as a reclamation candidate (a new time each time)."""
+    batch.put(reclaim_key(pointer), u64(time.time_ns()))
+
+
 def put_extent(batch, ino: int, offset: int, length: int, pointer: bytes) -> None:
     """Store an extent and its reverse reference, in one batch."""
     batch.put(extent_key(ino, offset), pack_extent(length, pointer))
@@ -135,7 +140,7 @@ def delete_extent(batch, ino: int, offset: int, pointer: bytes) -> None:
     reclamation candidate, all in one batch (so a crash keeps them in step)."""
     batch.delete(extent_key(ino, offset))
     batch.delete(extent_ref_key(pointer, ino, offset))
-    batch.put(reclaim_key(pointer), u64(time.time_ns()))
+    queue_candidate(batch, pointer)
 
 
 def put_extent_record(batch, key: bytes, value: bytes) -> None:
