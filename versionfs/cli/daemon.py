@@ -337,6 +337,7 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
                     read_cache_bytes=st.config["mount.read_cache_bytes"],
                     read_cache_idle_seconds=st.config["mount.read_cache_idle_seconds"],
                     merge_quiet_seconds=st.config["mount.merge_quiet_seconds"],
+                    metadata_sync_seconds=st.config["mount.metadata_sync_seconds"],
                     cloud=session, services=services.daemon_services(st.config))
     except BaseException as e:
         readiness.failed(f"mount failed: {e}")

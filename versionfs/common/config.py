@@ -148,6 +148,11 @@ for _k in [
         "has not been written for this long they are merged into regular chunks "
         "(the merged bytes are stored and uploaded once more).",
         _positive),
+    Key("mount", "metadata_sync_seconds", "float", 5.0,
+        "While files are sealed the metadata is fsynced at least this often (fsync, "
+        "flush and publishing sync it too). A power cut loses at most this much sealing "
+        "of files never fsynced; they come back as they were before.",
+        _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),
     Key("mount", "read_cache_bytes", "size", "64MiB",

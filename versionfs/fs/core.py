@@ -55,7 +55,7 @@ class MountCore:
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
                  seal_max_age_seconds: float = 60.0, merge_quiet_seconds: float = 60.0,
-                 cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
+                 metadata_sync_seconds: float = 5.0, cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
                  read_cache_idle_seconds: float = CACHE_IDLE_SECONDS):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
@@ -70,6 +70,7 @@ class MountCore:
         self.seal_max_age_seconds = seal_max_age_seconds
         self.read_cache_idle_seconds = read_cache_idle_seconds
         self.merge_quiet_seconds = merge_quiet_seconds
+        self.metadata_sync_seconds = metadata_sync_seconds
         # fsynced writes not yet sealed (journal.py); replayed by `start`.
         self.journal = None if read_only else open_journal(dirty_dir)
         # Encrypted filesystems chunk under a key (chunking.py); only the

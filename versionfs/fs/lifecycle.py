@@ -13,8 +13,8 @@ in the background once more than `STREAM_SEAL_BYTES` are pending; snapshot, flus
 unmount seal everything. Small new files are sealed many to a batch. A file
 left with runs of small extents by appends is merged once it has been quiet
 for `merge_quiet_seconds` (sealing.py says why and how). The idle
-sealer also syncs the metadata now and then, which lets the journal release
-what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
+sealer also syncs the metadata every `metadata_sync_seconds` while it changes,
+which lets the journal release what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
 """
 
@@ -270,7 +270,7 @@ class LifecycleOps(MountCore):
                 log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
             for ino in self._merges_due(now):
                 self._nursery.start_soon(self._merge_small_extents, ino)
-            if self._meta_changed and now - last_sync > 5:
+            if self._meta_changed and now - last_sync > self.metadata_sync_seconds:
                 self._meta_changed = False
                 last_sync = now
                 try:

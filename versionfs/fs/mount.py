@@ -50,7 +50,7 @@ def _options(fuse_options: Iterable[str], read_only: bool) -> set[str]:
 async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool = False,
                 fuse_options: Iterable[str] = (), ready: Callable[[], None] | None = None,
                 idle_seal_seconds: float = 5.0, seal_max_age_seconds: float = 60.0,
-                merge_quiet_seconds: float = 60.0, cloud=None,
+                merge_quiet_seconds: float = 60.0, metadata_sync_seconds: float = 5.0, cloud=None,
                 read_cache_bytes: int = CHUNK_CACHE_BYTES,
                 read_cache_idle_seconds: float = CACHE_IDLE_SECONDS,
                 services: Iterable[Callable[[VersionFS, trio.Nursery], None]] = ()) -> None:
@@ -65,7 +65,8 @@ async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool =
     ops = VersionFS(meta, blobs, paired, os.fspath(dirty_dir), mountpoint=mountpoint,
                     read_only=read_only, idle_seal_seconds=idle_seal_seconds,
                     seal_max_age_seconds=seal_max_age_seconds,
-                    merge_quiet_seconds=merge_quiet_seconds, cloud=cloud,
+                    merge_quiet_seconds=merge_quiet_seconds,
+                    metadata_sync_seconds=metadata_sync_seconds, cloud=cloud,
                     read_cache_bytes=read_cache_bytes,
                     read_cache_idle_seconds=read_cache_idle_seconds)
     pyfuse3.init(ops, mountpoint, _options(fuse_options, read_only))

@@ -35,6 +35,8 @@ Why it is safe:
   a power cut can only lose writes made after the deletion decision, which
   never refer to a deleted chunk (see the next point); a candidate key that a
   crash keeps after its chunk was deleted is just checked and deleted again.
+  (tests/test_reclaim.py cuts power after a discard with every other sync
+  held off.)
 * A writer that makes the chunk live again (a seal producing the same bytes,
   a restore copying extents) does so through the ``GCGuard`` the collector
   uses: the mount opens a guard epoch, waits for seals already running, and
@@ -99,14 +101,17 @@ def ensure_extent_refs(meta: Any) -> bool:
     return True
 
 
-def chunk_users(meta: Any, pointer: bytes) -> str | None:
+def chunk_users(meta: Any, pointer: bytes, snapshots: bool = True) -> str | None:
     """'live' when the head uses the chunk, 'snapshot' when only retained
-    snapshots do, None when nothing retained does."""
+    snapshots do, None when nothing retained does. ``snapshots=False``: none
+    is retained, so their versions are not asked for (that read commits the
+    queued metadata to LMDB first, a round trip to its writer per chunk)."""
     start = schema.extent_ref_prefix(pointer)
     end = schema.prefix_end(start)
     if any(True for _ in meta.range(start, end, limit=1)):
         return "live"
-    if any(value is not None for _k, _r, value in meta.versions(start, end, retained_only=True)):
+    if snapshots and any(value is not None
+                         for _k, _r, value in meta.versions(start, end, retained_only=True)):
         return "snapshot"
     return None
 
@@ -177,7 +182,7 @@ class Reclaimer:
                 fresh.append(seen)
             if now - seen.time < self.min_age or p in held:
                 continue
-            users = chunk_users(self.meta, p)
+            users = chunk_users(self.meta, p, snapshots=bool(self._revs))
             if users is None and old_snapshots:
                 users = "snapshot"
             if users is None:
