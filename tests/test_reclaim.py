@@ -6,6 +6,7 @@ clean and gc finds nothing more."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 import cloud_util
 import faultproxy
 from cli_util import ok, run_cli
-from cloud_util import Machine, metric, wait_for
+from cloud_util import Machine, metric, status, wait_for
 from history_util import free_port
 from maint_util import fast_blobs, open_meta, slow_blobs
 
@@ -312,3 +313,44 @@ def test_a_power_cut_after_a_discard_never_finds_metadata_naming_the_discarded_c
     m.umount()
     r = run_cli("fsck", m.state, "--read-data", "--quiet")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_after_a_remount_a_chunk_no_kept_head_names_leaves_the_bucket_without_new_publishes(
+        laptop, s3_server, s3_bucket):
+    """The heads the bucket keeps (their indexes are in the head record) and
+    when a drain first saw a candidate (b"Y") outlive the mount: a chunk the
+    published heads had already moved past goes at the next mount's first
+    drains, not after three more publishes."""
+    m = laptop
+    m.mount_ok()
+    first = os.urandom(200_000)
+    old = hashlib.sha256(first).digest()
+    (m.mnt / "doc.txt").write_bytes(first)
+    ok(run_cli("snapshot", m.mnt, "s"))
+    m.ctl("flush")
+    assert old in slow_blobs(s3_server, s3_bucket)
+    # An open snapshot file holds the old chunk past the publishes that make it
+    # garbage; the laptop then dies with it open.
+    reader = open(m.mnt / ".versionfs" / "snapshots" / "s" / "doc.txt", "rb")
+    assert reader.read(10) == first[:10]
+    (m.mnt / "doc.txt").write_bytes(os.urandom(200_000))
+    m.ctl("forget", "s")
+    m.ctl("flush")
+    publish_past(m)
+    time.sleep(5)                                   # drains see it held: it stays
+    assert old in slow_blobs(s3_server, s3_bucket)
+    m.kill9()
+    with contextlib.suppress(OSError):
+        reader.close()
+    m.configure(**{"cloud.wal_ship_interval_seconds": 60.0})   # none in the next minute
+    m.mount_ok()
+    before = status(m)["published_index"]
+    deadline = time.monotonic() + 45
+    while old in slow_blobs(s3_server, s3_bucket):
+        assert time.monotonic() < deadline, f"still in the bucket after the remount: {status(m)}"
+        time.sleep(0.5)
+    st = status(m)
+    assert st["reclaim_error"] is None
+    assert st["published_index"] == before, "deleted only after a publish of this mount"
+    m.umount()
+

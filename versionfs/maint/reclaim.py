@@ -27,7 +27,10 @@ proportional to the candidates:
   only once every head record the bucket still keeps (the head and its
   ``HEAD_COPIES_KEPT`` copies, versionfs.bucket.publish) was published after
   the drain first saw the candidate: a clone restores one of those, and none
-  of them refers to the chunk any more.
+  of them refers to the chunk any more. Both halves outlive a remount: the
+  head record lists the index of each kept copy, and a drain records when it
+  first saw a candidate (``b"Y" pointer``: the candidate's token and that
+  index; a new token means superseded again, seen afresh).
 
 Why it is safe:
 
@@ -122,6 +125,7 @@ class _Seen:
     time: float            # when a drain first saw it so (monotonic)
     index: int             # the metadata's last WAL index then: the supersession is at or before it
     discarded: bool = False
+    recorded: bool = False  # kept in the metadata as b"Y" (`Reclaimer._record`)
 
 
 @dataclass
@@ -168,7 +172,7 @@ class Reclaimer:
         held = set(held)
         self._requeue_if_forgotten()
         now = self.clock()
-        fresh: list[_Seen] = []
+        fresh: list[tuple[bytes, _Seen]] = []
         old_snapshots = any(r < self.refs_from for r in self._revs or ())
         ready: list[bytes] = []
         settled: list[tuple[bytes, str | None]] = []
@@ -178,8 +182,9 @@ class Reclaimer:
             backlog += 1
             seen = self._seen.get(p)
             if seen is None or seen.token != token:
-                seen = self._seen[p] = _Seen(token, now, -1)
-                fresh.append(seen)
+                seen = self._seen[p] = self._recall(p, token, now)
+                if seen.index < 0:
+                    fresh.append((p, seen))
             if now - seen.time < self.min_age or p in held:
                 continue
             users = chunk_users(self.meta, p, snapshots=bool(self._revs))
@@ -192,7 +197,7 @@ class Reclaimer:
         # Superseded (again) at or before this index, and not used since unless
         # the head uses it when a later drain looks: no metadata from here on names it.
         index = self.meta.last_index
-        for seen in fresh:
+        for _p, seen in fresh:
             seen.index = index
         if settled:
             with self.meta.write() as b:
@@ -208,6 +213,7 @@ class Reclaimer:
             due = [p for p in ready if (published_floor is None or self._seen[p].index <= published_floor)
                    and not self.paired.is_pending(Pointer.from_bytes(p))]
             backlog -= self._delete(guard, due)
+        self._record([p for p, seen in fresh if self._seen.get(p) is seen])
         st.backlog = backlog
         st.drains += 1
         return st
@@ -218,6 +224,27 @@ class Reclaimer:
         seen = self._seen.pop(pointer)
         if self.meta.get(schema.reclaim_key(pointer)) == seen.token:
             batch.delete(schema.reclaim_key(pointer))
+        if seen.recorded:
+            batch.delete(schema.seen_key(pointer))
+
+    def _recall(self, pointer: bytes, token: bytes, now: float) -> _Seen:
+        """What a drain of an earlier mount recorded of this candidate (when the
+        token still matches: not superseded again since), else a fresh sight."""
+        record = self.meta.get(schema.seen_key(pointer))
+        if record is not None and record[:-8] == token:
+            return _Seen(token, now - self.min_age, schema.from_u64(record[-8:]), recorded=True)
+        return _Seen(token, now, -1)
+
+    def _record(self, waiting: list[bytes]) -> None:
+        """Keep, for a remount, when a drain first saw the candidates it has not
+        dealt with (b"Y"): a later mount then knows which heads are past them
+        instead of waiting for as many publishes again."""
+        for i in range(0, len(waiting), 4 * BATCH):
+            with self.meta.write() as b:
+                for p in waiting[i:i + 4 * BATCH]:
+                    seen = self._seen[p]
+                    b.put(schema.seen_key(p), seen.token + schema.u64(seen.index))
+                    seen.recorded = True
 
     def _requeue_if_forgotten(self) -> None:
         """Parked candidates go back to the queue when a snapshot was forgotten
