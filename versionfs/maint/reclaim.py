@@ -125,7 +125,7 @@ class _Seen:
     time: float            # when a drain first saw it so (monotonic)
     index: int             # the metadata's last WAL index then: the supersession is at or before it
     discarded: bool = False
-    recorded: bool = False  # kept in the metadata as b"Y" (`Reclaimer._record`)
+    recorded: bool = False  # it has a b"Y" key (`Reclaimer._record`), to delete with it
 
 
 @dataclass
@@ -233,7 +233,7 @@ class Reclaimer:
         record = self.meta.get(schema.seen_key(pointer))
         if record is not None and record[:-8] == token:
             return _Seen(token, now - self.min_age, schema.from_u64(record[-8:]), recorded=True)
-        return _Seen(token, now, -1)
+        return _Seen(token, now, -1, recorded=record is not None)   # a stale record goes too
 
     def _record(self, waiting: list[bytes]) -> None:
         """Keep, for a remount, when a drain first saw the candidates it has not
