@@ -75,18 +75,6 @@ def read_file(path: Path) -> None:
         os.close(fd)
 
 
-def create_files(d: Path, n: int, data: bytes) -> None:
-    d.mkdir()
-    for i in range(n):
-        fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, data)
-        os.close(fd)
-
-
-def ls_l(d: Path) -> None:
-    subprocess.run(["ls", "-l", str(d)], stdout=subprocess.DEVNULL, check=True)
-
-
 def delete_files(d: Path) -> None:
     for entry in os.scandir(d):
         os.unlink(entry.path)

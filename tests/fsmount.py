@@ -38,7 +38,8 @@ def _child(state_dir: str, mountpoint: str) -> None:
                   ready=lambda: print("READY", flush=True),
                   fuse_options=("allow_other",),   # other uids reach the mount
                   idle_seal_seconds=float(os.environ.get("VFS_IDLE_SEAL", "2.0")),
-                  merge_quiet_seconds=float(os.environ.get("VFS_MERGE_QUIET", "60.0")))
+                  merge_quiet_seconds=float(os.environ.get("VFS_MERGE_QUIET", "60.0")),
+                  metadata_sync_seconds=float(os.environ.get("VFS_METADATA_SYNC", "5.0")))
     finally:
         meta.close()
         paired.close()

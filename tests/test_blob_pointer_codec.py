@@ -142,3 +142,19 @@ def test_wrapped_key_distinguishes_wrong_passphrase_damage_and_truncation(kdf):
     with pytest.raises(ValueError, match="empty"):
         wrap_key(master, "")
     assert Codec.from_wrapped_key(wrapped, "correct horse").encrypted
+
+
+def test_decode_buffer_verifies_a_plain_blob_without_copying_it():
+    """The read path's decode: an unencrypted, uncompressed plaintext is a view
+    into the stored bytes (one 1 MiB buffer per chunk read, not two), still
+    verified against its pointer; ``decode`` keeps returning bytes."""
+    codec = Codec(None)
+    data = os.urandom(1 << 20)
+    p, stored = codec.encode(data)
+    view = codec.decode_buffer(p, stored)
+    assert isinstance(view, memoryview) and view.obj is stored and view == data
+    assert type(codec.decode(p, stored)) is bytes
+    tampered = bytearray(stored)
+    tampered[1000] ^= 1
+    with pytest.raises(CorruptBlobError):
+        codec.decode_buffer(p, bytes(tampered))

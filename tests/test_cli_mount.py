@@ -129,7 +129,8 @@ def test_mount_forks_a_detached_daemon(fs):
 
 def test_a_started_daemon_imports_only_what_it_needs(fs):
     """Mount time: when the daemon answers, it has not imported the ctl command
-    groups (imported on first use) nor prometheus_client (metrics are off)."""
+    groups (imported on first use), prometheus_client (metrics are off) nor
+    cryptography (the filesystem is not encrypted)."""
     fs.init()
     modules = fs.state.parent / "modules"
     code = ("import sys\nfrom versionfs.cli import daemon, main\n"
@@ -154,7 +155,7 @@ def test_a_started_daemon_imports_only_what_it_needs(fs):
         if proc.poll() is None:
             proc.kill()
     assert {"pyfuse3", "versionfs.fs.mount", "versionfs.bucket.session"} <= imported
-    unneeded = {"prometheus_client", "versionfs.common.metrics_endpoint",
+    unneeded = {"prometheus_client", "versionfs.common.metrics_endpoint", "cryptography",
                 "versionfs.fs.ctl.basic", "versionfs.fs.ctl.history", "versionfs.fs.ctl.maint"}
     assert imported & unneeded == set()
 

@@ -117,9 +117,9 @@ class _SlowChunks:
     def put(self, data):
         return self.inner.put(data)
 
-    def get(self, pointer):
-        data = self.inner.get(pointer)
-        time.sleep(1.0 if data.startswith(self.slow) else 0.1)
+    def get_buffer(self, pointer):
+        data = self.inner.get_buffer(pointer)
+        time.sleep(1.0 if data[:len(self.slow)] == self.slow else 0.1)
         return data
 
 
@@ -147,6 +147,33 @@ def test_read_waiting_for_store_survives_a_concurrent_seal(tmp_path):
             await dm.seal(f, _no_persist)       # and the layer it planned on is sealed
         assert got == [want]
         assert await dm.read(f, 0, 800 * K) == want
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+
+
+def test_a_read_within_one_chunk_is_a_view_of_the_cached_chunk(tmp_path):
+    """A cold read inside one chunk hands pyfuse3 a view of the verified chunk:
+    no copy of it (each 1 MiB copy is a fresh mmap of zeroed pages); a read
+    across chunks or layers is joined, and sealing still gets bytes."""
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), str(tmp_path / "dirty"))
+    first, second = os.urandom(300 * K), os.urandom(100 * K)     # an append: its own extent
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, first)
+        await dm.seal(f, _no_persist)
+        dm.write(f, 300 * K, second)
+        await dm.seal(f, _no_persist)
+        assert len(f.extents) == 2
+        dm.cache = reading.ChunkCache()         # cold, as after a remount
+        inside = await dm.read(f, 1000, 200 * K)
+        assert isinstance(inside, memoryview) and inside == first[1000:1000 + 200 * K]
+        across = await dm.read(f, 200 * K, 200 * K)
+        assert type(across) is bytes and across == first[200 * K:] + second
+        assert type(dm._read_sync(f.extents, [], 1000, 2000)) is bytes
 
     try:
         trio.run(run)

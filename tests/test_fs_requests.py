@@ -87,3 +87,27 @@ def test_changes_are_seen_at_once_by_another_process(cli_fs):
     finally:
         watcher.stdin.close()
         watcher.wait(30)
+
+
+def test_create_and_unlink_write_one_metadata_batch_per_file(cli_fs):
+    """A created and written file is one metadata batch (the times the kernel
+    sends at its close stay in memory until its seal); an unlinked file nothing
+    has open is deleted in its unlink's batch, and the FORGET that follows
+    writes nothing. The slack covers background seals and reclamation."""
+    fs = cli_fs.init().mount()
+    d = fs.path("d")
+    d.mkdir()
+    n, slack = 100, 25
+    before = fs.status()["metadata_batches"]
+    for i in range(n):
+        (d / f"f{i:03d}").write_bytes(b"x" * 4096)
+    created = fs.status()["metadata_batches"]
+    assert created - before <= n + slack                        # was 2 per file
+    os.stat(d / "f000")                                         # the kernel holds them
+    for i in range(n):
+        os.unlink(d / f"f{i:03d}")
+    assert fs.status()["metadata_batches"] - created <= n + slack   # was 2 per file
+    assert os.listdir(d) == []
+    fs.umount()
+    fs.mount()
+    assert os.listdir(d) == [] and fs.status()["inodes_in_memory"] <= 3

@@ -246,3 +246,40 @@ def test_fsck_refuses_a_mounted_filesystem(fs):
         assert_user_error(fsck(fs), "in use")
     finally:
         fs.umount()
+
+
+def test_partial_extents_reading_past_their_blob_or_with_a_bad_skip_are_reported(fs):
+    """A partial extent ([length, pointer, skip], sealing.py) must read inside its
+    blob (checked with --read-data) and have a non-negative integer skip."""
+    from versionfs.tree import schema
+    meta = open_meta(fs.state)
+    try:
+        ino = file_ino(meta, "later.bin")             # one 500,000-byte chunk
+        key = schema.extent_key(ino, 0)
+        _off, length, pointer, _skip = schema.unpack_extent(key, meta.get(key))
+        with meta.write() as b:                        # the same bytes, as a partial extent
+            schema.delete_extent(b, ino, 0, pointer)
+            schema.put_extent(b, ino, 0, length // 2, pointer)
+            schema.put_extent(b, ino, length // 2, length - length // 2, pointer, length // 2)
+    finally:
+        meta.close()
+    assert fsck(fs, "--read-data").returncode == 0
+    meta = open_meta(fs.state)
+    try:
+        meta.put(schema.extent_key(ino, length // 2),
+                 schema.pack_extent(length - length // 2, pointer, length // 2 + 1))
+    finally:
+        meta.close()
+    r = fsck(fs, "--read-data")
+    assert r.returncode == 4
+    assert f"blob {pointer.hex()}" in r.stdout and f"up to byte {length + 1}" in r.stdout
+    assert fsck(fs).returncode == 0                    # only reading the blob tells
+    meta = open_meta(fs.state)
+    try:
+        import msgpack
+        meta.put(schema.extent_key(ino, length // 2),
+                 msgpack.packb([length - length // 2, pointer, -1]))
+    finally:
+        meta.close()
+    r = fsck(fs)
+    assert r.returncode == 4 and "unreadable record" in r.stdout and "skip -1" in r.stdout

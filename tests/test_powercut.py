@@ -8,6 +8,7 @@ fsyncs, rebooted and remounted.
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import random
@@ -23,6 +24,7 @@ from cli_util import VERSIONFS, daemon_pid, force_cleanup, mount_type, ok, run_c
 from powercut import PowerCutDisk
 from test_meta_crash import check, run_child
 from versionfs.blob.files import TEMP_PREFIX, fsync_dir
+from versionfs.common import config as configmod
 
 pytestmark = pytest.mark.fuse
 
@@ -524,3 +526,52 @@ def test_power_cut_rounds_under_the_metadata_store(tmp_path, names):
         assert last > 100, "the children made too little progress to test anything"
     finally:
         disk.stop()
+
+
+@STRICT_SLOW_AND_EXT4
+def test_power_cut_after_fsync_that_follows_a_seal(vfs_disk):
+    """Writes never fsynced are sealed (the idle sealer: the metadata holding the
+    seal is written, not yet synced), then an append and an fsync, then the cut
+    before the periodic metadata sync: that fsync promised the whole file, so it
+    comes back with every byte, not with the append on top of a hole."""
+    v, rng = vfs_disk, random.Random(31)
+    cfg = configmod.load(v.state / "config.toml")
+    cfg.set("mount.idle_seal_seconds", 1.0)
+    cfg.set("mount.metadata_sync_seconds", 600.0)   # the cut comes before it
+    # Nor may an LMDB commit make the seal durable: each one fsyncs the metadata
+    # WAL first, and by default one follows any write within 50 ms, long before
+    # the fsync below (the test could not fail with it).
+    cfg.set("meta.batch_interval", 600.0)
+    configmod.save(cfg, v.state / "config.toml")
+    v.mount()
+    path = v.mnt / "big"
+    reader = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)   # keeps the file loaded
+    try:
+        os.fsync(reader)                          # the inode is durable: the next
+        fsync_dir(v.mnt)                          # fsyncs need only the journal
+        old, tail = rng.randbytes(24 << 20), rng.randbytes(4096)
+        fd = os.open(path, os.O_WRONLY)
+        for start in range(0, len(old), 1 << 20):
+            os.pwrite(fd, old[start:start + (1 << 20)], start)
+        os.close(fd)                              # the kernel hands the pages over
+        deadline = time.monotonic() + 60
+        while json.loads(ok(run_cli("status", v.mnt, "--json")))["dirty_files"]:
+            assert time.monotonic() < deadline, "the idle sealer never sealed the writes"
+            time.sleep(0.05)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, tail)
+        os.fsync(fd)
+        os.close(fd)
+    finally:
+        os.close(reader)
+    report = v.crash()
+    refused = v.remount(report)
+    got = path.read_bytes()
+    ok(run_cli("umount", v.mnt))
+    assert len(got) == len(old) + len(tail)
+    wrong = [start for start in range(0, len(old), 1 << 20)
+             if got[start:start + (1 << 20)] != old[start:start + (1 << 20)]]
+    assert wrong == [] and got[len(old):] == tail, f"1 MiB blocks lost after the cut: {wrong}"
+    v.check_stores()
+    if refused:
+        raise RemountRefused(refused)

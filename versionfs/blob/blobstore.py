@@ -61,15 +61,19 @@ class BlobStore:
             sync()
 
     def get(self, pointer: Pointer) -> bytes:
+        return bytes(self.get_buffer(pointer))
+
+    def get_buffer(self, pointer: Pointer) -> bytes | memoryview:
+        """``get`` without a copy where the codec can avoid one (``Codec.decode_buffer``)."""
         pointer = as_pointer(pointer)
         stored = self.store.get(pointer)
         try:
-            return self.codec.decode(pointer, stored)
+            return self.codec.decode_buffer(pointer, stored)
         except CorruptBlobError:
             refetch = getattr(self.store, "refetch", None)
             if refetch is None:
                 raise
-            return self.codec.decode(pointer, refetch(pointer))
+            return self.codec.decode_buffer(pointer, refetch(pointer))
 
     def contains(self, pointer: Pointer) -> bool:
         return self.store.contains(as_pointer(pointer))

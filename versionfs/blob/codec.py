@@ -50,10 +50,6 @@ import struct
 import threading
 
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import CorruptBlobError, TruncatedBlobError, WrongPassphraseError
 from .keys import MASTER_KEY_SIZE, unwrap_key
@@ -71,10 +67,12 @@ FMT_SEAL_PLAIN = 0x21
 FMT_SEAL_AEAD = 0x22
 FMT_SEAL_CHACHA = 0x23
 
-# cipher name -> (AEAD class, padded blob format, seal format)
+# cipher name -> (AEAD class in cryptography's aead module, padded blob format,
+# seal format). cryptography is imported only by a Codec with a key
+# (`_aead_class`): a plain filesystem's mount never loads it (start-up time).
 CIPHERS = {
-    "aes-256-gcm": (AESGCM, FMT_PAD_AEAD, FMT_SEAL_AEAD),
-    "chacha20-poly1305": (ChaCha20Poly1305, FMT_PAD_CHACHA, FMT_SEAL_CHACHA),
+    "aes-256-gcm": ("AESGCM", FMT_PAD_AEAD, FMT_SEAL_AEAD),
+    "chacha20-poly1305": ("ChaCha20Poly1305", FMT_PAD_CHACHA, FMT_SEAL_CHACHA),
 }
 # format -> (cipher, packed); packed None: the padded layout says it.
 _BLOB_AEAD = {FMT_AEAD: ("aes-256-gcm", False), FMT_AEAD_ZSTD: ("aes-256-gcm", True),
@@ -125,7 +123,14 @@ def padded_size(payload: int) -> int:
     return max(need, min(padme(max(need, MIN_STORED)), HEADER_SIZE + MAX_BLOB))
 
 
+def _aead_class(name: str):
+    from cryptography.hazmat.primitives.ciphers import aead
+    return getattr(aead, name)
+
+
 def _subkey(master: bytes, purpose: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                 info=b"versionfs/" + purpose).derive(master)
 
@@ -150,8 +155,10 @@ class Codec:
         if self.encrypted:
             self._pointer_key = _subkey(master_key, b"pointer")
             blob_key, seal_key = _subkey(master_key, b"blob"), _subkey(master_key, b"seal")
-            self._blob_aead = {name: c[0](blob_key) for name, c in CIPHERS.items()}
-            self._seal_aead = {name: c[0](seal_key) for name, c in CIPHERS.items()}
+            self._blob_aead = {name: _aead_class(c[0])(blob_key) for name, c in CIPHERS.items()}
+            self._seal_aead = {name: _aead_class(c[0])(seal_key) for name, c in CIPHERS.items()}
+            from cryptography.exceptions import InvalidTag
+            self._invalid = (InvalidTag, ValueError)       # what a failed AEAD open raises
             _, self._fmt_blob, self._fmt_seal = CIPHERS[cipher]
             self._chunking_seed = int.from_bytes(_subkey(master_key, b"chunking"), "big")
 
@@ -226,6 +233,13 @@ class Codec:
 
     def decode(self, pointer: Pointer, stored) -> bytes:
         """Plaintext of ``stored``, verified against ``pointer``."""
+        return bytes(self._open_blob(pointer, stored, unpack=True))
+
+    def decode_buffer(self, pointer: Pointer, stored) -> bytes | memoryview:
+        """``decode`` without copying an unencrypted, uncompressed plaintext out of
+        ``stored``: a read-only view of it (which keeps ``stored`` alive). For the
+        read path, where every copy of a 1 MiB chunk is a fresh mmap of 256
+        zeroed pages (common/memory.py pins the mmap threshold)."""
         return self._open_blob(pointer, stored, unpack=True)
 
     def verify(self, pointer: Pointer, stored) -> None:
@@ -237,7 +251,7 @@ class Codec:
         """
         self._open_blob(pointer, stored, unpack=False)
 
-    def _open_blob(self, pointer: Pointer, stored, unpack: bool) -> bytes | None:
+    def _open_blob(self, pointer: Pointer, stored, unpack: bool) -> bytes | memoryview | None:
         ptr = pointer.hex()
         what = f"blob {ptr}"
         fmt, payload = _split(stored, what, ptr)
@@ -245,7 +259,7 @@ class Codec:
             if self.encrypted:
                 raise CorruptBlobError(f"{what}: unencrypted blob in an encrypted filesystem",
                                        ptr)
-            plaintext = self._unpack(payload, what, ptr) if fmt == FMT_PLAIN_ZSTD else bytes(payload)
+            plaintext = self._unpack(payload, what, ptr) if fmt == FMT_PLAIN_ZSTD else payload
             if hashlib.sha256(plaintext).digest() != pointer.bytes:
                 raise CorruptBlobError(f"{what}: content does not match its pointer", ptr)
             return plaintext
@@ -256,7 +270,7 @@ class Codec:
             try:
                 payload = self._blob_aead[cipher].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
                                                           header + pointer.bytes)
-            except (InvalidTag, ValueError):
+            except self._invalid:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or stored "
                                        "under another name)", ptr) from None
             if not unpack:
@@ -312,7 +326,7 @@ class Codec:
             try:
                 return self._seal_aead[_SEAL_AEAD[fmt]].decrypt(payload[:NONCE_SIZE], payload[NONCE_SIZE:],
                                                header + context)
-            except (InvalidTag, ValueError):
+            except self._invalid:
                 raise CorruptBlobError(f"{what}: authentication failed (tampered, or sealed "
                                        "for another context)") from None
         raise CorruptBlobError(f"{what}: unknown format byte 0x{fmt:02x}")
@@ -356,7 +370,7 @@ def _unpad(inner: bytes, what: str, pointer_hex: str) -> tuple[bool, bytes]:
     end = _PAD_HEAD.size + length
     if packed > 1 or end > len(inner):
         raise CorruptBlobError(f"{what}: bad padded layout", pointer_hex)
-    return bool(packed), inner[_PAD_HEAD.size:end]
+    return bool(packed), memoryview(inner)[_PAD_HEAD.size:end]
 
 
 def _seal_digest(header: bytes, data, context: bytes) -> bytes:

@@ -30,11 +30,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from .errors import CorruptBlobError, TruncatedBlobError, WrongPassphraseError
 
 MASTER_KEY_SIZE = 32
@@ -64,6 +59,10 @@ def _passphrase_bytes(passphrase: str | bytes) -> bytes:
 
 
 def _derive(kdf: int, p1: int, p2: int, p3: int, salt: bytes, passphrase: bytes) -> bytes:
+    # cryptography is imported where a key is wrapped or unwrapped, not with the
+    # module: a plain filesystem's mount and commands never load it (start-up time).
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
     if kdf == _KDF_ARGON2ID:
         return Argon2id(salt=salt, length=32, iterations=p2, lanes=p3, memory_cost=p1).derive(passphrase)
     if kdf == _KDF_SCRYPT:
@@ -86,6 +85,7 @@ def wrap_key(master: bytes, passphrase: str | bytes, *, kdf: str = "argon2id",
     salt, nonce = os.urandom(16), os.urandom(12)
     head = _HEAD.pack(_MAGIC, _VERSION, kdf_id, *params, salt, nonce)
     kek = _derive(kdf_id, *params, salt, _passphrase_bytes(passphrase))
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     body = head + AESGCM(kek).encrypt(nonce, master, head)
     return body + hashlib.sha256(body).digest()
 
@@ -106,6 +106,8 @@ def unwrap_key(wrapped: bytes, passphrase: str | bytes) -> bytes:
     if version != _VERSION:
         raise CorruptBlobError(f"wrapped key has unknown version {version}")
     kek = _derive(kdf_id, p1, p2, p3, salt, _passphrase_bytes(passphrase))
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     try:
         return AESGCM(kek).decrypt(nonce, body[_HEAD.size:], body[:_HEAD.size])
     except InvalidTag:

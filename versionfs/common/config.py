@@ -143,15 +143,15 @@ for _k in [
         "A file that keeps being written is sealed at least this often. With "
         "cloud.wal_ship_interval_seconds it bounds what a lost laptop can lose (the RPO).",
         _positive),
+    Key("mount", "metadata_sync_seconds", "float", 5.0,
+        "Metadata written by seals, creates and renames is made durable (synced) at "
+        "most this long after it changed. An fsync never waits for it: what it must "
+        "keep is synced by the fsync itself.",
+        _positive),
     Key("mount", "merge_quiet_seconds", "float", 60.0,
         "A file appended and sealed many times holds runs of small extents; once it "
         "has not been written for this long they are merged into regular chunks "
         "(the merged bytes are stored and uploaded once more).",
-        _positive),
-    Key("mount", "metadata_sync_seconds", "float", 5.0,
-        "While files are sealed the metadata is fsynced at least this often (fsync, "
-        "flush and publishing sync it too). A power cut loses at most this much sealing "
-        "of files never fsynced; they come back as they were before.",
         _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),

@@ -55,7 +55,8 @@ class MountCore:
     def __init__(self, meta, blobs, paired, dirty_dir: str, *, mountpoint: str,
                  read_only: bool = False, idle_seal_seconds: float = 5.0,
                  seal_max_age_seconds: float = 60.0, merge_quiet_seconds: float = 60.0,
-                 metadata_sync_seconds: float = 5.0, cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
+                 metadata_sync_seconds: float = 5.0,
+                 cloud=None, read_cache_bytes: int = CHUNK_CACHE_BYTES,
                  read_cache_idle_seconds: float = CACHE_IDLE_SECONDS):
         super().__init__()                     # pyfuse3.Operations, last in VersionFS's bases
         self.meta = meta
@@ -83,6 +84,11 @@ class MountCore:
         self.snaps = SnapshotViews(meta)
         self.inodes: dict[int, Inode] = {}
         self.lookups: collections.Counter[int] = collections.Counter()
+        # Unlinked inodes the kernel still knows (until its FORGET) but nothing
+        # has open: their keys were deleted with their last name, so what the
+        # kernel still asks of them (getattr, the ctime setattr it sends after
+        # an unlink) is answered from memory and FORGET writes nothing.
+        self.gone: set[int] = set()
         self.files: dict[int, FileData] = {}
         self.open_count: collections.Counter[int] = collections.Counter()
         self.handles: dict[int, object] = {}
@@ -99,6 +105,10 @@ class MountCore:
         # dirty journal does not carry (created; mode or owner changed): their
         # fsync syncs the metadata too (durability.py).
         self.attrs_unsynced: set[int] = set()
+        # Inodes sealed since the last metadata sync: the journal records that
+        # follow build on that seal (replay applies them on top of the metadata
+        # as it is on disk), so their fsync syncs the metadata too (durability.py).
+        self.seals_unsynced: set[int] = set()
         self.fsync_metadata_syncs = 0          # fsyncs that synced the metadata too (status)
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
@@ -248,46 +258,74 @@ class MountCore:
             self.lookups.pop(ino, None)
             self.open_count.pop(ino, None)
 
-    def _delete_inode_keys(self, ino: int, b) -> None:
+    def _delete_inode_keys(self, ino: int, b, *, symlink: bool = True,
+                           orphan: bool = True) -> None:
+        """Every key of inode `ino`. `symlink` / `orphan`: False when the caller
+        knows there is no such key (a delete of a missing key still writes a
+        tombstone version)."""
         prefix = schema.extent_prefix(ino)
         for key, value in self.meta.range(prefix, schema.prefix_end(prefix)):
             schema.delete_extent_record(b, key, value)
         prefix = schema.xattr_prefix(ino)
         for key, _ in self.meta.range(prefix, schema.prefix_end(prefix)):
             b.delete(key)
-        b.delete(schema.symlink_key(ino))
+        if symlink:
+            b.delete(schema.symlink_key(ino))
         b.delete(schema.journal_mark_key(ino))
         b.delete(schema.inode_key(ino))
-        b.delete(schema.orphan_key(ino))
+        if orphan:
+            b.delete(schema.orphan_key(ino))
 
     def _drop_link(self, inode: Inode, now: int, b) -> None:
-        """One directory entry of `inode` went away (the entry is deleted by the caller)."""
+        """One directory entry of `inode` went away (the entry is deleted by the caller).
+
+        Its last one: an inode something has open stays, as an orphan, until
+        its last release (or the next mount); one nothing has open is deleted
+        in the same batch, even if the kernel still knows it (`gone`)."""
         inode.nlink -= 2 if inode.is_dir else 1
         inode.nlink = max(inode.nlink, 0)
         inode.ctime_ns = now
         if inode.nlink > 0:
             self._store_inode(inode, b)
-        elif self.lookups[inode.ino] > 0 or self.open_count[inode.ino] > 0:
+        elif self.open_count[inode.ino] > 0:
             self._store_inode(inode, b)
             b.put(schema.orphan_key(inode.ino), b"")
         else:
-            self._forget_inode(inode.ino, b)
+            # No orphan key: one is only written while the inode is open.
+            self._delete_inode(inode.ino, b, symlink=inode.is_lnk, orphan=False)
+            if self.lookups[inode.ino] > 0:
+                self.gone.add(inode.ino)
+            else:
+                self.inodes.pop(inode.ino, None)
+                self.lookups.pop(inode.ino, None)
 
-    def _forget_inode(self, ino: int, b) -> None:
-        self._delete_inode_keys(ino, b)
+    def _delete_inode(self, ino: int, b, **keys: bool) -> None:
+        """Its keys (in batch `b`), journal records and file data; not its
+        in-memory inode."""
+        self._delete_inode_keys(ino, b, **keys)
         if self.journal is not None:           # its journal records die with it
             self.journal.sealed(ino, self.journal.last_index)
         f = self.files.pop(ino, None)
         if f is not None:
             self.data.drop(f)
+
+    def _forget_inode(self, ino: int, b) -> None:
+        self._delete_inode(ino, b)
         self.inodes.pop(ino, None)
         self.lookups.pop(ino, None)
 
     def _unreferenced(self, ino: int) -> bool:
-        """Unlinked, and neither the kernel nor any open holds it: time to delete it."""
+        """Unlinked, not deleted yet, and neither the kernel nor any open holds
+        it: time to delete it."""
         inode = self.inodes.get(ino)
         return (inode is not None and inode.nlink == 0 and self.lookups[ino] <= 0
-                and self.open_count[ino] <= 0)
+                and self.open_count[ino] <= 0 and ino not in self.gone)
+
+    def _not_gone(self, ino: int) -> None:
+        """ENOENT for an inode deleted with its last name (`gone`): an open or an
+        xattr change that raced with the unlink must not bring keys back."""
+        if ino in self.gone:
+            raise FUSEError(errno.ENOENT)
 
     def _maybe_delete(self, *inos: int) -> None:
         """Delete the unlinked inodes among `inos` that the kernel and all opens

@@ -190,16 +190,22 @@ class DataManager(Sealer):
             layers = list(f.layers)
             for layer in layers:
                 layer.frozen = True
+            f.freeze_unsynced()
             covered = self.journal_index()
             size = layers[-1].size if layers else f.sealed_size
-            result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers, size,
-                                                   merge_small)
-            result.covered = covered
-            await _test_pause()
-            persist(f, result)
-            if not f.deleted:
-                f.extents = result.extents
-                f.sealed_size = result.size
+            stored = False
+            try:
+                result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers,
+                                                       size, merge_small)
+                result.covered = covered
+                await _test_pause()
+                persist(f, result)
+                if not f.deleted:
+                    f.extents = result.extents
+                    f.sealed_size = result.size
+                stored = True
+            finally:
+                f.seal_ended(stored)
             del f.layers[:len(layers)]
             for layer in layers:
                 layer.close()
@@ -225,18 +231,21 @@ class DataManager(Sealer):
                 taken.append(f)
         if not taken:
             return 0
+        stored = False
         try:
             frozen = []
             for f in taken:
                 layers = list(f.layers)
                 for layer in layers:
                     layer.frozen = True
+                f.freeze_unsynced()
                 frozen.append((f, f.extents, layers))
             covered = self.journal_index()
             results = await trio.to_thread.run_sync(self.seal_small_layers, frozen)
             for r in results:
                 r.covered = covered
             persist([(f, r) for (f, _, _), r in zip(frozen, results)])
+            stored = True
             for (f, _, layers), r in zip(frozen, results):
                 if not f.deleted:
                     f.extents = r.extents
@@ -246,6 +255,7 @@ class DataManager(Sealer):
                     layer.close()
         finally:
             for f in taken:
+                f.seal_ended(stored)
                 f.seal_lock.release()
         return len(taken)
 

@@ -9,7 +9,11 @@ blob is created. The inode record in the metadata is stored as usual by the
 next seal or metadata sync; replay restores size and times from the journal.
 Only a file whose inode record changed in a way the journal does not carry
 since the last metadata sync (`MountCore.attrs_unsynced`: created, mode or
-owner changed) costs a metadata sync too. The file is sealed later
+owner changed), or that was sealed since (`MountCore.seals_unsynced`: the
+seal took what was written before it out of what fsync journals, and replay
+builds on the metadata as it is on disk), costs a metadata sync too. A seal
+still in flight is not in the metadata yet: fsync journals what it froze as
+well (`FileData.sealing`). The file is sealed later
 (lifecycle.py), coalescing many fsyncs into one version. A file with more
 than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied
 into the journal: its bytes are already in dirty layer files, so fsync
@@ -117,13 +121,13 @@ class DurabilityOps(MountCore):
     async def sync_file(self, ino: int) -> None:
         """What fsync/fdatasync of a live file does (see the module docstring)."""
         f = self.files.get(ino)
-        if f is not None and (f.unsynced or f.unsynced_trunc is not None) and not self.read_only:
+        if f is not None and f.has_unsynced and not self.read_only:
             if self.journal is None or self._fast_store_full():
                 await self.seal_file(ino)
             else:
                 async with f.sync_lock:
                     await self._journal_unsynced(f)
-                if ino not in self.attrs_unsynced:
+                if ino not in self.attrs_unsynced and ino not in self.seals_unsynced:
                     # Size and times are in the journal record: one disk sync.
                     await trio.to_thread.run_sync(self.journal.sync)
                     return
@@ -131,6 +135,7 @@ class DurabilityOps(MountCore):
             self._store_inode(self.inodes[ino])
         self.fsync_metadata_syncs += 1
         self.attrs_unsynced.clear()
+        self.seals_unsynced.clear()
         await trio.to_thread.run_sync(self._sync_journal_and_meta)
 
     def _fast_store_full(self) -> bool:
@@ -149,15 +154,13 @@ class DurabilityOps(MountCore):
 
     async def _journal_unsynced(self, f) -> None:
         """What a file's fsync appends: its bytes, or where they are when many."""
-        if f.unsynced.total() > JOURNAL_FSYNC_LIMIT:
+        if f.unsynced_bytes() > JOURNAL_FSYNC_LIMIT:
             await self._journal_layers(f)
         else:
             await self._journal_file(f)
 
     async def _journal_file(self, f) -> None:
-        ranges, trunc = list(f.unsynced), f.unsynced_trunc
-        f.unsynced.clip(0)
-        f.unsynced_trunc = None
+        ranges, trunc = f.take_unsynced()
         writes = []
         for a, b in ranges:
             for start in range(a, b, JOURNAL_PIECE):
@@ -186,9 +189,7 @@ class DurabilityOps(MountCore):
                 files.append(layer)
             else:
                 ops.extend(("W", a, layer.pread(b - a, a)) for a, b in layer.dirty)
-        ranges, trunc = list(f.unsynced), f.unsynced_trunc
-        f.unsynced.clip(0)
-        f.unsynced_trunc = None
+        ranges, trunc = f.take_unsynced()
         kept = [self.data.keep_file(layer, f.ino) for layer in files]
         for layer in files:
             layer.readers += 1              # a seal finishing meanwhile must not close its fd
@@ -247,7 +248,7 @@ class DurabilityOps(MountCore):
         if self.journal is None:
             return
         for f in list(self.files.values()):
-            if (f.unsynced or f.unsynced_trunc is not None) and not f.deleted:
+            if f.has_unsynced and not f.deleted:
                 async with f.sync_lock:
                     await self._journal_unsynced(f)
         await trio.to_thread.run_sync(self.journal.sync)
@@ -260,6 +261,7 @@ class DurabilityOps(MountCore):
         marker = self.journal.seals_noted() if self.journal is not None else 0
         unneeded = self._kept_files_unneeded() if self.journal is not None else []
         self.attrs_unsynced.clear()
+        self.seals_unsynced.clear()
         await trio.to_thread.run_sync(self.meta.sync)
         if self.journal is not None and marker:
             await trio.to_thread.run_sync(self.journal.metadata_synced, marker)

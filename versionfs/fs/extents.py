@@ -15,11 +15,14 @@ from typing import Iterable, Iterator
 
 @dataclass(frozen=True, slots=True)
 class Extent:
-    """One stored chunk: file bytes [offset, offset+length) are the blob at pointer."""
+    """One stored chunk, or part of one: file bytes [offset, offset+length)
+    are the plain content of the blob at pointer from byte `skip` on (a partial
+    extent: what a small rewrite left of an old chunk, sealing.py)."""
 
     offset: int
     length: int
     pointer: bytes
+    skip: int = 0
 
     @property
     def end(self) -> int:

@@ -55,6 +55,7 @@ class FileOps(MountCore):
 
     def _open_handle(self, ino: int, flags: int) -> pyfuse3.FileInfo:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        self._not_gone(ino)
         self._file(ino)
         self.open_count[ino] += 1
         return pyfuse3.FileInfo(fh=self._new_fh(FileHandle(ino, writable)), keep_cache=True)

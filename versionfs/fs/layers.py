@@ -132,9 +132,14 @@ class FileData:
         self.last_write = 0.0
         self.deleted = False
         self._seq = 0
-        # Written since the last fsync (what the next fsync journals, journal.py):
+        # Written since the last fsync (what the next fsync journals, journal.py),
+        # less what a seal froze since (`freeze_unsynced`):
         self.unsynced = Intervals()
         self.unsynced_trunc: int | None = None
+        # What the seal in flight froze of it: journaled too by an fsync before
+        # that seal is stored, given back to `unsynced` if the seal fails.
+        self.sealing = Intervals()
+        self.sealing_trunc: int | None = None
 
     @property
     def dirty(self) -> bool:
@@ -145,8 +150,47 @@ class FileData:
         """monotonic time of the oldest write not yet sealed (0 when clean)."""
         return self.layers[0].created if self.layers else 0.0
 
+    @property
+    def has_unsynced(self) -> bool:
+        """Whether an fsync now has anything to journal."""
+        return bool(self.unsynced or self.sealing or self.unsynced_trunc is not None
+                    or self.sealing_trunc is not None)
+
+    def unsynced_bytes(self) -> int:
+        return self.unsynced.total() + self.sealing.total()
+
+    def take_unsynced(self) -> tuple[list[tuple[int, int]], int | None]:
+        """The ranges and truncation the next fsync journals, now cleared."""
+        ranges, trunc = self.unsynced, _lowest(self.unsynced_trunc, self.sealing_trunc)
+        for a, b in self.sealing:
+            ranges.add(a, b)
+        self.unsynced, self.sealing = Intervals(), Intervals()
+        self.unsynced_trunc = self.sealing_trunc = None
+        return list(ranges), trunc
+
+    def freeze_unsynced(self) -> None:
+        """A seal froze every layer: what was written since the last fsync is in
+        them, so once the seal is stored the next fsync journals only what is
+        written after this (and syncs the metadata holding the seal,
+        durability.py) — O(bytes written), not the file again."""
+        self.sealing, self.sealing_trunc = self.unsynced, self.unsynced_trunc
+        self.unsynced, self.unsynced_trunc = Intervals(), None
+
+    def seal_ended(self, stored: bool) -> None:
+        """The seal that froze `sealing` is stored, or failed: then the next
+        fsync must journal those ranges after all."""
+        if not stored:
+            for a, b in self.sealing:
+                self.unsynced.add(a, b)
+            self.unsynced_trunc = _lowest(self.unsynced_trunc, self.sealing_trunc)
+        self.sealing, self.sealing_trunc = Intervals(), None
+
     def live_bytes(self) -> int:
         return self.layers[-1].dirty.total() if self.layers and not self.layers[-1].frozen else 0
+
+
+def _lowest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def plan_read(layers: list[Layer], a: int, b: int) -> list:

@@ -156,12 +156,16 @@ class LifecycleOps(MountCore):
             return
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
+        # A chunk the file still uses (partial extents of a split) is not a
+        # reclamation candidate.
+        still_used = {e.pointer for e in r.extents}
         for e in r.removed:
-            schema.delete_extent(b, f.ino, e.offset, e.pointer)
+            schema.delete_extent(b, f.ino, e.offset, e.pointer, queue=e.pointer not in still_used)
         for e in r.added:
-            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer)
+            schema.put_extent(b, f.ino, e.offset, e.length, e.pointer, e.skip)
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
+        self.seals_unsynced.add(f.ino)
         if small_runs(r.extents):
             self._merge_due[f.ino] = time.monotonic()
         else:
@@ -394,6 +398,9 @@ class LifecycleOps(MountCore):
             "journal_bytes": None if self.journal is None else self.journal.bytes_logged,
             "sealed_bytes": self.data.bytes_sealed,
             "fsync_metadata_syncs": self.fsync_metadata_syncs,
+            # Metadata batches (WAL entries) written so far: what a name
+            # operation costs in the store (one each for create and unlink).
+            "metadata_batches": self.meta.last_index,
             "merged_extents": self.data.extents_merged,
             "seal_failing_files": len(self.seal_failures),
             # The memory budget (common/memory.py): per-file state is only for

@@ -50,7 +50,8 @@ def _options(fuse_options: Iterable[str], read_only: bool) -> set[str]:
 async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool = False,
                 fuse_options: Iterable[str] = (), ready: Callable[[], None] | None = None,
                 idle_seal_seconds: float = 5.0, seal_max_age_seconds: float = 60.0,
-                merge_quiet_seconds: float = 60.0, metadata_sync_seconds: float = 5.0, cloud=None,
+                merge_quiet_seconds: float = 60.0, metadata_sync_seconds: float = 5.0,
+                cloud=None,
                 read_cache_bytes: int = CHUNK_CACHE_BYTES,
                 read_cache_idle_seconds: float = CACHE_IDLE_SECONDS,
                 services: Iterable[Callable[[VersionFS, trio.Nursery], None]] = ()) -> None:

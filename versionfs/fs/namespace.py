@@ -94,6 +94,7 @@ class NamespaceOps(MountCore):
                 released.append(ino)
         self._maybe_delete(*released)
         for ino in released:
+            self.gone.discard(ino)
             self._maybe_unload(ino)
 
     @guard
@@ -132,12 +133,12 @@ class NamespaceOps(MountCore):
         f = self.files.get(ino)
         times_only = not (fields.update_size or fields.update_atime or fields.update_mode
                           or fields.update_uid or fields.update_gid)
-        if inode.nlink == 0 or (times_only and f is not None and f.dirty
-                                and ino not in self.attrs_unsynced):
-            # Kept in memory only: an unlinked inode is deleted once let go (or at
-            # the next mount), and the kernel stamps mtime/ctime of a written file
-            # on every flush, fsync and eviction: kept like its size, stored by its
-            # seal, journaled by fsync (durability.py); no metadata write per
+        if inode.nlink == 0 or (times_only and f is not None and f.dirty):
+            # Kept in memory only: an unlinked inode is deleted with its last name
+            # or at its last release (or the next mount), and the kernel stamps
+            # mtime/ctime of a written file on every flush, fsync and eviction:
+            # kept like its size, stored by its seal or by the fsync of a new
+            # file (durability.py), journaled by fsync; no metadata write per
             # transaction.
             return self._entry(inode)
         with self.meta.write() as b:
@@ -228,6 +229,7 @@ class NamespaceOps(MountCore):
         self._check_name(new_name)
         self._writable(new_parent)
         self._writable(ino)
+        self._not_gone(ino)
         inode = self._inode(ino)
         if inode.is_dir:
             raise FUSEError(errno.EPERM)

@@ -105,7 +105,7 @@ class ChunkReader:
                     return pending.result()
                 except Exception:          # noqa: BLE001 - fetch it ourselves, errors and all
                     pass
-            data = self.blobs.get(self._pointer(pointer))
+            data = self.blobs.get_buffer(self._pointer(pointer))
             self.cache.put(pointer, data)
         return data
 
@@ -123,7 +123,7 @@ class ChunkReader:
 
     def _fetch_ahead(self, pointer: bytes) -> bytes:
         try:
-            data = self.blobs.get(self._pointer(pointer))
+            data = self.blobs.get_buffer(self._pointer(pointer))
             self.cache.put(pointer, data)
             with self._ahead_lock:
                 if len(self._fetched_ahead) > 4096:     # read ahead but never read: forget
@@ -152,7 +152,8 @@ class ChunkReader:
                 if streaming or self.cache.get(ext.pointer) is None:
                     self._read_ahead(extents, i + 1)
                 data = self._chunk_sync(ext.pointer)
-                parts.append(memoryview(data)[pos - ext.offset:end - ext.offset])
+                at = pos - ext.offset + ext.skip
+                parts.append(memoryview(data)[at:at + end - pos])
                 i += 1
             else:
                 end = min(b, extents[i].offset) if i < len(extents) else b
@@ -161,11 +162,13 @@ class ChunkReader:
 
     def _read_sync(self, extents: list[Extent], layers: list[Layer], a: int, b: int) -> bytes:
         """Blocking read of [a, b) through `layers` onto `extents`."""
-        return self._read_pieces(extents, plan_read(layers, a, b))
+        return bytes(self._read_pieces(extents, plan_read(layers, a, b)))
 
-    def _read_pieces(self, extents: list[Extent], pieces: list) -> bytes:
-        """Blocking read of planned (start, end, source) pieces."""
-        parts: list[bytes] = []
+    def _read_pieces(self, extents: list[Extent], pieces: list) -> bytes | memoryview:
+        """Blocking read of planned (start, end, source) pieces. A read within one
+        chunk is a view of the cached chunk, not a copy: pyfuse3 replies from any
+        buffer, and a 1 MiB copy costs a fresh mmap of zeroed pages."""
+        parts: list[bytes | memoryview] = []
         for s, e, src in pieces:
             if src is None:
                 parts.append(bytes(e - s))
@@ -173,7 +176,7 @@ class ChunkReader:
                 self._read_extents_sync(extents, s, e, parts)
             else:
                 parts.append(src.pread(e - s, s))
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _cached(self, extents: list[Extent], a: int, b: int) -> bool:
         i = extent_index(extents, a)
@@ -183,7 +186,7 @@ class ChunkReader:
             i += 1
         return True
 
-    async def read(self, f: FileData, offset: int, size: int) -> bytes:
+    async def read(self, f: FileData, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, f.size)
         if offset >= end:
             return b""
@@ -206,11 +209,13 @@ class ChunkReader:
                 if layer.retired:
                     layer.close()
 
-    async def read_extents(self, extents: list[Extent], size: int, offset: int, size_req: int) -> bytes:
+    async def read_extents(self, extents: list[Extent], size: int, offset: int,
+                           size_req: int) -> bytes | memoryview:
         """Read sealed content only (snapshot views)."""
         end = min(offset + size_req, size)
         if offset >= end:
             return b""
+        pieces = [(offset, end, "base")]
         if self._cached(extents, offset, end):
-            return self._read_sync(extents, [], offset, end)
-        return await trio.to_thread.run_sync(self._read_sync, extents, [], offset, end)
+            return self._read_pieces(extents, pieces)
+        return await trio.to_thread.run_sync(self._read_pieces, extents, pieces)

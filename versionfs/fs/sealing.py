@@ -28,6 +28,29 @@ the result in, is `DataManager.seal`):
   Every appended byte is so stored once when sealed and about once more when
   its run is merged; a merge's last chunk may be short again and is merged
   with what follows it next time.
+* Small rewrites cost what was rewritten: an extent of which a seal rewrites
+  at most PARTIAL_MAX_TOUCHED (half) keeps its untouched parts as partial
+  extents of its old chunk (`Extent.skip`: where in the chunk's plain content
+  the extent starts; `split_extents`), and only the rewritten bytes are
+  chunked (keyed, as all new bytes) and stored; chunking of them is cut at the
+  split extent's ends and at each partial extent (hard stops), so it never
+  runs on into untouched content. A 4 KiB rewrite in the middle of a 4 MiB
+  chunk stores 4 KiB, in a 1 MiB file as in a 200 MiB one. The old chunk
+  stays whole in the stores while any partial extent uses it (each has its own
+  b"R" key, so reclamation sees it live) and is queued for reclamation when
+  the last one goes. A rewrite of more than half an extent re-chunks it as
+  before, so rewriting a whole file still dedups with its old chunks.
+* Re-chunking re-aligns with the old chunks only where they were cut by CDC:
+  it is cut at the start of a clean extent shorter than CHUNK_MIN or partial,
+  and at the end of a changed extent shorter than CHUNK_MIN
+  (`no_realignment`), so rewriting a small extent re-stores that extent, not
+  the rest of the file.
+* Fragmentation stays bounded: partial extents and the new ones between them
+  are short, and the quiet merge (below) treats them like small appends. After
+  a merge no run of MERGE_MIN_EXTENTS extents shorter than CHUNK_MIN is left,
+  so a file holds at most MERGE_MIN_EXTENTS extents per CHUNK_MIN bytes (plus
+  a run of 7): a file rewritten in a thousand places gets fresh chunks once it
+  is quiet, not thousands of extents.
 * Chunks that are all zeros are not stored: they become holes.
 * On an encrypted filesystem the cut points are keyed (chunking.py), so the
   chunk lengths of a known file cannot be predicted without the key.
@@ -38,6 +61,7 @@ the result in, is `DataManager.seal`):
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures
 import threading
 from dataclasses import dataclass
@@ -58,6 +82,9 @@ PUTS_IN_FLIGHT = 2 * CDC_WINDOW // CHUNK_AVG
 # Adjacent extents shorter than CHUNK_MIN, this many or more, are merged once
 # the file is quiet (see the module docstring).
 MERGE_MIN_EXTENTS = 8
+# An extent of which a seal rewrites at most this fraction keeps its untouched
+# parts as partial extents of its chunk; only the rewritten bytes are stored.
+PARTIAL_MAX_TOUCHED = 0.5
 # An extent whose touched bytes are only a tail this short is compared with
 # its content before it is re-chunked (a page the kernel wrote back unchanged).
 TAIL_COMPARE = 64 << 10
@@ -78,6 +105,47 @@ def small_runs(extents: list[Extent]) -> list[tuple[int, int]]:
             first, count = e.offset, int(e.length < CHUNK_MIN)
         end = e.end
     return runs
+
+
+def split_extents(extents: list[Extent], touched: Intervals, same: set[Extent],
+                  base_limit: int) -> tuple[list[Extent], list[int]]:
+    """Partial extents: the untouched parts of each extent whose touched bytes
+    are at most PARTIAL_MAX_TOUCHED of it (module docstring), as extents of the
+    same chunk with their own skip; and the hard stops, sorted, where chunking
+    of the rewritten bytes must cut (the split extents' ends and the partial
+    extents' starts), so it stores the rewritten bytes only."""
+    pieces: list[Extent] = []
+    stops: set[int] = set()
+    for e in extents:
+        if e.end > base_limit:
+            break
+        if e in same or not touched.overlaps(e.offset, e.end):
+            continue
+        parts = list(touched.split(e.offset, e.end))
+        if sum(b - a for a, b, inside in parts if inside) > e.length * PARTIAL_MAX_TOUCHED:
+            continue
+        pieces.extend(Extent(a, b - a, e.pointer, e.skip + a - e.offset)
+                      for a, b, inside in parts if not inside)
+        stops.update(a for a, _b, inside in parts if not inside)
+        stops.update((e.offset, e.end))
+    return pieces, sorted(stops)
+
+
+def no_realignment(extents: list[Extent], clean: list[Extent], split_stops: list[int]) -> list[int]:
+    """Sorted hard stops of re-chunking: `split_stops` plus the starts of clean
+    extents it cannot re-align with (module docstring): a clean extent shorter
+    than CHUNK_MIN or partial (skip), or one after a changed extent shorter than
+    CHUNK_MIN (neither boundary was cut by CDC, so a cut would land on it by
+    chance only, and re-chunking would run on to the end of the file)."""
+    stops = set(split_stops)
+    clean_set = set(clean)
+    ends = {e.end: e for e in extents}
+    for e in clean:
+        before = ends.get(e.offset)
+        if (e.length < CHUNK_MIN or e.skip
+                or (before is not None and before not in clean_set and before.length < CHUNK_MIN)):
+            stops.add(e.offset)
+    return sorted(stops)
 
 
 @dataclass(slots=True)
@@ -163,8 +231,11 @@ class Sealer(ChunkReader):
         same = self._unchanged_tails(extents, layers, touched, base_limit)
         clean = [e for e in extents
                  if e.end <= base_limit and (e in same or not touched.overlaps(e.offset, e.end))]
-        clean_starts = {e.offset: e for e in clean}
         clean_ends = {e.end: e for e in clean}
+        partial, split_stops = split_extents(extents, touched, same, base_limit)
+        hard_stops = no_realignment(extents, clean, split_stops)
+        clean = sorted(clean + partial, key=lambda e: e.offset)
+        clean_starts = {e.offset: e for e in clean}
         base_starts = {e.offset for e in extents}
         dropped: set[Extent] = set()
         rechunked = Intervals()     # ranges the new chunks cover
@@ -190,7 +261,9 @@ class Sealer(ChunkReader):
                         and rb - start >= max(CHUNK_MIN, prev.length // 2)):
                     dropped.add(prev)
                     start = prev.offset
-                pos = self._rechunk(cdc, read, start, rb, clean_starts, futures)
+                i = bisect.bisect_right(hard_stops, pos)
+                stop = min(rb, hard_stops[i]) if i < len(hard_stops) else rb
+                pos = self._rechunk(cdc, read, start, stop, clean_starts, futures)
                 rechunked.add(start, pos)
         added: list[Extent] = []
         for off, length, fut in futures:
@@ -205,7 +278,7 @@ class Sealer(ChunkReader):
         result_exts = sorted(kept + added, key=lambda e: e.offset)
         result_set = set(result_exts)
         removed = [e for e in extents if e not in result_set]
-        added = [e for e in added if e not in old_set]
+        added = [e for e in result_exts if e not in old_set]     # partial extents too
         old_ptrs = {e.pointer for e in extents}
         new_chunks = len({e.pointer for e in added} - old_ptrs)
         return SealResult(size, result_exts, removed, added, new_chunks)

@@ -46,6 +46,7 @@ class XattrOps(MountCore):
     @guard
     async def setxattr(self, ino, name, value, ctx):
         self._writable(ino)
+        self._not_gone(ino)
         self._check_xattr_namespace(name)
         if len(name) > XATTR_NAME_MAX:
             raise FUSEError(errno.ERANGE)
@@ -102,6 +103,7 @@ class XattrOps(MountCore):
     @guard
     async def removexattr(self, ino, name, ctx):
         self._writable(ino)
+        self._not_gone(ino)
         self._check_xattr_namespace(name)
         key = schema.xattr_key(ino, name)
         if self.meta.get(key) is None:

@@ -10,13 +10,16 @@ Checks, in order:
    directories: 2 + subdirectories) and directories' parent fields; inodes no
    entry names (orphans; those marked unlinked-while-open are normal and
    deleted at the next mount); extents only on regular files, in order, not
-   overlapping, within the file size, with the right ``stored`` total; xattr
+   overlapping, within the file size, with the right ``stored`` total, a
+   partial extent's skip a non-negative integer; every extent with its b"R"
+   reverse reference and no reference without its extent; xattr
    and symlink records of inodes that exist; the reverse index of entries
    (``b"P" ino parent name``, used by ``log``/``diff``) mirroring them exactly.
 3. Every blob an extent of a retained revision refers to exists: in the slow
    store, or (while its upload is pending) in the fast store.
 4. With ``--read-data``: every copy (fast and slow) decodes and matches its
-   pointer (the codec verifies the hash or the AEAD tag).
+   pointer (the codec verifies the hash or the AEAD tag), and holds every
+   byte the extents read from it (a partial extent's skip + length).
 
 Repairs (``--repair``) touch only the head revision (snapshots are frozen and
 are reported only) and never delete user data:
@@ -142,9 +145,9 @@ def _scan(meta: Any, rev: int | None) -> _Tree:
                     raise ValueError("the entry's inode number is not 8 bytes")
                 t.dirents.append((schema.from_u64(key[1:9]), key[9:], schema.from_u64(value)))
             elif tag == b"E" and len(key) == 17:
-                offset, length, pointer = schema.unpack_extent(key, value)
+                offset, length, pointer, _skip = schema.unpack_extent(key, value)
                 if not isinstance(length, int) or not isinstance(pointer, bytes):
-                    raise ValueError("not [length, pointer]")
+                    raise ValueError("not [length, pointer] or [length, pointer, skip]")
                 t.extents.setdefault(schema.from_u64(key[1:9]), []).append((offset, length, pointer))
             elif tag == b"P" and len(key) > 17:
                 t.links.add((schema.from_u64(key[1:9]), schema.from_u64(key[9:17]), key[17:]))
@@ -189,6 +192,10 @@ class _Checker:
         self.repair = repair
         self.progress = progress
         self.report = FsckReport()
+        # Per blob: the furthest byte of its plain content an extent reads
+        # (skip + length), and, with --read-data, how many it holds.
+        self._needed: dict[bytes, int] = {}
+        self._plain_sizes: dict[bytes, int] = {}
 
     def problem(self, where: str, message: str, repaired: bool = False) -> None:
         self.report.findings.append(Finding(where, message, repaired))
@@ -414,11 +421,14 @@ class _Checker:
             if value is None or len(key) != 17:
                 continue
             try:
-                offset, _length, pointer = schema.unpack_extent(key, value)
+                offset, length, pointer, skip = schema.unpack_extent(key, value)
             except (ValueError, TypeError, msgpack.UnpackException):
                 continue                    # reported by the tree check
-            if isinstance(pointer, bytes) and len(pointer) == 32 and pointer not in refs:
+            if not (isinstance(pointer, bytes) and len(pointer) == 32 and isinstance(length, int)):
+                continue                    # reported by the tree check
+            if pointer not in refs:
                 refs[pointer] = f"inode {schema.from_u64(key[1:9])} offset {offset} (revision {rev})"
+            self._needed[pointer] = max(self._needed.get(pointer, 0), skip + length)
         return refs
 
     def check_blobs(self) -> None:
@@ -461,6 +471,10 @@ class _Checker:
             if (not has_slow and not pending) or good_slow is False:
                 what = "corrupted in the slow store" if good_slow is False else "missing from the slow store"
                 self._repair(where, what, lambda: self._copy_verified(fast, slow, p))
+            size = self._plain_sizes.get(raw)
+            if size is not None and self._needed.get(raw, 0) > size:
+                self.problem(where, f"holds {size} bytes, but an extent reads it up to byte "
+                             f"{self._needed[raw]} (skip + length)")
 
         with ThreadPoolExecutor(READ_WORKERS if self.read_data else 4) as pool, \
                 tqdm(total=len(refs), desc="fsck: " + ("reading blobs" if self.read_data else "blobs"),
@@ -476,7 +490,7 @@ class _Checker:
         except NotFoundError:
             return None
         try:
-            self.state.codec.decode(p, data)
+            self._plain_sizes[p.bytes] = len(self.state.codec.decode(p, data))
             return True
         except CorruptBlobError:
             return False

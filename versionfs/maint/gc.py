@@ -79,7 +79,7 @@ __all__ = ["GCGuard", "KnownBlobIndex", "GCResult", "GCError", "collect_garbage"
 
 log = logging.getLogger(__name__)
 
-EXTENTS_START, EXTENTS_END = b"E", b"F"       # schema: b"E" ino offset -> [length, pointer]
+EXTENTS_START, EXTENTS_END = b"E", b"F"       # schema: b"E" ino offset -> [length, pointer(, skip)]
 DELETE_WORKERS = 4          # batches in flight
 DELETE_BATCH = 250          # blobs per batch (S3 DeleteObjects takes up to 1000)
 
@@ -94,6 +94,7 @@ def extent_pointers(meta: Any, *, retained_only: bool = True) -> set[bytes]:
     """Raw pointers of the stored extent versions (see MVCCStore.versions).
 
     An extent record that does not decode to ``[length, 32-byte pointer]``
+    (or ``[..., skip]``: a partial extent uses its chunk like a whole one)
     is a GCError naming it: the blob it refers to cannot be known, so any
     blob might be live, and a collection that skipped it could delete data
     the damaged record still needs.  gc refuses to run until fsck has dealt
@@ -104,11 +105,11 @@ def extent_pointers(meta: Any, *, retained_only: bool = True) -> set[bytes]:
         if value is None:
             continue
         try:
-            length, pointer = msgpack.unpackb(value)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            _offset, length, pointer, _skip = schema.unpack_extent(key, value)
+        except (ValueError, TypeError, struct.error, msgpack.UnpackException) as exc:
             raise GCError(_damaged(key, rev, value, f"does not decode ({exc})")) from None
         if not isinstance(pointer, bytes) or len(pointer) != 32 or not isinstance(length, int):
-            raise GCError(_damaged(key, rev, value, "is not [length, 32-byte pointer]"))
+            raise GCError(_damaged(key, rev, value, "is not [length, 32-byte pointer, skip]"))
         refs.add(pointer)
     return refs
 

@@ -165,7 +165,8 @@ def diff(meta, rev_a: int, rev_b: int | None) -> Diff:
         if ia is None or ib is None:
             return False, 0
         changed = _attrs_differ(ia, ib)
-        new_bytes = 0
+        old_pointers: set[bytes] = set()
+        new_extents = []
         for key in keys:
             if key[:1] == b"I":
                 continue
@@ -173,9 +174,12 @@ def diff(meta, rev_a: int, rev_b: int | None) -> Diff:
             if va == vb:
                 continue
             changed = True
-            if key[:1] == b"E" and vb is not None:
-                new_bytes += schema.unpack_extent(key, vb)[1]
-        return changed, new_bytes
+            if key[:1] == b"E":
+                if va is not None:
+                    old_pointers.add(schema.unpack_extent(key, va)[2])
+                if vb is not None:
+                    new_extents.append(schema.unpack_extent(key, vb))
+        return changed, _new_bytes(new_extents, old_pointers)
 
     # Renames: the same object left one entry and appeared at another.
     by_ino_removed: dict[int, list[tuple[int, bytes]]] = {}
@@ -232,10 +236,20 @@ def diff(meta, rev_a: int, rev_b: int | None) -> Diff:
     return result
 
 
+def _new_bytes(new_extents, old_pointers: set[bytes]) -> int:
+    """Bytes of changed extents (unpacked) in chunks the old side did not use:
+    what a small rewrite left of an old chunk (partial extents) is not new."""
+    return sum(length for _off, length, pointer, _skip in new_extents
+               if pointer not in old_pointers)
+
+
 def _new_extent_bytes(ta: TreeAt, tb: TreeAt, ino_a: int, ino_b: int) -> int:
-    before = set(_owned(ta, schema.extent_prefix(ino_a)))
-    return sum(schema.unpack_extent(schema.extent_prefix(ino_b) + k, v)[1]
-               for k, v in _owned(tb, schema.extent_prefix(ino_b)) if (k, v) not in before)
+    prefix_a, prefix_b = schema.extent_prefix(ino_a), schema.extent_prefix(ino_b)
+    before = _owned(ta, prefix_a)
+    old_pointers = {schema.unpack_extent(prefix_a + k, v)[2] for k, v in before}
+    before_set = set(before)
+    return _new_bytes([schema.unpack_extent(prefix_b + k, v)
+                       for k, v in _owned(tb, prefix_b) if (k, v) not in before_set], old_pointers)
 
 
 def path_diff(meta, rev_a: int, rev_b: int | None, path: str) -> Diff | None:

@@ -8,8 +8,15 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
 
     b"I" ino                      -> msgpack inode record (see `Inode`)
     b"D" parent_ino name          -> child ino (8 bytes, big endian)
-    b"E" ino offset               -> msgpack [length, pointer bytes] (with its
-                                     b"R" key: `put_extent` / `delete_extent`)
+    b"E" ino offset               -> msgpack [length, pointer bytes] or
+                                     [length, pointer bytes, skip]: file bytes
+                                     [offset, offset+length) are the blob's
+                                     plain content from byte skip on (skip,
+                                     written only when not 0, lets a small
+                                     rewrite keep the rest of an old chunk as
+                                     partial extents; versionfs/fs/sealing.py).
+                                     With its b"R" key: `put_extent` /
+                                     `delete_extent`
     b"X" ino name                 -> raw xattr value
     b"L" ino                      -> symlink target
     b"O" ino                      -> b"" (inode unlinked while open; deleted
@@ -17,7 +24,8 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
     b"P" ino parent_ino name      -> b"" (one per directory entry naming ino:
                                      the reverse of b"D", so `diff`/`log`
                                      find an inode's path without a tree walk)
-    b"R" pointer ino offset       -> b"" (one per extent: the reverse of b"E",
+    b"R" pointer ino offset       -> b"" (one per extent, partial ones too:
+                                     the reverse of b"E",
                                      so "does anything still use this chunk?"
                                      is one short range read, at the head and,
                                      through `MVCCStore.versions`, in every
@@ -138,29 +146,32 @@ def queue_candidate(batch, pointer: bytes) -> None:
     batch.put(reclaim_key(pointer), u64(time.time_ns()))
 
 
-def put_extent(batch, ino: int, offset: int, length: int, pointer: bytes) -> None:
+def put_extent(batch, ino: int, offset: int, length: int, pointer: bytes, skip: int = 0) -> None:
     """Store an extent and its reverse reference, in one batch."""
-    batch.put(extent_key(ino, offset), pack_extent(length, pointer))
+    batch.put(extent_key(ino, offset), pack_extent(length, pointer, skip))
     batch.put(extent_ref_key(pointer, ino, offset), b"")
 
 
-def delete_extent(batch, ino: int, offset: int, pointer: bytes) -> None:
+def delete_extent(batch, ino: int, offset: int, pointer: bytes, queue: bool = True) -> None:
     """Drop an extent and its reverse reference, and queue its chunk as a
-    reclamation candidate, all in one batch (so a crash keeps them in step)."""
+    reclamation candidate, all in one batch (so a crash keeps them in step).
+    `queue=False` when the same batch keeps the chunk in use (a seal that
+    splits an extent into partial ones of the same chunk)."""
     batch.delete(extent_key(ino, offset))
     batch.delete(extent_ref_key(pointer, ino, offset))
-    queue_candidate(batch, pointer)
+    if queue:
+        queue_candidate(batch, pointer)
 
 
 def put_extent_record(batch, key: bytes, value: bytes) -> None:
     """`put_extent` for a stored (key, value) pair copied as it is (restore)."""
-    offset, length, pointer = unpack_extent(key, value)
-    put_extent(batch, from_u64(key[1:9]), offset, length, pointer)
+    offset, length, pointer, skip = unpack_extent(key, value)
+    put_extent(batch, from_u64(key[1:9]), offset, length, pointer, skip)
 
 
 def delete_extent_record(batch, key: bytes, value: bytes) -> None:
     """`delete_extent` for a stored (key, value) pair."""
-    offset, _length, pointer = unpack_extent(key, value)
+    offset, _length, pointer, _skip = unpack_extent(key, value)
     delete_extent(batch, from_u64(key[1:9]), offset, pointer)
 
 
@@ -258,14 +269,21 @@ class Inode:
         return stat.S_ISLNK(self.mode)
 
 
-def pack_extent(length: int, pointer: bytes) -> bytes:
-    return msgpack.packb([length, pointer])
+def pack_extent(length: int, pointer: bytes, skip: int = 0) -> bytes:
+    """The b"E" record; skip only when not 0, so records without it read as 0."""
+    return msgpack.packb([length, pointer, skip] if skip else [length, pointer])
 
 
 def unpack_extent(key: bytes, raw: bytes):
-    """(offset, length, pointer bytes) of a stored extent."""
-    length, pointer = msgpack.unpackb(raw)
-    return from_u64(key[9:17]), length, pointer
+    """(offset, length, pointer bytes, skip) of a stored extent; ValueError
+    when the record is neither [length, pointer] nor [length, pointer, skip]."""
+    fields = msgpack.unpackb(raw)
+    if not isinstance(fields, list) or len(fields) not in (2, 3):
+        raise ValueError("not [length, pointer] or [length, pointer, skip]")
+    skip = fields[2] if len(fields) == 3 else 0
+    if not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"skip {skip!r} is not a non-negative integer")
+    return from_u64(key[9:17]), fields[0], fields[1], skip
 
 
 class InodeAllocator:

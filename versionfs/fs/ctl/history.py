@@ -314,21 +314,35 @@ def _swap_in(fs, dparent: int, name: bytes, existing: int | None, new_root: int,
 
 async def _invalidate(fs, dparent: int, name: bytes, existing: int | None,
                       removed: list[tuple[int, bytes, int]]) -> None:
-    """Tell the kernel that dparent/name (and what was below it) changed under it."""
+    """Tell the kernel that dparent/name (and what was below it) changed under it.
+
+    The invalidations are done before the command answers (in a worker thread:
+    they block), not queued with `invalidate_entry_async`: a queued one could
+    reach the kernel after the caller's next lookup, which would still find a
+    negative entry cached for a name the restore just created.
+    """
+    entries = [(dparent, name, existing or 0)]
+    entries += [(parent, cname, child) for parent, cname, child in removed
+                if fs.lookups.get(parent, 0) > 0 or parent == existing]
     try:
-        pyfuse3.invalidate_entry_async(dparent, name, deleted=existing or 0, ignore_enoent=True)
-        for parent, cname, child in removed:
-            if fs.lookups.get(parent, 0) > 0 or parent == existing:
-                pyfuse3.invalidate_entry_async(parent, cname, deleted=child, ignore_enoent=True)
         with trio.move_on_after(10):
-            await trio.to_thread.run_sync(_invalidate_inode, dparent, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(_invalidate_kernel_cache, entries, dparent,
+                                          abandon_on_cancel=True)
     except Exception:                # noqa: BLE001 - the store is right; only caches may lag
         log.exception("invalidating the kernel's cache after a restore failed")
 
 
-def _invalidate_inode(ino: int) -> None:
+def _invalidate_kernel_cache(entries: list[tuple[int, bytes, int]], dir_ino: int) -> None:
+    for parent, name, deleted in entries:
+        _ignoring_unknown(pyfuse3.invalidate_entry, parent, name, deleted)
+    _ignoring_unknown(pyfuse3.invalidate_inode, dir_ino, True)
+
+
+def _ignoring_unknown(invalidate, *args) -> None:
+    """Run a kernel cache invalidation; an entry or inode the kernel does not
+    hold (ENOENT) or a kernel without the notification (ENOSYS) is fine."""
     try:
-        pyfuse3.invalidate_inode(ino, attr_only=True)
+        invalidate(*args)
     except OSError as e:
         if e.errno not in (errno.ENOENT, errno.ENOSYS):
             raise

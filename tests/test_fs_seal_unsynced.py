@@ -1,0 +1,83 @@
+"""What the next fsync journals (FileData.unsynced) across a seal, on a real
+DataManager and blob store: a stored seal takes what it froze out of it, a
+seal in flight does not yet, a failed seal gives it back (see layers.py
+`freeze_unsynced`; the power-cut side is test_powercut.py
+test_power_cut_after_fsync_that_follows_a_seal)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import trio
+
+from versionfs.blob.blobstore import BlobStore
+from versionfs.blob.codec import Codec
+from versionfs.blob.disk import DiskStore
+from versionfs.fs.data import DataManager
+from versionfs.fs.layers import FileData
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def dm(tmp_path):
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), str(tmp_path / "dirty"))
+    try:
+        yield dm
+    finally:
+        dm.close()
+
+
+def test_after_a_seal_fsync_journals_only_what_was_written_since(dm):
+    async def run():
+        big, small = FileData(1, [], 0), FileData(2, [], 0)
+        dm.write(big, 0, os.urandom(3 * MIB))
+        dm.write(small, 0, os.urandom(5000))
+        dm.truncate(big, 2 * MIB, metadata_only=False)
+        await dm.seal(big, lambda f, r: None)
+        assert await dm.seal_small([small], lambda results: None) == 1
+        assert not big.has_unsynced and not small.has_unsynced
+        dm.write(big, 2 * MIB, b"a" * 4096)
+        dm.write(small, 5000, b"b" * 100)
+        assert big.take_unsynced() == ([(2 * MIB, 2 * MIB + 4096)], None)
+        assert small.take_unsynced() == ([(5000, 5100)], None)
+
+    trio.run(run)
+
+
+def test_an_fsync_while_the_seal_is_in_flight_journals_what_it_froze(dm):
+    """`persist` runs once the chunks are stored, before the seal is: an fsync
+    then must still journal what the seal froze, plus what came after."""
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(2 * MIB))
+        dm.truncate(f, MIB, metadata_only=False)
+        during = []
+
+        def persist(f, r):
+            dm.write(f, 5 * MIB, b"c" * 10)          # after the freeze
+            during.append(f.take_unsynced())
+
+        await dm.seal(f, persist)
+        assert during == [([(0, MIB), (5 * MIB, 5 * MIB + 10)], MIB)]
+        assert not f.has_unsynced
+
+    trio.run(run)
+
+
+def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(MIB))
+        dm.truncate(f, MIB - 10, metadata_only=False)
+        blobs = tmp_path / "blobs"
+        shutil.rmtree(blobs)
+        blobs.write_bytes(b"")                        # the store breaks: no blob can be put
+        with pytest.raises(OSError):
+            await dm.seal(f, lambda f, r: None)
+        dm.write(f, 3 * MIB, b"d" * 10)
+        assert f.take_unsynced() == ([(0, MIB - 10), (3 * MIB, 3 * MIB + 10)], MIB - 10)
+
+    trio.run(run)
