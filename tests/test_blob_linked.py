@@ -41,6 +41,25 @@ def test_uploads_are_hard_links_that_verify(tmp_path):
     pair.close()
 
 
+def test_linking_a_blob_linked_before_leaves_no_temp_link(tmp_path):
+    """An upload redone after a crash links the same inode over a name that
+    already is that inode: rename() then does nothing (POSIX), and the temp
+    name must not stay behind (tests/test_powercut.py found blobs with three
+    names after a power cut during upload)."""
+    pair, blobs = make(tmp_path)
+    p = blobs.put(os.urandom(50_000))
+    pair.flush(timeout=30)
+    fd = pair.fast.open_blob(p)
+    try:
+        pair.slow.link_blob(p, fd)               # again, as a redone upload does
+    finally:
+        os.close(fd)
+    slow_path = pair.slow.path_for(p)
+    assert os.stat(slow_path).st_nlink == 2
+    assert [n for n in os.listdir(os.path.dirname(slow_path)) if n.startswith(".tmp-")] == []
+    pair.close()
+
+
 def test_eviction_from_the_fast_store_keeps_the_slow_copy(tmp_path):
     pair, blobs = make(tmp_path, max_bytes=200_000)
     pair.start()

@@ -88,7 +88,9 @@ def test_retention_policy_and_offline_gc(fs, s3_server, s3_bucket):
     m = fs.mnt
     fs.mount()
     for i in range(5):
-        (m / f"f{i}.bin").write_bytes(os.urandom(300_000))
+        # At most CHUNK_MIN bytes: exactly one chunk each (a 300 KB file is cut
+        # in two about once in 60: FastCDC may cut from CHUNK_MIN on).
+        (m / f"f{i}.bin").write_bytes(os.urandom(200_000))
         fs.cli("snapshot", m, *(["keepme"] if i == 0 else []))
         (m / f"f{i}.bin").unlink()
     fs.cli("flush", m)

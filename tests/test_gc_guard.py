@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -36,6 +37,17 @@ class GatedSlow(DirectoryStore):
         self.entered.set()
         assert self.gate.wait(10)
         super().delete_many(keys)
+
+
+def waiting_in(thread: threading.Thread, function: str) -> bool:
+    """The thread is blocked in a Condition wait called from ``function``
+    (its live stack, as the interpreter has it)."""
+    frame = sys._current_frames().get(thread.ident)
+    names = []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return function in names and "wait" in names
 
 
 @pytest.fixture
@@ -107,7 +119,12 @@ def test_a_put_waits_for_a_delete_in_progress_and_then_rewrites_the_blob(stores)
     assert slow.entered.wait(10)                   # the delete has started
     done = threading.Event()
     threading.Thread(target=lambda: (blobs.put(b"contended"), done.set())).start()
-    time.sleep(0.3)
+    # The put has noted its blob (under the guard's lock, which it gives up only
+    # to wait for the delete): from then on it can only be waiting.
+    deadline = time.monotonic() + 10
+    while p.bytes not in guard.recent():
+        assert time.monotonic() < deadline, "the put never reached the guard"
+        time.sleep(0.01)
     assert not done.is_set(), "a put returned while its blob was being deleted"
     slow.gate.set()
     deleter.join(10)
@@ -188,7 +205,10 @@ def test_referencing_write_in_flight_holds_back_a_collection(stores):
     assert inside.wait(10)
     collector = threading.Thread(target=lambda: (guard.begin(), begun.set()))
     collector.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not waiting_in(collector, "begin"):
+        assert time.monotonic() < deadline, "begin() never came to wait"
+        time.sleep(0.01)
     assert not begun.is_set()           # marking cannot start mid-write
     release.set()
     writer.join(10)

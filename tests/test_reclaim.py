@@ -6,6 +6,7 @@ clean and gc finds nothing more."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -17,9 +18,11 @@ import pytest
 import cloud_util
 import faultproxy
 from cli_util import ok, run_cli
-from cloud_util import Machine, metric, wait_for
+from cloud_util import Machine, metric, status, wait_for
 from history_util import free_port
 from maint_util import fast_blobs, open_meta, slow_blobs
+
+from versionfs.fs.data import SEAL_PAUSE_ENV
 
 pytestmark = pytest.mark.fuse
 
@@ -238,3 +241,116 @@ def test_a_failing_drain_is_an_error_in_log_status_and_metrics_and_is_retried(
              "the retried drain", 420)
     assert old not in slow_blobs(s3_server, s3_bucket)
     m.umount()
+
+
+def test_a_file_deleted_while_its_seal_runs_leaves_no_chunk_behind(laptop, s3_server, s3_bucket):
+    """The seal's new chunks are queued when it finds the file gone: both
+    stores lose them without gc. The seal is held between storing its chunks
+    and persisting them by the daemon's test hook (data.SEAL_PAUSE_ENV): with
+    a big file alone the delete raced the seal, and under load the seal won."""
+    m = laptop
+    m.configure(**{"mount.idle_seal_seconds": 1.0})
+    pause = m.state.parent / "seal-pause"
+    pause.touch()
+    m.mount_ok(env={SEAL_PAUSE_ENV: str(pause)})
+    fast_before, slow_before = fast_blobs(m.state), slow_blobs(s3_server, s3_bucket)
+    big = m.mnt / "big.bin"
+    big.write_bytes(os.urandom(16 << 20))
+    try:
+        deadline = time.monotonic() + 120
+        while not Path(f"{pause}.reached").exists():    # the idle seal has stored its chunks
+            assert time.monotonic() < deadline, "the seal of big.bin did not store its chunks"
+            time.sleep(0.05)
+        stored = fast_blobs(m.state) - fast_before
+        assert stored, "the seal stored no chunk"
+        big.unlink()
+        wait_for(m, lambda st: st["files_in_memory"] == 0, "the daemon to let go of big.bin")
+    finally:
+        pause.unlink(missing_ok=True)
+    line = f"was deleted while it was sealed: {len(stored)} new chunk(s) queued"
+    deadline = time.monotonic() + 60
+    while line not in (log := (m.state / "versionfs.log").read_text()):
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.2)
+    m.ctl("flush")
+    publish_past(m)
+    wait_for(m, lambda st: st["reclaim_backlog"] == 0 and st["pending_uploads"] == 0,
+             "the seal's chunks to be reclaimed")
+    assert fast_blobs(m.state) - fast_before == set()
+    assert slow_blobs(s3_server, s3_bucket) - slow_before == set()
+    m.umount()
+
+
+def test_a_power_cut_after_a_discard_never_finds_metadata_naming_the_discarded_chunk(
+        powered_laptop, proxy, s3_url):
+    """The metadata that supersedes a chunk is synced before the chunk is
+    deleted. Every other sync is held off (LMDB commits, the periodic sync,
+    publishing), so only that ordering keeps the file readable after the cut."""
+    m = powered_laptop
+    ok(run_cli("init", m.state, "--slow", s3_url))
+    m.configure(**{"cloud.wal_ship_interval_seconds": 60.0, "cloud.lease_ttl_seconds": 600.0,
+                   "mount.idle_seal_seconds": 1.0, "mount.metadata_sync_seconds": 3600.0,
+                   "meta.batch_interval": 3600.0, "meta.batch_limit": 10 ** 9})
+    m.mount_ok(env=proxy.env())
+    proxy.drop()                                    # uploads wait: the chunk stays pending
+    first, second = os.urandom(200_000), os.urandom(200_000)
+    (m.mnt / "a.bin").write_bytes(first)
+    wait_for(m, lambda st: st["dirty_files"] == 0 and st["pending_uploads"] >= 1, "the first seal")
+    with open(m.mnt / "a.bin", "rb") as f:          # the first version's metadata is durable
+        os.fsync(f.fileno())
+    (m.mnt / "a.bin").write_bytes(second)           # never fsynced
+    wait_for(m, lambda st: (st["reclaimed_before_upload"] or 0) >= 1 and st["dirty_files"] == 0,
+             "the first version's chunk to be discarded")
+    m.kill9()
+    report = m.disk.cut()
+    m.disk.start()
+    proxy.heal()
+    r = m.mount(env=proxy.env())
+    assert r.returncode == 0, f"{r.stderr} (the cut lost {report['lost']})"
+    # Unsynced, so it may come back as it was before, but readable: never the
+    # first version, whose chunk is gone.
+    assert (m.mnt / "a.bin").read_bytes() in (b"", second)
+    m.umount()
+    r = run_cli("fsck", m.state, "--read-data", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_after_a_remount_a_chunk_no_kept_head_names_leaves_the_bucket_without_new_publishes(
+        laptop, s3_server, s3_bucket):
+    """The heads the bucket keeps (their indexes are in the head record) and
+    when a drain first saw a candidate (b"Y") outlive the mount: a chunk the
+    published heads had already moved past goes at the next mount's first
+    drains, not after three more publishes."""
+    m = laptop
+    m.mount_ok()
+    first = os.urandom(200_000)
+    old = hashlib.sha256(first).digest()
+    (m.mnt / "doc.txt").write_bytes(first)
+    ok(run_cli("snapshot", m.mnt, "s"))
+    m.ctl("flush")
+    assert old in slow_blobs(s3_server, s3_bucket)
+    # An open snapshot file holds the old chunk past the publishes that make it
+    # garbage; the laptop then dies with it open.
+    reader = open(m.mnt / ".versionfs" / "snapshots" / "s" / "doc.txt", "rb")
+    assert reader.read(10) == first[:10]
+    (m.mnt / "doc.txt").write_bytes(os.urandom(200_000))
+    m.ctl("forget", "s")
+    m.ctl("flush")
+    publish_past(m)
+    time.sleep(5)                                   # drains see it held: it stays
+    assert old in slow_blobs(s3_server, s3_bucket)
+    m.kill9()
+    with contextlib.suppress(OSError):
+        reader.close()
+    m.configure(**{"cloud.wal_ship_interval_seconds": 60.0})   # none in the next minute
+    m.mount_ok()
+    before = status(m)["published_index"]
+    deadline = time.monotonic() + 45
+    while old in slow_blobs(s3_server, s3_bucket):
+        assert time.monotonic() < deadline, f"still in the bucket after the remount: {status(m)}"
+        time.sleep(0.5)
+    st = status(m)
+    assert st["reclaim_error"] is None
+    assert st["published_index"] == before, "deleted only after a publish of this mount"
+    m.umount()
+

@@ -351,6 +351,9 @@ class FanOutStore(Store):
         except BaseException:
             _unlink_quietly(temp)
             raise
+        # Over a name that already is this inode (an upload redone after a
+        # crash) rename() does nothing (POSIX): the temp name would stay.
+        _unlink_quietly(temp)
         fsync_dir(directory)
 
     def same_file_system(self, other: "FanOutStore") -> bool:

@@ -138,6 +138,12 @@ class HeadRecord:
     snapshots: int = 0
     retired: list[str] = field(default_factory=list)   # objects to delete at the next checkpoint
     copies: list[str] = field(default_factory=list)    # meta/heads/ objects kept, newest last
+    copy_indexes: list[int] = field(default_factory=list)  # their last_index (0: not known)
+
+    def oldest_kept_index(self) -> int:
+        """The oldest metadata index a head copy the bucket keeps covers (0: unknown)."""
+        known = self.copy_indexes if len(self.copy_indexes) == len(self.copies) else []
+        return min(known, default=0)
 
     def encode(self) -> bytes:
         doc = {"format": HEAD_FORMAT, **self.__dict__}
@@ -285,7 +291,6 @@ class Publisher:
         # needs are listed in _awaited (until the publish ends).
         self._pins = threading.Lock()
         self._awaited: tuple[int, frozenset] = (0, frozenset())
-        self._copy_indexes: list[int] = []      # last_index of the head copies published here
         self._head: tuple[KVPair, HeadRecord] | None = None
         self._writer = ""
         self._opened = False
@@ -336,8 +341,7 @@ class Publisher:
             published = rec.last_index
         self._head = head
         self.status.published_index = published
-        self.status.oldest_kept_index = 0         # the kept copies' indexes are not known yet
-        self._copy_indexes = []
+        self.status.oldest_kept_index = head[1].oldest_kept_index() if head else 0
         self._opened = True
 
     @contextlib.contextmanager
@@ -433,7 +437,8 @@ class Publisher:
                                  retired=retired)
                 copy_name = _new_name(HEAD_COPY_PREFIX)
                 kept = head.copies[-(HEAD_COPIES_KEPT - 1):] if head else []
-                new.copies = kept + [copy_name]
+                known = dict(zip(head.copies, head.copy_indexes)) if head else {}
+                new.copies, new.copy_indexes = kept + [copy_name], [known.get(n, 0) for n in kept] + [target]
                 self.bucket.put(copy_name, _pack(self.codec, copy_name, new.encode()))
                 uploaded.append(copy_name)
                 pair = self._swing(prev, new)
@@ -451,10 +456,7 @@ class Publisher:
         # head has had a whole checkpoint interval to fetch it.
         self._forget(delete_after)
         self._forget([n for n in self.bucket.list(HEAD_COPY_PREFIX) if n not in new.copies])
-        self._copy_indexes = (self._copy_indexes + [target])[-len(new.copies):]
-        # Copies this process did not write have unknown (older) indexes.
-        self.status.oldest_kept_index = (self._copy_indexes[0]
-                                         if len(self._copy_indexes) == len(new.copies) else 0)
+        self.status.oldest_kept_index = new.oldest_kept_index()
         return True
 
     def _upload_checkpoint(self, copy, index: int, uploaded: list[str]) -> dict:

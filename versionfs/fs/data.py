@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 # dirty area durable where it is (durability.py), sealing follows.
 STREAM_SEAL_BYTES = 1 << 30
 
+# For tests only: while the file this names exists, a seal that has stored its
+# chunks waits before it persists them (having created NAME.reached), so a test
+# can change the file meanwhile (tests/test_reclaim.py deletes it).
+SEAL_PAUSE_ENV = "VERSIONFS_TEST_SEAL_PAUSE"
+
 
 @dataclass(slots=True)
 class KeptFile:
@@ -174,8 +179,10 @@ class DataManager(Sealer):
         merge its runs of small extents (sealing.py), even if it has no layers.
 
         `persist(f, result)` is called on the trio thread after the chunks are
-        stored and must write the change to the metadata store atomically.
-        Returns True when something was sealed.
+        stored and must write the change to the metadata store atomically;
+        also when `f` was deleted meanwhile (`f.deleted`), so that it queues
+        the chunks no extent will name for reclamation. Returns True when
+        something was sealed.
         """
         async with f.seal_lock:
             if not (f.layers or merge_small) or f.deleted:
@@ -191,8 +198,9 @@ class DataManager(Sealer):
                 result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers,
                                                        size, merge_small)
                 result.covered = covered
+                await _test_pause()
+                persist(f, result)
                 if not f.deleted:
-                    persist(f, result)
                     f.extents = result.extents
                     f.sealed_size = result.size
                 stored = True
@@ -236,7 +244,7 @@ class DataManager(Sealer):
             results = await trio.to_thread.run_sync(self.seal_small_layers, frozen)
             for r in results:
                 r.covered = covered
-            persist([(f, r) for (f, _, _), r in zip(frozen, results) if not f.deleted])
+            persist([(f, r) for (f, _, _), r in zip(frozen, results)])
             stored = True
             for (f, _, layers), r in zip(frozen, results):
                 if not f.deleted:
@@ -258,3 +266,12 @@ class DataManager(Sealer):
             for layer in f.layers:
                 layer.close()
             f.layers.clear()
+
+
+async def _test_pause() -> None:
+    """The test hook of `SEAL_PAUSE_ENV` (nothing when it is not set)."""
+    path = os.environ.get(SEAL_PAUSE_ENV)
+    if path and os.path.exists(path):
+        open(path + ".reached", "w").close()
+        while os.path.exists(path):
+            await trio.sleep(0.05)

@@ -13,8 +13,8 @@ in the background once more than `STREAM_SEAL_BYTES` are pending; snapshot, flus
 unmount seal everything. Small new files are sealed many to a batch. A file
 left with runs of small extents by appends is merged once it has been quiet
 for `merge_quiet_seconds` (sealing.py says why and how). The idle
-sealer also syncs the metadata now and then, which lets the journal release
-what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
+sealer also syncs the metadata every `metadata_sync_seconds` while it changes,
+which lets the journal release what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
 """
 
@@ -144,7 +144,16 @@ class LifecycleOps(MountCore):
         self._meta_changed = True
 
     def _persist_into(self, b, f: FileData, r: SealResult) -> None:
-        """New extents, size and inode record of a sealed file, in batch `b`."""
+        """New extents, size and inode record of a sealed file, in batch `b`.
+        A file deleted while it was sealed gets its new chunks queued for
+        reclamation instead: no extent will ever name them."""
+        if f.deleted:
+            for pointer in {e.pointer for e in r.added}:
+                schema.queue_candidate(b, pointer)
+            if r.added:
+                log.info("inode %d was deleted while it was sealed: %d new chunk(s) queued "
+                         "for reclamation", f.ino, len({e.pointer for e in r.added}))
+            return
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
         # A chunk the file still uses (partial extents of a split) is not a

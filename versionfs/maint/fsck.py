@@ -164,7 +164,8 @@ def _scan(meta: Any, rev: int | None) -> _Tree:
                 t.journal_marks.add(schema.from_u64(key[1:]))
             elif tag == b"R" and len(key) == 49:
                 t.refs.add((key[1:33], schema.from_u64(key[33:41]), schema.from_u64(key[41:49])))
-            elif tag in (schema.RECLAIM_PREFIX, schema.WAITING_PREFIX) and len(key) == 33:
+            elif (tag in (schema.RECLAIM_PREFIX, schema.WAITING_PREFIX, schema.SEEN_PREFIX)
+                  and len(key) == 33):
                 pass            # reclamation candidates: any pointer may be one
             elif key == schema.EXTENT_REFS_KEY:
                 t.has_refs = True

@@ -5,7 +5,9 @@ offset`` written in the same MVCC batch as the extent (``schema.put_extent``);
 deleting an extent deletes its reference and queues the chunk as a candidate
 ``b"G" pointer`` in that batch too (``schema.delete_extent``). A crash can
 therefore never separate an extent from its reference or lose a candidate
-whose extent is gone: they are one WAL record.
+whose extent is gone: they are one WAL record. A seal that finds its file
+deleted when it is done queues the chunks it stored instead (no extent will
+ever name them; versionfs.fs.lifecycle).
 
 A drain (``Reclaimer.drain``, run in the background by the mount every few
 seconds) looks at each candidate, newest knowledge only, at a cost
@@ -25,7 +27,10 @@ proportional to the candidates:
   only once every head record the bucket still keeps (the head and its
   ``HEAD_COPIES_KEPT`` copies, versionfs.bucket.publish) was published after
   the drain first saw the candidate: a clone restores one of those, and none
-  of them refers to the chunk any more.
+  of them refers to the chunk any more. Both halves outlive a remount: the
+  head record lists the index of each kept copy, and a drain records when it
+  first saw a candidate (``b"Y" pointer``: the candidate's token and that
+  index; a new token means superseded again, seen afresh).
 
 Why it is safe:
 
@@ -33,6 +38,8 @@ Why it is safe:
   a power cut can only lose writes made after the deletion decision, which
   never refer to a deleted chunk (see the next point); a candidate key that a
   crash keeps after its chunk was deleted is just checked and deleted again.
+  (tests/test_reclaim.py cuts power after a discard with every other sync
+  held off.)
 * A writer that makes the chunk live again (a seal producing the same bytes,
   a restore copying extents) does so through the ``GCGuard`` the collector
   uses: the mount opens a guard epoch, waits for seals already running, and
@@ -47,8 +54,8 @@ Why it is safe:
 
 ``versionfs gc`` stays the full verifier: it marks from every retained extent
 version; in the stores it finds nothing more to delete than what is still
-queued here, plus chunks no extent ever named (a file deleted while its seal
-was storing them), which only it collects.
+queued here, plus chunks no metadata ever named (a seal that failed half-way,
+or a crash between a seal's puts and its metadata), which only it collects.
 """
 
 from __future__ import annotations
@@ -97,14 +104,17 @@ def ensure_extent_refs(meta: Any) -> bool:
     return True
 
 
-def chunk_users(meta: Any, pointer: bytes) -> str | None:
+def chunk_users(meta: Any, pointer: bytes, snapshots: bool = True) -> str | None:
     """'live' when the head uses the chunk, 'snapshot' when only retained
-    snapshots do, None when nothing retained does."""
+    snapshots do, None when nothing retained does. ``snapshots=False``: none
+    is retained, so their versions are not asked for (that read commits the
+    queued metadata to LMDB first, a round trip to its writer per chunk)."""
     start = schema.extent_ref_prefix(pointer)
     end = schema.prefix_end(start)
     if any(True for _ in meta.range(start, end, limit=1)):
         return "live"
-    if any(value is not None for _k, _r, value in meta.versions(start, end, retained_only=True)):
+    if snapshots and any(value is not None
+                         for _k, _r, value in meta.versions(start, end, retained_only=True)):
         return "snapshot"
     return None
 
@@ -115,6 +125,7 @@ class _Seen:
     time: float            # when a drain first saw it so (monotonic)
     index: int             # the metadata's last WAL index then: the supersession is at or before it
     discarded: bool = False
+    recorded: bool = False  # it has a b"Y" key (`Reclaimer._record`), to delete with it
 
 
 @dataclass
@@ -161,7 +172,7 @@ class Reclaimer:
         held = set(held)
         self._requeue_if_forgotten()
         now = self.clock()
-        fresh: list[_Seen] = []
+        fresh: list[tuple[bytes, _Seen]] = []
         old_snapshots = any(r < self.refs_from for r in self._revs or ())
         ready: list[bytes] = []
         settled: list[tuple[bytes, str | None]] = []
@@ -171,11 +182,12 @@ class Reclaimer:
             backlog += 1
             seen = self._seen.get(p)
             if seen is None or seen.token != token:
-                seen = self._seen[p] = _Seen(token, now, -1)
-                fresh.append(seen)
+                seen = self._seen[p] = self._recall(p, token, now)
+                if seen.index < 0:
+                    fresh.append((p, seen))
             if now - seen.time < self.min_age or p in held:
                 continue
-            users = chunk_users(self.meta, p)
+            users = chunk_users(self.meta, p, snapshots=bool(self._revs))
             if users is None and old_snapshots:
                 users = "snapshot"
             if users is None:
@@ -185,7 +197,7 @@ class Reclaimer:
         # Superseded (again) at or before this index, and not used since unless
         # the head uses it when a later drain looks: no metadata from here on names it.
         index = self.meta.last_index
-        for seen in fresh:
+        for _p, seen in fresh:
             seen.index = index
         if settled:
             with self.meta.write() as b:
@@ -201,6 +213,7 @@ class Reclaimer:
             due = [p for p in ready if (published_floor is None or self._seen[p].index <= published_floor)
                    and not self.paired.is_pending(Pointer.from_bytes(p))]
             backlog -= self._delete(guard, due)
+        self._record([p for p, seen in fresh if self._seen.get(p) is seen])
         st.backlog = backlog
         st.drains += 1
         return st
@@ -211,6 +224,27 @@ class Reclaimer:
         seen = self._seen.pop(pointer)
         if self.meta.get(schema.reclaim_key(pointer)) == seen.token:
             batch.delete(schema.reclaim_key(pointer))
+        if seen.recorded:
+            batch.delete(schema.seen_key(pointer))
+
+    def _recall(self, pointer: bytes, token: bytes, now: float) -> _Seen:
+        """What a drain of an earlier mount recorded of this candidate (when the
+        token still matches: not superseded again since), else a fresh sight."""
+        record = self.meta.get(schema.seen_key(pointer))
+        if record is not None and record[:-8] == token:
+            return _Seen(token, now - self.min_age, schema.from_u64(record[-8:]), recorded=True)
+        return _Seen(token, now, -1, recorded=record is not None)   # a stale record goes too
+
+    def _record(self, waiting: list[bytes]) -> None:
+        """Keep, for a remount, when a drain first saw the candidates it has not
+        dealt with (b"Y"): a later mount then knows which heads are past them
+        instead of waiting for as many publishes again."""
+        for i in range(0, len(waiting), 4 * BATCH):
+            with self.meta.write() as b:
+                for p in waiting[i:i + 4 * BATCH]:
+                    seen = self._seen[p]
+                    b.put(schema.seen_key(p), seen.token + schema.u64(seen.index))
+                    seen.recorded = True
 
     def _requeue_if_forgotten(self) -> None:
         """Parked candidates go back to the queue when a snapshot was forgotten
@@ -223,7 +257,7 @@ class Reclaimer:
                 with self.meta.write() as b:
                     for k in keys[i:i + 4 * BATCH]:
                         b.delete(k)
-                        b.put(schema.reclaim_key(k[1:]), schema.u64(time.time_ns()))
+                        schema.queue_candidate(b, k[1:])
                 moved += len(keys[i:i + 4 * BATCH])
             if moved:
                 log.info("%d reclamation candidate(s) requeued: a snapshot was forgotten", moved)

@@ -38,6 +38,10 @@ entries) is one contiguous, sorted range that `MVCCStore.range` can stream.
                                      it the chunk was superseded again)
     b"W" pointer                  -> b"" (a candidate only retained snapshots
                                      still use: requeued when one is forgotten)
+    b"Y" pointer                  -> its b"G" value + 8-byte WAL index: a drain
+                                     saw that candidate when the metadata's
+                                     last index was this (so a remount knows
+                                     which published heads are past it)
     b"C" b"next_ino"              -> 8-byte counter (inode allocation)
     b"C" b"extent_refs"           -> 8-byte revision from which every extent
                                      has its b"R" key (set at the first mount)
@@ -121,6 +125,7 @@ def extent_ref_prefix(pointer: bytes) -> bytes:
 
 RECLAIM_PREFIX = b"G"
 WAITING_PREFIX = b"W"
+SEEN_PREFIX = b"Y"
 EXTENT_REFS_KEY = b"Cextent_refs"
 
 
@@ -130,6 +135,15 @@ def reclaim_key(pointer: bytes) -> bytes:
 
 def waiting_key(pointer: bytes) -> bytes:
     return WAITING_PREFIX + pointer
+
+
+def seen_key(pointer: bytes) -> bytes:
+    return SEEN_PREFIX + pointer
+
+
+def queue_candidate(batch, pointer: bytes) -> None:
+    """Queue a chunk as a reclamation candidate (a new time each time)."""
+    batch.put(reclaim_key(pointer), u64(time.time_ns()))
 
 
 def put_extent(batch, ino: int, offset: int, length: int, pointer: bytes, skip: int = 0) -> None:
@@ -146,7 +160,7 @@ def delete_extent(batch, ino: int, offset: int, pointer: bytes, queue: bool = Tr
     batch.delete(extent_key(ino, offset))
     batch.delete(extent_ref_key(pointer, ino, offset))
     if queue:
-        batch.put(reclaim_key(pointer), u64(time.time_ns()))
+        queue_candidate(batch, pointer)
 
 
 def put_extent_record(batch, key: bytes, value: bytes) -> None:
