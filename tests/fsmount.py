@@ -32,6 +32,8 @@ def _child(state_dir: str, mountpoint: str) -> None:
     from versionfs.fs import mount
     if os.environ.get("VFS_TEST_WRITE_DELAY"):
         _slow_writes(float(os.environ["VFS_TEST_WRITE_DELAY"]))
+    if os.environ.get("VFS_TEST_SEAL_GATE"):
+        _gated_seals(Path(state_dir))
     meta, blobs, paired = open_layers(Path(state_dir))
     try:
         mount.run(meta, blobs, paired, mountpoint, dirty_dir=os.path.join(state_dir, "dirty"),
@@ -59,6 +61,23 @@ def _slow_writes(seconds: float) -> None:
             await trio.sleep(seconds)
         return await write(self, fh, off, buf)
     VersionFS.write = slow_write
+
+
+def _gated_seals(state_dir: Path) -> None:
+    """Test hook: a seal of a big file, once its layers are frozen, creates
+    `state_dir/seal-started` and waits (in its worker thread) until the test
+    creates `state_dir/seal-go` (at most 60 s), so the test can act while a
+    seal is in flight (a real seal is over too fast to aim at)."""
+    from versionfs.fs.sealing import Sealer
+    seal_layers = Sealer.seal_layers
+
+    def gated_seal_layers(self, *args, **kwargs):
+        (state_dir / "seal-started").touch()
+        deadline = time.monotonic() + 60
+        while not (state_dir / "seal-go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return seal_layers(self, *args, **kwargs)
+    Sealer.seal_layers = gated_seal_layers
 
 
 def open_layers(root: Path):

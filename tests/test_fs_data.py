@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from fsmount import vfs  # noqa: F401  (fixture)
+from fsmount import fresh_mount, vfs  # noqa: F401  (fixture)
+from history_util import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -58,6 +59,30 @@ def test_kill9_during_writes_then_remount_is_consistent(vfs):
     assert os.stat(vfs.path("f")).st_size == len(body)
     # leftover layer files are gone; the dirty journal (fsynced writes) stays
     assert os.listdir(vfs.state_dir / "dirty") == ["journal"]
+
+
+def test_file_deleted_while_its_seal_runs_leaves_no_dirty_file(tmp_path, monkeypatch):
+    # fsstress found a layer file left in the dirty area after a clean unmount
+    # (the next mount warned of an unclean shutdown): a file written while its
+    # seal ran, then deleted before the seal ended, kept its newer layer.
+    monkeypatch.setenv("VFS_TEST_SEAL_GATE", "1")
+    with fresh_mount(tmp_path) as vfs:
+        started, go = vfs.state_dir / "seal-started", vfs.state_dir / "seal-go"
+        fd = os.open(vfs.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
+        os.write(fd, os.urandom(2 << 20))
+        os.fsync(fd)
+        wait_for(started.exists, 60, "the idle seal to start", step=0.05)
+        os.pwrite(fd, os.urandom(2 << 20), 2 << 20)     # a new layer, in a layer file
+        os.fsync(fd)
+        os.close(fd)
+        os.unlink(vfs.path("f"))
+        wait_for(lambda: json.loads(vfs.ok("status --json"))["files_in_memory"] == 0, 60,
+                 "the daemon to forget the deleted file", step=0.05)
+        go.touch()
+        vfs.stop()
+        assert os.listdir(vfs.state_dir / "dirty") == ["journal"]
+        vfs.start()
+        assert "unclean shutdown" not in vfs.log.read_text()
 
 
 def test_clean_unmount_seals_everything(vfs):

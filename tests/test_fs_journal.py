@@ -267,3 +267,30 @@ def test_workload_with_seals_between_fsyncs_then_kill9(vfs):
         vfs.kill9()
         vfs.start()
         assert work.check(root) == [], seed
+
+
+def test_fsync_after_a_seal_leaves_nothing_in_the_journal(vfs):
+    """fsstress found files replayed from the journal after a clean unmount: an
+    fsync (or the unmount) after a seal journaled bytes or a truncation the seal
+    or the metadata already held, and no later seal of the file released them
+    (so the journal kept its segments, and each mount replayed them again)."""
+    fd = os.open(vfs.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"q" * 100_000)
+    vfs.ok("flush")                                 # sealed, never fsynced
+    os.fsync(fd)
+    os.close(fd)
+    fd = os.open(vfs.path("g"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"r" * 100_000)
+    vfs.ok("flush")
+    os.ftruncate(fd, 0)                             # cut in the metadata alone
+    os.fsync(fd)
+    os.pwrite(fd, b"s" * 10, 0)
+    vfs.ok("flush")                                 # sealed, then left to the unmount
+    os.close(fd)
+    vfs.ok("flush")
+    assert status(vfs)["journal_files"] == 0
+    vfs.stop()
+    vfs.start()
+    assert "replayed the dirty journal" not in vfs.log.read_text()
+    assert open(vfs.path("f"), "rb").read() == b"q" * 100_000
+    assert open(vfs.path("g"), "rb").read() == b"s" * 10

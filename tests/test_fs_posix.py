@@ -20,6 +20,7 @@ libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
 
 
 def renameat2(old, new, flags):
@@ -146,6 +147,35 @@ def test_rename(vfs):
     assert os.path.isfile(p("empty/y")) and os.path.isdir(p("new"))
     assert os.stat(p("empty")).st_nlink == 2
     assert os.stat(p("new/..")).st_ino == os.stat(p()).st_ino
+
+
+def test_rename_whiteout_as_on_ext4(vfs, tmp_path):
+    # fsstress found RENAME_WHITEOUT (overlayfs' rename, which leaves a 0/0
+    # character device at the old name) refused with EINVAL; ext4 does it.
+    def whiteouts(root) -> list:
+        os.mkdir(os.path.join(root, "d"))
+        os.chmod(os.path.join(root, "d"), 0o2775)
+        os.chown(os.path.join(root, "d"), 0, 7)
+        for name in ("a", "b", "d/c"):
+            open(os.path.join(root, name), "w").write(name)
+        renameat2(os.path.join(root, "a"), os.path.join(root, "b"), RENAME_WHITEOUT)
+        renameat2(os.path.join(root, "d/c"), os.path.join(root, "moved"), RENAME_WHITEOUT)
+        seen = []
+        for name in ("a", "b", "d/c", "moved"):
+            st = os.lstat(os.path.join(root, name))
+            seen.append((name, oct(st.st_mode), st.st_rdev, st.st_nlink, st.st_uid, st.st_gid))
+        seen.append(open(os.path.join(root, "b")).read())
+        seen.append(sorted(os.listdir(root)))
+        raises(errno.EINVAL, renameat2, os.path.join(root, "b"), os.path.join(root, "moved"),
+               RENAME_WHITEOUT | RENAME_EXCHANGE)
+        return seen
+    native = tmp_path / "ext4"
+    native.mkdir()
+    assert whiteouts(vfs.path()) == whiteouts(str(native))
+    vfs.stop()
+    vfs.start()
+    assert stat.S_ISCHR(os.lstat(vfs.path("a")).st_mode) and os.lstat(vfs.path("a")).st_rdev == 0
+    os.unlink(vfs.path("a"))                     # overlayfs removes whiteouts like files
 
 
 def test_truncate_and_ftruncate(vfs):

@@ -206,9 +206,12 @@ class DataManager(Sealer):
                 stored = True
             finally:
                 f.seal_ended(stored)
+                if not stored:
+                    self._close_if_dropped(f)
             del f.layers[:len(layers)]
             for layer in layers:
                 layer.close()
+            self._close_if_dropped(f)
             return True
 
     async def seal_small(self, files: list[FileData],
@@ -256,13 +259,22 @@ class DataManager(Sealer):
         finally:
             for f in taken:
                 f.seal_ended(stored)
+                self._close_if_dropped(f)
                 f.seal_lock.release()
         return len(taken)
 
     def drop(self, f: FileData) -> None:
-        """Forget a deleted file's layers."""
+        """Forget a deleted file's layers; a seal running on it closes them
+        when it ends (`_close_if_dropped`)."""
         f.deleted = True
         if not f.seal_lock.locked():
+            self._close_if_dropped(f)
+
+    @staticmethod
+    def _close_if_dropped(f: FileData) -> None:
+        """Close every layer of a deleted file, those written while a seal ran
+        included (left open, their layer files would outlive the mount)."""
+        if f.deleted:
             for layer in f.layers:
                 layer.close()
             f.layers.clear()

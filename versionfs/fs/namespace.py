@@ -28,6 +28,7 @@ from .snapshots import is_snap_ino
 from .special_inodes import CTL_DIR_INO, CTL_DIR_NAME, CTL_FILE_INO, SNAPS_DIR_INO
 
 READDIR_BATCH = 128
+RENAME_WHITEOUT = 4                # <linux/fs.h>; pyfuse3 exports only EXCHANGE and NOREPLACE
 DIR_CURSORS = 8192
 
 
@@ -301,12 +302,14 @@ class NamespaceOps(MountCore):
             raise FUSEError(errno.ENOENT)
         dst = self._child(p_new, n_new)
         exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        whiteout = bool(flags & RENAME_WHITEOUT)
+        if flags & ~(pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE | RENAME_WHITEOUT) or (
+                exchange and (whiteout or flags & pyfuse3.RENAME_NOREPLACE)):
+            raise FUSEError(errno.EINVAL)
         if flags & pyfuse3.RENAME_NOREPLACE and dst is not None:
             raise FUSEError(errno.EEXIST)
         if exchange and dst is None:
             raise FUSEError(errno.ENOENT)
-        if flags & ~(pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE):
-            raise FUSEError(errno.EINVAL)
         if dst == src:
             return
         sinode = self._inode(src)
@@ -322,6 +325,7 @@ class NamespaceOps(MountCore):
             if dinode.is_dir and not self._is_empty(dst):
                 raise FUSEError(errno.ENOTEMPTY)
         now = schema.now_ns()
+        whiteout_ino = self.alloc.allocate() if whiteout else None
         with self.meta.write() as b:
             if exchange:
                 b.delete(schema.link_key(src, p_old, n_old))
@@ -335,6 +339,8 @@ class NamespaceOps(MountCore):
                 self._store_inode(dinode, b)
             else:
                 schema.delete_dirent(b, p_old, n_old, src)
+                if whiteout_ino is not None:
+                    self._put_whiteout(whiteout_ino, pold, n_old, ctx, now, b)
                 if dst is not None:
                     b.delete(schema.link_key(dst, p_new, n_new))
                 schema.put_dirent(b, p_new, n_new, src)
@@ -351,6 +357,16 @@ class NamespaceOps(MountCore):
             self._store_inode(pold, b)
             if pnew is not pold:
                 self._store_inode(pnew, b)
+
+    @staticmethod
+    def _put_whiteout(ino: int, parent: Inode, name: bytes, ctx, now: int, b) -> None:
+        """RENAME_WHITEOUT (overlayfs uses it): the old name becomes a 0/0
+        character device in the rename's own batch, owned as ext4 owns it."""
+        gid = parent.gid if parent.mode & stat.S_ISGID else ctx.gid
+        whiteout = Inode(ino, stat.S_IFCHR, 1, ctx.uid, gid, 0,
+                         atime_ns=now, mtime_ns=now, ctime_ns=now)
+        b.put(schema.inode_key(ino), whiteout.pack())
+        schema.put_dirent(b, parent.ino, name, ino)
 
     @staticmethod
     def _reparent(inode: Inode, old: Inode, new: Inode) -> None:
