@@ -16,7 +16,7 @@ from versionfs.fs.journal import DirtyJournal
 from versionfs.meta.wal import decode
 from versionfs.meta.wal.repair import SECTOR
 from versionfs.meta.wal.spare import SPARE_SUFFIX
-from versionfs.meta.wal.wal import WAL
+from versionfs.meta.wal.wal import FIRST_SEGMENT_ZEROED, WAL
 
 SEGMENT = 8192
 
@@ -112,6 +112,26 @@ def test_a_flipped_byte_before_the_zeros_is_still_corruption(tmp_path):
     assert_flips_are_corruption(path, range(200, start, 97), lambda: read(d))
 
 
+def test_a_new_journal_zeroes_a_small_first_segment_then_uses_full_spares(tmp_path):
+    """Creating the dirty journal (every mount) writes only FIRST_SEGMENT_ZEROED
+    of zeros before it answers; once its records outgrow them the log moves
+    to a full-sized spare prepared in the background, and no sync on the way
+    extends a file."""
+    jdir = str(tmp_path / "journal")
+    os.mkdir(jdir)
+    j = DirtyJournal(jdir)
+    [first] = segs(jdir)
+    assert os.path.getsize(os.path.join(jdir, first)) == FIRST_SEGMENT_ZEROED
+    piece = os.urandom(60_000)
+    for i in range(2 * FIRST_SEGMENT_ZEROED // len(piece)):
+        j.log(7, None, [(i * len(piece), piece)], (i + 1) * len(piece), i, i)
+        j.sync()
+    assert j.size_changing_syncs == 0
+    names = segs(jdir)
+    assert len(names) == 2 and os.path.getsize(os.path.join(jdir, names[1])) == 16 << 20
+    j.close()
+
+
 @pytest.mark.parametrize("names", ["strict", "ext4"])
 def test_power_cut_keeps_exactly_the_synced_journal_records(tmp_path, names):
     """The dirty journal on the power-cut disk: records synced before the cut
@@ -138,7 +158,7 @@ def test_power_cut_keeps_exactly_the_synced_journal_records(tmp_path, names):
         assert writes == synced
         assert [op[2:] for op in r.ops if op[1] == "A"][-1] == (2000, 19, 19)
         segment = os.path.join(jdir, segs(jdir)[-1])
-        assert os.path.getsize(segment) == 16 << 20    # still pre-zeroed, not truncated
+        assert os.path.getsize(segment) == FIRST_SEGMENT_ZEROED   # still pre-zeroed, not truncated
         j.log(7, None, [(7000, b"after the cut")], 8000, 100, 100)
         j.sync()
         j._wal.cut()                                   # a new pre-zeroed segment, empty

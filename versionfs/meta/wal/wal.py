@@ -34,6 +34,10 @@ __all__ = ["WAL", "DEFAULT_SEGMENT_BYTES"]
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
+# Zeros written for the first segment of a new pre-zeroed log, synchronously
+# (later segments are prepared full-sized in the background).
+FIRST_SEGMENT_ZEROED = 1 << 20
+
 class WAL:
     """Append-only log of (index, bytes) entries plus opaque state and metadata.
 
@@ -48,6 +52,7 @@ class WAL:
         self.preallocate = preallocate
         self._spare: SpareSegment | None = None
         self._allocated = 0     # size of the current segment's file
+        self._zeroed = 0        # bytes zero-filled for the current segment when made here
         self._grew = False      # an append since the last sync extended the file
         self.segments_preallocated = 0
         self.size_changing_syncs = 0
@@ -88,7 +93,7 @@ class WAL:
         w = cls(dirpath, segment_bytes, preallocate)
         w._metadata = bytes(metadata)
         w._mode = "append"
-        w._open_new_segment(0, 0)
+        w._open_new_segment(0, 0, FIRST_SEGMENT_ZEROED)
         fsync_dir(os.path.dirname(os.path.abspath(dirpath)))
         return w
 
@@ -334,9 +339,10 @@ class WAL:
 
     def _maybe_cut(self, incoming: int = 0) -> None:
         """Cut when the segment is full, or, pre-zeroed, when `incoming` more
-        bytes would extend it and it holds more than its head."""
+        bytes would extend it past its zeros and it holds more than its head."""
+        zeroed = self._zeroed or self.segment_bytes
         if self._size >= self.segment_bytes or (
-                self.preallocate and self._size + incoming > self.segment_bytes
+                self.preallocate and self._size + incoming > zeroed
                 and self._size > self._head_size):
             self._cut()
 
@@ -360,8 +366,11 @@ class WAL:
         os.close(old)
         self._synced_index = self._last_index
 
-    def _open_new_segment(self, seq: int, first_index: int) -> None:
-        """Write a complete segment head under a temporary name, then rename it in."""
+    def _open_new_segment(self, seq: int, first_index: int,
+                          zeroed: int | None = None) -> None:
+        """Write a complete segment head under a temporary name, then rename it in.
+        Pre-zeroed, the segment gets `zeroed` bytes of zeros (default: a whole
+        segment, the spare prepared ahead if there is one)."""
         name = segment_name(seq, first_index)
         path = os.path.join(self.dir, name)
         tmp = path + ".tmp"
@@ -370,7 +379,7 @@ class WAL:
         frame3, crc = _frame(TYPE_STATE, self._state, crc)
         head = frame1 + frame2 + frame3
         if self.preallocate:
-            self._zeroed_segment_file(tmp)
+            self._zeroed_segment_file(tmp, zeroed)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | (0 if self.preallocate else os.O_TRUNC),
                      0o600)
         try:
@@ -403,19 +412,26 @@ class WAL:
         self._dirty = False
         self._prepare_spare()
 
-    def _zeroed_segment_file(self, tmp: str) -> None:
+    def _zeroed_segment_file(self, tmp: str, size: int | None = None) -> None:
         """Put a zero-filled, fsynced file of segment_bytes at `tmp`: the spare
         prepared ahead (spare.py), or, when there is none or it failed (logged
-        there), one written now."""
-        spare, self._spare = self._spare, None
+        there), one written now. With `size`, a file of that many zeros
+        written now (the first segment of a new log: small, so that creating
+        the log, at every mount for the dirty journal, does not wait for a
+        whole segment of zeros; the spare is full-sized)."""
+        spare = None
+        if size is None:
+            spare, self._spare = self._spare, None
         if spare is not None:
             try:
                 os.rename(spare.take(), tmp)
                 self.segments_preallocated += 1
+                self._zeroed = self.segment_bytes
                 return
             except OSError:
                 pass                        # logged by the spare's thread; try here
-        zeroed_file(tmp, self.segment_bytes)
+        self._zeroed = min(size or self.segment_bytes, self.segment_bytes)
+        zeroed_file(tmp, self._zeroed)
         self.segments_preallocated += 1
 
     def release_to(self, index: int) -> int:
