@@ -6,7 +6,9 @@ records) is written under a temporary name, fsynced and renamed into place, so
 a segment on disk always starts complete.
 
 With ``preallocate`` a segment is zero-filled to ``segment_bytes`` before use
-(spare.py) and appends overwrite those zeros in place: a sync is then an
+(spare.py; the first one of a new log to FIRST_SEGMENT_ZEROED), appends
+overwrite those zeros in place, and a segment is cut before an append would
+extend its file: a sync is then an
 fdatasync with no size or extent change to commit. ``size_changing_syncs``
 counts the syncs that did extend a file all the same (a record bigger than
 the room left).
@@ -32,11 +34,10 @@ from .spare import SpareSegment, write_zeros, zeroed_file
 __all__ = ["WAL", "DEFAULT_SEGMENT_BYTES"]
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
-
-
 # Zeros written for the first segment of a new pre-zeroed log, synchronously
 # (later segments are prepared full-sized in the background).
 FIRST_SEGMENT_ZEROED = 1 << 20
+
 
 class WAL:
     """Append-only log of (index, bytes) entries plus opaque state and metadata.
@@ -52,7 +53,6 @@ class WAL:
         self.preallocate = preallocate
         self._spare: SpareSegment | None = None
         self._allocated = 0     # size of the current segment's file
-        self._zeroed = 0        # bytes zero-filled for the current segment when made here
         self._grew = False      # an append since the last sync extended the file
         self.segments_preallocated = 0
         self.size_changing_syncs = 0
@@ -339,10 +339,10 @@ class WAL:
 
     def _maybe_cut(self, incoming: int = 0) -> None:
         """Cut when the segment is full, or, pre-zeroed, when `incoming` more
-        bytes would extend it past its zeros and it holds more than its head."""
-        zeroed = self._zeroed or self.segment_bytes
+        bytes would extend its file (past its zeros) and it holds more than its
+        head."""
         if self._size >= self.segment_bytes or (
-                self.preallocate and self._size + incoming > zeroed
+                self.preallocate and self._size + incoming > self._allocated
                 and self._size > self._head_size):
             self._cut()
 
@@ -426,12 +426,10 @@ class WAL:
             try:
                 os.rename(spare.take(), tmp)
                 self.segments_preallocated += 1
-                self._zeroed = self.segment_bytes
                 return
             except OSError:
                 pass                        # logged by the spare's thread; try here
-        self._zeroed = min(size or self.segment_bytes, self.segment_bytes)
-        zeroed_file(tmp, self._zeroed)
+        zeroed_file(tmp, min(size or self.segment_bytes, self.segment_bytes))
         self.segments_preallocated += 1
 
     def release_to(self, index: int) -> int:
