@@ -148,11 +148,12 @@ class LifecycleOps(MountCore):
         A file deleted while it was sealed gets its new chunks queued for
         reclamation instead: no extent will ever name them."""
         if f.deleted:
-            for pointer in {e.pointer for e in r.added}:
+            orphaned = {e.pointer for e in r.added}
+            for pointer in orphaned:
                 schema.queue_candidate(b, pointer)
-            if r.added:
+            if orphaned:
                 log.info("inode %d was deleted while it was sealed: %d new chunk(s) queued "
-                         "for reclamation", f.ino, len({e.pointer for e in r.added}))
+                         "for reclamation", f.ino, len(orphaned))
             return
         inode = self._inode(f.ino)
         stored = sum(e.length for e in r.extents)
