@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     from versionfs.common.privacy import restrict_umask
     from .command import EXIT_ERROR, error, user_error_types
     restrict_umask()              # everything versionfs writes is private (common/privacy.py)
+    if argv[:1] == ["mount"]:     # its daemon imports on the other core meanwhile (cli/standby.py)
+        from . import standby
+        standby.start(argv[1:])
     # serve-store owns its whole argument list.
     if argv[:1] == ["serve-store"]:
         return group("bucket").run_serve_store(argv[1:])
