@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import pickle
 import signal
 import sys
 
@@ -35,6 +34,7 @@ class Standby:
 
     def hand_over(self, state_dir, mountpoint, opts, passphrase) -> int:
         """Send the daemon its mount; returns the fd its readiness line arrives on."""
+        import pickle                     # not before the fork: the standby's to import
         data = pickle.dumps((state_dir, mountpoint, opts, passphrase))
         try:
             with os.fdopen(self.request_fd, "wb") as pipe:
@@ -96,6 +96,7 @@ def _child(request_fd: int, ready_fd: int):
             os.dup2(null, fd)
         if null > 2:
             os.close(null)
+        import pickle
         from versionfs.cli import daemon
         daemon.serving_modules()
         with os.fdopen(request_fd, "rb") as pipe:
