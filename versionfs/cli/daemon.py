@@ -4,11 +4,15 @@ under systemd), it opens the state dir, joins the bucket and serves the mount.
 The parent waits on a pipe for one line, ``ready`` or ``error: ...``; systemd
 gets READY=1 on $NOTIFY_SOCKET.
 
-``detach`` hands the mount to the daemon the ``versionfs mount`` command forked
-at its start (cli/standby.py), which has imported what serves a mount
-meanwhile (half of a mount's time was a second interpreter starting, most of
-the rest is those imports); ``spawn`` starts a fresh interpreter where a fork
-does not fit (see ``detach``).
+``detach`` forks the daemon from the ``versionfs mount`` process itself, which
+has already paid for Python and the command's imports (half of a mount's time
+was a second interpreter starting); ``spawn`` starts a fresh interpreter where
+a fork is not safe (see ``_fork_is_safe``). The daemon imports what serves the
+mount (``_daemon_modules``) after the fork: the command never loads it, so its
+exit, the last step of a mount, has that much less to tear down. (A daemon
+forked at the command's very start, importing while the command parses and
+checks, measured no faster on an idle machine, since both then import the
+command's modules, and slower on a busy one; see README, Mount and unmount.)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,37 +56,46 @@ def read_fd_secret(passphrase_fd: int | None, recovery_key_fd: int | None):
     return data or None
 
 
-def serving_modules() -> tuple:
-    """What `run` serves a mount with (the standby imports them while the
-    command parses and checks, cli/standby.py)."""
+def _daemon_modules() -> tuple:
+    """What `run` serves a mount with (imported by the daemon, see the module doc)."""
     from versionfs.bucket import session
     from versionfs.fs import mount, services
     from versionfs.maint import gc as gcmod
-    # What the imports made is the daemon's for good: frozen, the garbage
-    # collector skips it in the daemon's collections.
-    gc.freeze()
     return session, mount, services, gcmod
 
 
+def _fork_is_safe() -> bool:
+    """A fork copies one thread and every lock as it is: safe only while this
+    process runs no other thread and has opened no state (the caller has not).
+    The passphrase variable would stay readable in the child's
+    /proc/PID/environ (unsetenv does not erase the original block): a fresh
+    interpreter gets an environment without it."""
+    return threading.active_count() == 1 and statemod.PASSPHRASE_ENV not in os.environ
+
+
 def detach(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions,
-           option_lists: list[str], passphrase, standby) -> int:
+           option_lists: list[str], passphrase) -> int:
     """Start the daemon in its own session, logging to STATE_DIR/versionfs.log,
-    and wait for its readiness line: `standby`, the daemon this command forked
-    at its start (cli/standby.py), when there is one, else a fresh interpreter.
-    So is it with the passphrase in the environment: the variable would stay
-    readable in a forked daemon's /proc/PID/environ (unsetenv does not erase
-    the original block); a fresh interpreter gets an environment without it."""
-    if standby is None or statemod.PASSPHRASE_ENV in os.environ:
-        if standby is not None:
-            standby.cancel()
+    and wait for its readiness line: forked from this process when that is safe,
+    else a fresh interpreter."""
+    if not _fork_is_safe():
         return spawn(state_dir, mountpoint, option_lists, opts.read_only, passphrase)
     layout = statemod.Layout(state_dir)
-    # What this command imported is garbage only at its exit: frozen, the
-    # collector skips it then (the exit took longer than a mount without it).
+    log_fd = os.open(layout.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    ready_r, ready_w = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # What the command's imports made is the daemon's for good: frozen, the
+    # garbage collector skips it, in the daemon's collections and at this
+    # process's exit (which took longer than the daemon's whole start without it).
     gc.freeze()
-    pid = standby.pid
-    message = _wait_ready(standby.hand_over(state_dir, mountpoint, opts, passphrase),
-                          READY_TIMEOUT_SECONDS)
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready_r)
+        _serve_forked(log_fd, state_dir, mountpoint, opts, passphrase, ready_w)
+    os.close(log_fd)
+    os.close(ready_w)
+    message = _wait_ready(ready_r, READY_TIMEOUT_SECONDS)
     if message is None:
         message = f"the daemon exited before the mount was ready (status {_exit_status(pid)})"
 
@@ -94,15 +108,13 @@ def detach(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions,
     return _answer(message, layout, state_dir, mountpoint, pid, stop)
 
 
-def serve_forked(state_dir: Path, mountpoint: Path, opts, passphrase, ready_fd: int):
-    """The forked daemon (the standby, handed its mount): what a spawned
-    daemon's exec would give it (a new session, / as cwd, stdin from /dev/null,
-    stdout and stderr to the log), then `run`; it never returns into the
-    command's stack."""
+def _serve_forked(log_fd: int, state_dir: Path, mountpoint: Path, opts, passphrase,
+                  ready_fd: int):
+    """The forked child: what a spawned daemon's exec would give it (a new
+    session, / as cwd, stdin from /dev/null, stdout and stderr to the log), then
+    `run`; it never returns into the caller's stack."""
     code = EXIT_ERROR
     try:
-        log_fd = os.open(statemod.Layout(state_dir).log,
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         # A caller started with fd 0, 1 or 2 closed got one of these as a pipe end.
         log_fd, ready_fd = (fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
                             for fd in (log_fd, ready_fd))
@@ -289,12 +301,13 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     bound_allocator()             # before any thread: freed buffers go back (common/memory.py)
     readiness = _Readiness(ready_fd)
     try:
+        cloud, fsmount, services, gcmod = _daemon_modules()
+        gc.freeze()                            # the imports' objects, as in detach
         if ready_fd is not None:               # preflight again: the world may have changed
             preflight.check(state_dir, mountpoint, opts)
         st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only,
                                  start_uploads=not opts.read_only)
         try:                                   # writer lease, catching up, publishing
-            cloud = serving_modules()[0]
             session = cloud.CloudSession.start(st, read_only=opts.read_only,
                                                steal_lease=opts.steal_lease)
         except BaseException:
@@ -316,7 +329,6 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     log.info("versionfs %s mounting %s on %s (pid %d)", __version__, state_dir, mountpoint,
              os.getpid())
     try:
-        _, fsmount, services, gcmod = serving_modules()
         # The guard is in the data path from the start, so a collection can
         # never begin while a write it does not know about is in flight.
         gcmod.GCGuard.install(st.blobs)

@@ -69,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import os
     from versionfs.common.privacy import restrict_umask
-    restrict_umask()              # everything versionfs writes is private (common/privacy.py)
-    if argv[:1] == ["mount"]:     # its daemon imports on the other core from here on
-        from . import standby     # (cli/standby.py)
-        standby.start(argv[1:])
     from .command import EXIT_ERROR, error, user_error_types
+    restrict_umask()              # everything versionfs writes is private (common/privacy.py)
     # serve-store owns its whole argument list.
     if argv[:1] == ["serve-store"]:
         return group("bucket").run_serve_store(argv[1:])

@@ -12,7 +12,7 @@ from versionfs.cli import ctlclient
 from versionfs.common import config as configmod
 from versionfs.common import state as statemod
 
-from . import preflight, standby
+from . import preflight
 from .preflight import parse_mount_options
 from .command import EXIT_ERROR, EXIT_OK, UserError, command, warn
 from .keys import add_secret_args, secret_source
@@ -47,27 +47,18 @@ def cmd_mount(args: argparse.Namespace) -> int:
     opts.read_only = opts.read_only or args.read_only
     passphrase_file = args.passphrase_file or opts.passphrase_file
     from . import daemon          # not for umount: the daemon's own imports (start-up time)
-    waiting = standby.take()
-    if waiting is not None and (args.ready_fd is not None or args.foreground):
-        waiting.cancel()                             # the mount runs in this process
-        waiting = None
     if args.ready_fd is not None:                    # we are the background daemon
         return daemon.run(state_dir, mountpoint, opts,
                           daemon.read_fd_secret(args.passphrase_fd, args.recovery_key_fd),
                           args.ready_fd)
-    try:
-        cfg = preflight.check(state_dir, mountpoint, opts)
-        passphrase = None
-        if cfg["encryption.enabled"]:
-            args.passphrase_file = passphrase_file
-            passphrase = secret_source(args, str(state_dir))()
-    except BaseException:
-        if waiting is not None:
-            waiting.cancel()
-        raise
+    cfg = preflight.check(state_dir, mountpoint, opts)
+    passphrase = None
+    if cfg["encryption.enabled"]:
+        args.passphrase_file = passphrase_file
+        passphrase = secret_source(args, str(state_dir))()
     if args.foreground:
         return daemon.run(state_dir, mountpoint, opts, passphrase, None)
-    return daemon.detach(state_dir, mountpoint, opts, args.options, passphrase, waiting)
+    return daemon.detach(state_dir, mountpoint, opts, args.options, passphrase)
 
 
 def _setup_umount(p: argparse.ArgumentParser) -> None:
