@@ -127,6 +127,31 @@ def test_mount_forks_a_detached_daemon(fs):
     fs.umount()
 
 
+def test_the_mount_command_leaves_the_daemons_imports_to_the_daemon(fs):
+    """Mount time: the daemon imports what serves the mount (trio, pyfuse3, the
+    filesystem layer, the stores, the metadata engine, the bucket code) after
+    the fork; the command itself never loads any of it, so its exit, the last
+    step of a mount, has that much less to tear down. `-X importtime` reports
+    the command's imports on its stderr (the daemon's go to the log)."""
+    fs.init()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "versionfs", "mount",
+                             str(fs.state), str(fs.mnt)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert mount_type(fs.mnt) == "fuse.versionfs"
+    command = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines()
+               if line.startswith("import time:")}
+    assert {"versionfs.cli.preflight", "versionfs.cli.daemon"} <= command
+    daemons = {name for name in command if name.split(".")[0] in ("trio", "pyfuse3", "lmdb")
+               or name.startswith(("versionfs.fs", "versionfs.bucket", "versionfs.meta",
+                                   "versionfs.maint", "versionfs.blob.paired"))}
+    assert daemons == set()
+    log = (fs.state / "versionfs.log").read_text()
+    assert "mounting" in log and "pyfuse3" in log       # the daemon's -X importtime lines
+    fs.umount()
+
+
 def test_a_started_daemon_imports_only_what_it_needs(fs):
     """Mount time: when the daemon answers, it has not imported the ctl command
     groups (imported on first use), prometheus_client (metrics are off) nor

@@ -52,6 +52,7 @@ def test_syncs_overwrite_zeros_and_never_grow_a_segment(tmp_path):
     w, ents = read(d)
     assert [e.index for e in ents] == list(range(1, 302))
     assert all(e.data == payload(e.index) for e in ents[:-1])
+    assert w.tails_repaired == 0     # a clean close leaves zeros after the log: nothing to sync
     w.save_entry(302, b"after reopen")
     w.sync()
     assert w.size_changing_syncs == 0
@@ -91,6 +92,7 @@ def test_append_torn_into_the_zeros_is_cut_off_with_zeros(tmp_path):
             f.write(bytes(end - cut))
         w, ents = read(d)
         assert [e.index for e in ents] == list(range(1, 11)), cut
+        assert w.tails_repaired == (cut > start)     # all of it missing: nothing torn
         raw = open(os.path.join(d, name), "rb").read()
         assert len(raw) == 1 << 20 and raw.count(0, start) == len(raw) - start   # repaired
         w.save_entry(11, b"again")

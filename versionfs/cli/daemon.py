@@ -5,9 +5,14 @@ The parent waits on a pipe for one line, ``ready`` or ``error: ...``; systemd
 gets READY=1 on $NOTIFY_SOCKET.
 
 ``detach`` forks the daemon from the ``versionfs mount`` process itself, which
-has already paid for Python and its imports (half of a mount's time was a
-second interpreter starting); ``spawn`` starts a fresh interpreter where a fork
-is not safe (see ``_fork_is_safe``).
+has already paid for Python and the command's imports (half of a mount's time
+was a second interpreter starting); ``spawn`` starts a fresh interpreter where
+a fork is not safe (see ``_fork_is_safe``). The daemon imports what serves the
+mount (``_daemon_modules``) after the fork: the command never loads it, so its
+exit, the last step of a mount, has that much less to tear down. (A daemon
+forked at the command's very start, importing while the command parses and
+checks, measured no faster on an idle machine, since both then import the
+command's modules, and slower on a busy one; see README, Mount and unmount.)
 """
 
 from __future__ import annotations
@@ -52,11 +57,11 @@ def read_fd_secret(passphrase_fd: int | None, recovery_key_fd: int | None):
 
 
 def _daemon_modules() -> tuple:
-    """What `run` serves a mount with (imported before a fork, so the child needs no import)."""
+    """What `run` serves a mount with (imported by the daemon, see the module doc)."""
     from versionfs.bucket import session
     from versionfs.fs import mount, services
-    from versionfs.maint import gc
-    return session, mount, services, gc
+    from versionfs.maint import gc as gcmod
+    return session, mount, services, gcmod
 
 
 def _fork_is_safe() -> bool:
@@ -65,7 +70,6 @@ def _fork_is_safe() -> bool:
     The passphrase variable would stay readable in the child's
     /proc/PID/environ (unsetenv does not erase the original block): a fresh
     interpreter gets an environment without it."""
-    _daemon_modules()
     return threading.active_count() == 1 and statemod.PASSPHRASE_ENV not in os.environ
 
 
@@ -81,9 +85,9 @@ def detach(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions,
     ready_r, ready_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    # What the imports made is the daemon's for good: frozen, the garbage
-    # collector skips it, in the daemon's collections and at this process's
-    # exit (which took longer than the daemon's whole start without it).
+    # What the command's imports made is the daemon's for good: frozen, the
+    # garbage collector skips it, in the daemon's collections and at this
+    # process's exit (which took longer than the daemon's whole start without it).
     gc.freeze()
     pid = os.fork()
     if pid == 0:
@@ -297,12 +301,13 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     bound_allocator()             # before any thread: freed buffers go back (common/memory.py)
     readiness = _Readiness(ready_fd)
     try:
+        cloud, fsmount, services, gcmod = _daemon_modules()
+        gc.freeze()                            # the imports' objects, as in detach
         if ready_fd is not None:               # preflight again: the world may have changed
             preflight.check(state_dir, mountpoint, opts)
         st = statemod.open_state(state_dir, passphrase, read_only=opts.read_only,
                                  start_uploads=not opts.read_only)
         try:                                   # writer lease, catching up, publishing
-            cloud = _daemon_modules()[0]
             session = cloud.CloudSession.start(st, read_only=opts.read_only,
                                                steal_lease=opts.steal_lease)
         except BaseException:
@@ -324,10 +329,9 @@ def run(state_dir: Path, mountpoint: Path, opts: preflight.MountOptions, passphr
     log.info("versionfs %s mounting %s on %s (pid %d)", __version__, state_dir, mountpoint,
              os.getpid())
     try:
-        _, fsmount, services, gc = _daemon_modules()
         # The guard is in the data path from the start, so a collection can
         # never begin while a write it does not know about is in flight.
-        gc.GCGuard.install(st.blobs)
+        gcmod.GCGuard.install(st.blobs)
         fsmount.run(st.meta, st.blobs, st.paired, str(mountpoint), dirty_dir=st.dirty_dir,
                     read_only=opts.read_only,
                     fuse_options=tuple(preflight.fuse_options(state_dir, st.config, opts)),

@@ -56,6 +56,7 @@ class WAL:
         self._grew = False      # an append since the last sync extended the file
         self.segments_preallocated = 0
         self.size_changing_syncs = 0
+        self.tails_repaired = 0     # torn tails removed when the log was opened
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._seq = 0
@@ -200,13 +201,20 @@ class WAL:
 
     def _repair(self, path: str, buf: bytes, valid_end: int) -> None:
         """Remove a torn tail: zeros over it in a pre-zeroed segment (the
-        allocation stays), else truncate."""
+        allocation stays), else truncate. A pre-zeroed segment whose bytes
+        after the log are all zeros (every clean close) has nothing torn: no
+        write, no sync (one fdatasync less at every mount)."""
         if not self.preallocate:
+            self.tails_repaired += 1
             _truncate_file(path, valid_end)
             return
+        torn_end = len(buf.rstrip(b"\0"))
+        if torn_end <= valid_end:
+            return
+        self.tails_repaired += 1
         fd = os.open(path, os.O_WRONLY)
         try:
-            write_zeros(fd, valid_end, len(buf.rstrip(b"\0")))
+            write_zeros(fd, valid_end, torn_end)
             os.fdatasync(fd)
         finally:
             os.close(fd)
