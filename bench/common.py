@@ -117,6 +117,14 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def minor_faults(pid: int) -> int | None:
+    """Minor page faults process `pid` has taken so far; None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except OSError:
+        return None
+
+
 class Mount:
     """A fresh filesystem (``versionfs init``, default embedded config: the
     ``file://`` slow store is STATE/slow) mounted with ``versionfs mount``."""

@@ -19,6 +19,20 @@ top. Measured: the same 512 MiB write and cold read ended at 454 MB anonymous
 RSS, and at 128 MB with only the threshold pinned (MALLOC_MMAP_THRESHOLD_).
 ``bound_allocator`` pins it, trims free heap tops and caps the arenas.
 
+Pinned where, though: pyfuse3 copies every WRITE request into a fresh bytes
+object (1 MiB each for a big write, the kernel's max_write). At glibc's
+initial 128 KiB threshold each was its own mmap: 256 page faults, the pages
+zeroed, then unmapped, per MiB written (262 minor faults per MiB, a third of
+the daemon's CPU while it takes a 1 GiB write; perf showed clear_page and
+the fault path beside the copies themselves). The threshold sits just above
+one request (`MMAP_THRESHOLD_BYTES`), so that buffer comes from the heap and
+the next request reuses it, and free heap tops are kept up to two requests
+(`TRIM_THRESHOLD_BYTES`): 2-6 faults per MiB written and half the daemon's
+CPU for the write (tests/test_fs_bigwrite.py counts the faults). The price:
+chunks below the threshold come from the heap too; through a 512 MiB write
+and flush the peak was 158 MB against 143-151 MB, and 181 MB with free heap
+tops kept up to 4 MiB, hence 2 MiB.
+
 How it is measured: /proc/PID/status (VmRSS, VmHWM = peak). LMDB's mmapped
 pages count in RSS as RssFile and are reclaimable page cache; the budget is
 what RssAnon holds plus a few tens of MB of code and LMDB pages.
@@ -36,8 +50,9 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
-MMAP_THRESHOLD_BYTES = 128 << 10   # glibc's initial value, pinned (no dynamic raise)
-TRIM_THRESHOLD_BYTES = 1 << 20     # give free heap tops back beyond 1 MiB
+# Pinned (no dynamic raise) just above a 1 MiB FUSE WRITE request (module docstring).
+MMAP_THRESHOLD_BYTES = (1 << 20) + (64 << 10)
+TRIM_THRESHOLD_BYTES = 2 << 20     # give free heap tops back beyond 2 MiB
 ARENA_MAX = 2                      # one per core: threads share arenas, their free lists too
 
 
