@@ -133,19 +133,38 @@ class ChunkReader:
                 self.chunks_fetched_in_loop += 1
         return data
 
-    def _chunk_sync(self, pointer: bytes) -> bytes:
+    def _chunk_sync(self, pointer: bytes) -> bytes | memoryview:
+        """The decoded chunk, from the cache, from a fetch already in flight, or
+        fetched here; a fetch made here is in flight too, so concurrent requests
+        for the same chunk (the kernel sends several at once) share it."""
         data = self.cache.get(pointer)
-        if data is None:
-            with self._ahead_lock:
-                pending = self._in_flight.get(pointer)
-            if pending is not None:
-                try:
-                    return pending.result()
-                except Exception:          # noqa: BLE001 - fetch it ourselves, errors and all
-                    pass
+        if data is not None:
+            return data
+        with self._ahead_lock:
+            pending = self._in_flight.get(pointer)
+            if pending is None:
+                data = self.cache.get(pointer)      # a fetch ended since we looked
+                if data is not None:
+                    return data
+                mine = self._in_flight[pointer] = concurrent.futures.Future()
+        if pending is not None:
+            try:
+                return pending.result()
+            except Exception:              # noqa: BLE001 - fetch it ourselves, errors and all
+                data = self._fetch(pointer)
+                self.cache.put(pointer, data)
+                return data
+        try:
             data = self._fetch(pointer)
             self.cache.put(pointer, data)
-        return data
+            mine.set_result(data)
+            return data
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        finally:
+            with self._ahead_lock:
+                self._in_flight.pop(pointer, None)
 
     def _read_ahead(self, extents: list[Extent], start: int) -> None:
         """Fetch the next chunks in the background.  Called when a read had to go to a
