@@ -82,9 +82,9 @@ def test_cold_sequential_read_fetches_each_chunk_once_off_the_loop_in_big_reques
     # the trio thread.
     assert 1 <= done["read_chunks_fetched"] <= chunks, done
     assert done["read_chunks_fetched_in_loop"] == 0, done
-    # The kernel asks in requests of up to 1 MiB (READ_AHEAD_KB; the window
-    # ramps up at the start), not its default 128 KiB, eight per MiB; most
-    # span two chunks and are joined into one reply.
+    # The kernel asks in requests of up to 1 MiB (FUSE's largest; READ_AHEAD_KB
+    # lets its window exceed them, which ramps up at the start), not its default
+    # 128 KiB, eight per MiB; most span two chunks and are joined into one reply.
     assert done["read_requests"] <= 2 * size // MiB, done
     assert done["read_replies_joined"] >= 1, done
     # Read again with only the kernel's cache dropped: every chunk is still
