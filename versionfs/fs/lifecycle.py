@@ -416,6 +416,7 @@ class LifecycleOps(MountCore):
             "inodes_in_memory": len(self.inodes),
             "files_in_memory": len(self.files),
             "read_cache_bytes": self.data.cache.used_bytes,
+            **self.data.read_status(),                    # reading.py: what reads cost
             **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:

@@ -102,10 +102,13 @@ async def serve(meta, blobs, paired, mountpoint, *, dirty_dir, read_only: bool =
 
 
 # The kernel's read-ahead window for a FUSE mount defaults to 128 KiB, which
-# also caps the size of its read requests; 1 MiB (FUSE's largest request, and
-# our average chunk) makes a sequential read cost an eighth of the requests and
-# keeps more of them in flight.
-READ_AHEAD_KB = 1024
+# also caps the size of its read requests. A window of 1 MiB (FUSE's largest
+# request, and our average chunk) makes a sequential read cost an eighth of the
+# requests, but the kernel then keeps about one in flight and the daemon idles
+# between them; 4 MiB keeps several 1 MiB requests in flight, to be answered
+# from the chunks the daemon fetched ahead (16, reading.py). Measured in one
+# run, cold 1 GiB read, loaded machine: 221-239 MiB/s at 1 MiB, 261-307 at 4 MiB.
+READ_AHEAD_KB = 4096
 
 
 async def _raise_readahead(mountpoint: str) -> None:
