@@ -98,3 +98,25 @@ def test_an_inode_stays_unsynced_until_a_metadata_sync_started_after_its_change(
     assert 7 not in pending and 8 in pending
     pending.synced(pending.mark())
     assert 8 not in pending
+
+
+def test_what_an_fsync_reads_to_journal_stays_its_own_across_reads(dm):
+    """An fsync journals several ranges, one read each, and keeps every answer
+    until it appends them all; a read joined from layer and sealed pieces must
+    not be a view of the buffer the next read reuses (`ChunkReader._reply_from`:
+    only a FUSE reply may share it)."""
+    async def run():
+        f = FileData(1, [], 0)
+        base = os.urandom(2 * MIB)
+        dm.write(f, 0, base)
+        await dm.seal(f, lambda f, r: None)
+        dm.write(f, 1000, b"x" * 10)
+        dm.write(f, MIB + 1000, b"y" * 10)
+        first = await dm.read(f, 900, 200)
+        second = await dm.read(f, MIB + 900, 200)
+        assert bytes(first) == base[900:1000] + b"x" * 10 + base[1010:1100]
+        assert bytes(second) == base[MIB + 900:MIB + 1000] + b"y" * 10 + base[MIB + 1010:MIB + 1100]
+        shared = await dm.read(f, 900, 200, shared=True)
+        assert bytes(shared) == bytes(first)
+
+    trio.run(run)

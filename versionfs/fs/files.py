@@ -118,9 +118,9 @@ class FileOps(MountCore):
     async def read(self, fh, off, size):
         h = self.handles.get(fh)
         if isinstance(h, FileHandle):
-            return await self.data.read(self.files[h.ino], off, size)
+            return await self.data.read(self.files[h.ino], off, size, shared=True)
         if isinstance(h, SnapFileHandle):
-            return await self.data.read_extents(h.extents, h.size, off, size)
+            return await self.data.read_extents(h.extents, h.size, off, size, shared=True)
         if isinstance(h, CtlHandle):
             return h.read(size)
         raise FUSEError(errno.EBADF)

@@ -251,15 +251,18 @@ class ChunkReader:
             i += 1
         return chunks
 
-    def _reply_from(self, parts: list) -> bytes | memoryview:
-        """One buffer for a read's reply: a lone piece as it is, several joined into
-        `_reply`, a buffer reused by every request (its copy costs no fresh 1 MiB
-        allocation). Reuse is safe because it happens on the trio thread only and
-        pyfuse3 writes the reply (fuse_reply_buf) as soon as the read handler
-        returns, before any other task runs: the buffer is free again by the time
-        the next request is answered."""
+    def _reply_from(self, parts: list, shared: bool) -> bytes | memoryview:
+        """One buffer for a read's answer: a lone piece as it is; several joined,
+        with `shared` into `_reply`, a buffer reused by every request (its copy
+        costs no fresh 1 MiB allocation). Only a FUSE read handler may ask for
+        `shared`: reuse is safe because it happens on the trio thread only and
+        pyfuse3 writes the reply (fuse_reply_buf) as soon as the handler returns,
+        before any other task runs. A caller that keeps the answer across an
+        await (an fsync journaling several ranges) gets its own copy."""
         if len(parts) == 1:
             return parts[0]
+        if not shared:
+            return b"".join(parts)
         n = sum(len(p) for p in parts)
         if len(self._reply) < n:
             self._reply = bytearray(n)          # a new one: an old view may live on
@@ -272,7 +275,7 @@ class ChunkReader:
         return view[:n]
 
     async def _read_base(self, extents: list[Extent], pieces: list, a: int, b: int,
-                         layers: tuple = ()) -> bytes | memoryview:
+                         shared: bool, layers: tuple = ()) -> bytes | memoryview:
         """Answer a read whose `pieces` include sealed content: from the cached
         chunks right here, or else in a worker thread that fetches what is
         missing, with the `layers` it reads pinned so a seal finishing meanwhile
@@ -280,7 +283,7 @@ class ChunkReader:
         self._loop_thread = threading.get_ident()
         pinned = self._cached_chunks(extents, a, b)
         if pinned is not None:
-            return self._reply_from(self._read_pieces(extents, pieces, pinned))
+            return self._reply_from(self._read_pieces(extents, pieces, pinned), shared)
         self.reads_waiting += 1
         for layer in layers:
             layer.readers += 1
@@ -291,9 +294,11 @@ class ChunkReader:
                 layer.readers -= 1
                 if layer.retired:
                     layer.close()
-        return self._reply_from(parts)
+        return self._reply_from(parts, shared)
 
-    async def read(self, f: FileData, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, f: FileData, offset: int, size: int,
+                   shared: bool = False) -> bytes | memoryview:
+        """[offset, offset + size) of `f`; `shared` only for a FUSE reply (`_reply_from`)."""
         self.read_requests += 1
         end = min(offset + size, f.size)
         if offset >= end:
@@ -302,15 +307,15 @@ class ChunkReader:
         pieces = plan_read(f.layers, offset, end)
         # Layers are local and quick: read them right here.
         if not any(src == "base" for _, _, src in pieces):
-            return self._reply_from(self._read_pieces(f.extents, pieces))
+            return self._reply_from(self._read_pieces(f.extents, pieces), shared)
         layers = tuple({id(src): src for _, _, src in pieces if isinstance(src, Layer)}.values())
-        return await self._read_base(f.extents, pieces, offset, end, layers)
+        return await self._read_base(f.extents, pieces, offset, end, shared, layers)
 
     async def read_extents(self, extents: list[Extent], size: int, offset: int,
-                           size_req: int) -> bytes | memoryview:
-        """Read sealed content only (snapshot views)."""
+                           size_req: int, shared: bool = False) -> bytes | memoryview:
+        """Read sealed content only (snapshot views); `shared` as in `read`."""
         self.read_requests += 1
         end = min(offset + size_req, size)
         if offset >= end:
             return b""
-        return await self._read_base(extents, [(offset, end, "base")], offset, end)
+        return await self._read_base(extents, [(offset, end, "base")], offset, end, shared)
