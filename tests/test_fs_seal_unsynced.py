@@ -17,6 +17,7 @@ from versionfs.blob.codec import Codec
 from versionfs.blob.disk import DiskStore
 from versionfs.fs.core import UnsyncedInodes
 from versionfs.fs.data import DataManager
+from versionfs.fs.journal import DirtyJournal
 from versionfs.fs.layers import FileData
 
 MIB = 1 << 20
@@ -82,6 +83,24 @@ def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
         assert f.take_unsynced() == ([(0, MIB - 10), (3 * MIB, 3 * MIB + 10)], MIB - 10)
 
     trio.run(run)
+
+
+def test_a_seal_made_before_the_first_journal_record_hides_none_of_it(tmp_path):
+    """A file sealed while the journal was still empty (the seal covers index
+    -1) and fsynced meanwhile: the S record of that seal must not hide the
+    journal's first record (index 0) from the replay."""
+    j = DirtyJournal(str(tmp_path / "journal"))
+    first = j.log(7, None, [(0, b"fsynced")], 7, 1, 1)
+    j.sealed(7, -1)
+    j.metadata_synced(j.seals_noted())
+    j.sync()
+    j.close()
+    j = DirtyJournal(str(tmp_path / "journal"))
+    try:
+        (replayed,) = j.replay()
+        assert [op[:2] for op in replayed.ops] == [(first - 1, "W"), (first, "A")]
+    finally:
+        j.close()
 
 
 def test_an_inode_stays_unsynced_until_a_metadata_sync_started_after_its_change():
