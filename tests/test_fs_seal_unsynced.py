@@ -16,7 +16,7 @@ from versionfs.blob.blobstore import BlobStore
 from versionfs.blob.codec import Codec
 from versionfs.blob.disk import DiskStore
 from versionfs.fs.core import UnsyncedInodes
-from versionfs.fs.data import DataManager
+from versionfs.fs.data import SEAL_PAUSE_ENV, DataManager
 from versionfs.fs.journal import DirtyJournal
 from versionfs.fs.layers import FileData
 
@@ -83,6 +83,28 @@ def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
         assert f.take_unsynced() == ([(0, MIB - 10), (3 * MIB, 3 * MIB + 10)], MIB - 10)
 
     trio.run(run)
+
+
+def test_the_seal_pause_hook_is_read_once_when_the_data_path_is_made(tmp_path, monkeypatch):
+    """Unset when the DataManager is made, the hook costs a seal nothing: the
+    variable set later is not even looked at."""
+    monkeypatch.delenv(SEAL_PAUSE_ENV, raising=False)
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), str(tmp_path / "dirty"))
+    pause = tmp_path / "pause"
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(2 * MIB))
+        with trio.fail_after(60):
+            assert await dm.seal(f, lambda f, r: None)
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+    assert not (tmp_path / "pause.reached").exists()
 
 
 def test_a_seal_made_before_the_first_journal_record_hides_none_of_it(tmp_path):

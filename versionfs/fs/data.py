@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 STREAM_SEAL_BYTES = 1 << 30
 
 # For tests only: while the file this names exists, a seal that has stored its
-# chunks waits before it persists them (having created NAME.reached), so a test
-# can change the file meanwhile (tests/test_reclaim.py deletes it).
+# chunks waits before it persists them, having created NAME.reached, so a test
+# can change the file meanwhile; deleting NAME.reached lets that seal go on
+# (the next one creates it again), deleting NAME lets every seal go on. Read
+# once, when the DataManager is made: unset, a seal does not even look.
 SEAL_PAUSE_ENV = "VERSIONFS_TEST_SEAL_PAUSE"
 
 
@@ -86,6 +88,7 @@ class DataManager(Sealer):
         # Layer files an fsync's L record refers to: deleted once closed and a
         # durable seal covers the record (durability.py).
         self.kept_files: list[KeptFile] = []
+        self._seal_pause = os.environ.get(SEAL_PAUSE_ENV) or None       # tests only
         super().__init__(blobs, chunking_seed, cache_bytes)
 
     def discard_leftovers(self, keep: set[str] = frozenset()) -> int:
@@ -198,7 +201,8 @@ class DataManager(Sealer):
                 result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers,
                                                        size, merge_small)
                 result.covered = covered
-                await _test_pause()
+                if self._seal_pause is not None:
+                    await _test_pause(self._seal_pause)
                 persist(f, result)
                 if not f.deleted:
                     f.extents = result.extents
@@ -280,10 +284,10 @@ class DataManager(Sealer):
             f.layers.clear()
 
 
-async def _test_pause() -> None:
-    """The test hook of `SEAL_PAUSE_ENV` (nothing when it is not set)."""
-    path = os.environ.get(SEAL_PAUSE_ENV)
-    if path and os.path.exists(path):
-        open(path + ".reached", "w").close()
-        while os.path.exists(path):
+async def _test_pause(path: str) -> None:
+    """The test hook of `SEAL_PAUSE_ENV`."""
+    if os.path.exists(path):
+        reached = path + ".reached"
+        open(reached, "w").close()
+        while os.path.exists(path) and os.path.exists(reached):
             await trio.sleep(0.05)
