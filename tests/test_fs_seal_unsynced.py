@@ -85,6 +85,57 @@ def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
     trio.run(run)
 
 
+def paused_dm(tmp_path, monkeypatch):
+    """A DataManager made with the seal pause hook set (data.SEAL_PAUSE_ENV),
+    its pause file in place, and the journal's last index given by `index`."""
+    pause = tmp_path / "pause"
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+    index = [-1]
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)),
+                     str(tmp_path / "dirty"), journal_index=lambda: index[0])
+    return dm, pause, index
+
+
+async def wait_for_path(path) -> None:
+    with trio.fail_after(60):
+        while not path.exists():
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("written_after_freeze", [False, True])
+def test_a_seal_holds_the_record_of_an_fsync_of_only_what_it_froze(
+        tmp_path, monkeypatch, written_after_freeze):
+    """An fsync while the seal runs: a record of nothing but what the seal froze
+    is held by that seal (its `covered` reaches the record); one with a write
+    since the freeze is not (the seal holds neither those bytes nor the size
+    and mtime the record gives), whatever its index."""
+    dm, pause, index = paused_dm(tmp_path, monkeypatch)
+    covered = []
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(2 * MIB))
+        index[0] = 4                              # records up to 4 before the freeze
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dm.seal, f, lambda f, r: covered.append(r.covered))
+            await wait_for_path(tmp_path / "pause.reached")
+            if written_after_freeze:
+                dm.write(f, 2 * MIB, b"x" * 10)
+            async with f.sync_lock:               # what durability.py does
+                assert f.take_unsynced()[0] == [(0, 2 * MIB + 10 * written_after_freeze)]
+                index[0] = 9
+                f.journaled(9)
+            (tmp_path / "pause.reached").unlink()
+        assert f.seal_covers is None
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+    assert covered == [4 if written_after_freeze else 9]
+
+
 def test_the_seal_pause_hook_is_read_once_when_the_data_path_is_made(tmp_path, monkeypatch):
     """Unset when the DataManager is made, the hook costs a seal nothing: the
     variable set later is not even looked at."""

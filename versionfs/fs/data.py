@@ -27,6 +27,7 @@ fsynced or sealed survives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -188,22 +189,28 @@ class DataManager(Sealer):
         something was sealed.
         """
         async with f.seal_lock:
-            if not (f.layers or merge_small) or f.deleted:
-                return False
-            layers = list(f.layers)
-            for layer in layers:
-                layer.frozen = True
-            f.freeze_unsynced()
-            covered = self.journal_index()
+            # The freeze and the persist never fall between an fsync's take of
+            # what it journals and the logging of its record (`sync_lock`):
+            # which records the seal holds is known when it persists them
+            # (FileData.journaled).
+            async with f.sync_lock:
+                if not (f.layers or merge_small) or f.deleted:
+                    self._close_if_dropped(f)
+                    return False
+                layers = list(f.layers)
+                for layer in layers:
+                    layer.frozen = True
+                f.freeze_unsynced(self.journal_index())
             size = layers[-1].size if layers else f.sealed_size
             stored = False
             try:
                 result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers,
                                                        size, merge_small)
-                result.covered = covered
                 if self._seal_pause is not None:
                     await _test_pause(self._seal_pause)
-                persist(f, result)
+                async with f.sync_lock:
+                    result.covered = f.seal_covers
+                    persist(f, result)
                 if not f.deleted:
                     f.extents = result.extents
                     f.sealed_size = result.size
@@ -232,8 +239,9 @@ class DataManager(Sealer):
         """
         taken: list[FileData] = []
         for f in files:
+            # Not in an fsync (`seal` says why): frozen below with no await between.
             if (f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.extents
-                    and not f.seal_lock.locked()):
+                    and not f.seal_lock.locked() and not f.sync_lock.locked()):
                 f.seal_lock.acquire_nowait()
                 taken.append(f)
         if not taken:
@@ -241,17 +249,19 @@ class DataManager(Sealer):
         stored = False
         try:
             frozen = []
+            covered = self.journal_index()
             for f in taken:
                 layers = list(f.layers)
                 for layer in layers:
                     layer.frozen = True
-                f.freeze_unsynced()
+                f.freeze_unsynced(covered)
                 frozen.append((f, f.extents, layers))
-            covered = self.journal_index()
             results = await trio.to_thread.run_sync(self.seal_small_layers, frozen)
-            for r in results:
-                r.covered = covered
-            persist([(f, r) for (f, _, _), r in zip(frozen, results)])
+            async with contextlib.AsyncExitStack() as fsyncs_held_off:
+                for f, r in zip(taken, results):
+                    await fsyncs_held_off.enter_async_context(f.sync_lock)
+                    r.covered = f.seal_covers
+                persist([(f, r) for (f, _, _), r in zip(frozen, results)])
             stored = True
             for (f, _, layers), r in zip(frozen, results):
                 if not f.deleted:
