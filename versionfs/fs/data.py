@@ -180,7 +180,7 @@ class DataManager(Sealer):
     async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None],
                    merge_small: bool = False) -> bool:
         """Turn all current layers of `f` into chunks; with `merge_small`, also
-        merge its runs of small extents (sealing.py), even if it has no layers.
+        re-chunk its `merge_ranges` (sealing.py), even if it has no layers.
 
         `persist(f, result)` is called on the trio thread after the chunks are
         stored and must write the change to the metadata store atomically;
