@@ -14,8 +14,11 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 
 from fsmount import fresh_mount, vfs  # noqa: F401  (fixture)
+
+from versionfs.fs.data import SEAL_PAUSE_ENV
 
 
 def status(vfs) -> dict:
@@ -294,3 +297,94 @@ def test_fsync_after_a_seal_leaves_nothing_in_the_journal(vfs):
     assert "replayed the dirty journal" not in vfs.log.read_text()
     assert open(vfs.path("f"), "rb").read() == b"q" * 100_000
     assert open(vfs.path("g"), "rb").read() == b"s" * 10
+
+
+
+def wait_for_path(path: Path, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_an_fsync_during_the_seal_of_what_it_froze_is_released_by_that_seal(
+        tmp_path, monkeypatch):
+    """An fsync that arrives while the file's seal runs journals what the seal
+    froze; with nothing written since the freeze, that seal holds every byte,
+    the size and the mtime of the record, so once it is durable the journal
+    lets go of the file: no held segment, no replay at the next mount. The
+    daemon's test hook (data.SEAL_PAUSE_ENV) holds the seal open."""
+    pause = tmp_path / "seal-pause"
+    reached = Path(f"{pause}.reached")
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+    data = os.urandom(1 << 20)                  # above CHUNK_MIN: sealed on its own
+    with fresh_mount(tmp_path, idle_seal=1) as m:
+        with open(m.path("f"), "wb") as f:      # close hands the pages over
+            f.write(data)
+        wait_for_path(reached, "the idle seal never stored its chunks")
+        fd = os.open(m.path("f"), os.O_RDWR)
+        try:
+            os.fsync(fd)
+            reached.unlink()                    # the seal goes on
+            deadline = time.monotonic() + 120
+            while status(m)["dirty_files"]:
+                assert time.monotonic() < deadline, "the seal did not end"
+                time.sleep(0.05)
+        finally:
+            os.close(fd)
+        sync_metadata_by_fsync(m)
+        assert status(m)["journal_files"] == 0
+        pause.unlink()
+        m.stop()
+        m.start()
+        assert "replayed the dirty journal" not in m.log.read_text()
+        assert open(m.path("f"), "rb").read() == data
+
+
+def test_an_fsync_during_the_seal_of_later_writes_stays_held_until_they_are_sealed(
+        tmp_path, monkeypatch):
+    """The same fsync with an append made after the freeze: that seal does not
+    hold the append (nor the size and mtime that go with it), so its journal
+    record outlives the seal's metadata sync, and kill -9 before the append's
+    own seal is persisted (the hook holds it) still gives the append back."""
+    pause = tmp_path / "seal-pause"
+    reached = Path(f"{pause}.reached")
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+    first, later = os.urandom(1 << 20), os.urandom(5000)
+    with fresh_mount(tmp_path, idle_seal=1) as m:
+        with open(m.path("f"), "wb") as f:
+            f.write(first)
+        wait_for_path(reached, "the idle seal never stored its chunks")
+        fd = os.open(m.path("f"), os.O_RDWR | os.O_APPEND)
+        try:
+            os.write(fd, later)
+            os.fsync(fd)
+            mtime = os.fstat(fd).st_mtime_ns
+            reached.unlink()                    # the first seal goes on
+            wait_for_path(reached, "the append was never sealed")   # held: never persisted
+        finally:
+            os.close(fd)
+        sync_metadata_by_fsync(m)               # the first seal is durable
+        st = status(m)
+        assert (st["dirty_files"], st["journal_files"]) == (1, 1), st
+        m.kill9()
+        pause.unlink()
+        m.start()
+        assert "replayed the dirty journal" in m.log.read_text()
+        got = os.stat(m.path("f"))
+        assert (got.st_size, got.st_mtime_ns) == (len(first) + len(later), mtime)
+        assert open(m.path("f"), "rb").read() == first + later
+
+
+def sync_metadata_by_fsync(m) -> None:
+    """fsync of a new empty file syncs the metadata (its inode is not in the
+    journal), and with it the journal records the seals it made durable."""
+    fd = os.open(m.path("new"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        before = status(m)["fsync_metadata_syncs"]
+        os.fsync(fd)
+        assert status(m)["fsync_metadata_syncs"] == before + 1
+    finally:
+        os.close(fd)

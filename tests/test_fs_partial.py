@@ -242,3 +242,90 @@ def test_a_chunk_partly_used_is_kept_and_reads_back_from_the_bucket(machines, s3
         assert {n: sha256(snapshot_path(clone.mnt, "kept", n)) for n in expected} == expected
     finally:
         clone.umount()
+
+
+def test_the_quiet_merge_restores_partial_extents_of_a_mostly_unused_chunk(tmp_path):
+    """Two rewrites leave a quarter of a 4 MiB chunk in use, as one partial
+    extent of it: no run of small extents, yet the merge (`merge_ranges`)
+    re-stores that quarter and drops the chunk from the file, which queues it
+    for reclamation (lifecycle.py). A chunk used for more than half stays."""
+    from versionfs.blob.blobstore import BlobStore
+    from versionfs.blob.codec import Codec
+    from versionfs.blob.disk import DiskStore
+    from versionfs.fs.data import DataManager
+    from versionfs.fs.extents import Extent
+    from versionfs.fs.layers import FileData
+    from versionfs.fs.sealing import merge_ranges, small_runs
+    mib = 1 << 20
+    blobs = BlobStore(DiskStore(tmp_path / "blobs"), Codec(None))
+    dm = DataManager(blobs, str(tmp_path / "dirty"))
+    rng = random.Random(3)
+    old = rng.randbytes(4 * mib)
+    pointer = blobs.put(old).bytes                  # one 4 MiB chunk (CHUNK_MAX)
+    content = bytearray(old)
+
+    async def run():
+        f = FileData(1, [Extent(0, len(old), pointer)], len(old))
+        for a, b in [(mib, 3 * mib), (0, mib)]:     # half of it, then all of the first part
+            new = rng.randbytes(b - a)
+            content[a:b] = new
+            dm.write(f, a, new)
+            await dm.seal(f, lambda f, r: None)
+        assert [(e.offset, e.length, e.skip) for e in f.extents if e.pointer == pointer] == [
+            (3 * mib, mib, 3 * mib)]
+        assert small_runs(f.extents) == [] and merge_ranges(f.extents) == [(3 * mib, 4 * mib)]
+        removed = []
+        await dm.seal(f, lambda f, r: removed.extend(r.removed), merge_small=True)
+        assert pointer in {e.pointer for e in removed}
+        assert pointer not in {e.pointer for e in f.extents}
+        assert merge_ranges(f.extents) == []
+        assert await dm.read(f, 0, len(old)) == content
+        kept = [Extent(0, mib, pointer), Extent(2 * mib, 2 * mib, pointer, 2 * mib)]
+        assert merge_ranges(kept) == []             # three quarters of it used
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+
+
+def test_a_chunk_left_mostly_unused_by_rewrites_is_merged_away_and_reclaimed(
+        machines, s3_url, s3_server, s3_bucket):
+    """The biggest chunk of a file loses its middle, then its first part, to
+    rewrites: a quarter of it stays in use as a partial extent. Once the file
+    is quiet the merge re-stores that quarter, and the chunk leaves both stores
+    without gc; the content is exact."""
+    from versionfs.fs.chunking import Chunker
+    from versionfs.fs.sealing import CHUNK_AVG, CHUNK_MAX, CHUNK_MIN
+    m = machines("laptop")
+    ok(run_cli("init", m.state, "--slow", s3_url))
+    m.configure(**{"cloud.wal_ship_interval_seconds": 1.0, "mount.merge_quiet_seconds": 3.0})
+    m.mount_ok()
+    path = m.mnt / "db"
+    rng = random.Random(5)
+    data = bytearray(rng.randbytes(8 << 20))
+    off, length = max(Chunker(CHUNK_AVG, CHUNK_MIN, CHUNK_MAX).cuts(bytes(data)),
+                      key=lambda cut: cut[1])
+    old = hashlib.sha256(data[off:off + length]).digest()   # unencrypted: the pointer
+    path.write_bytes(data)
+    m.ctl("flush")
+    assert old in fast_blobs(m.state)
+    page = 4096
+    first = -(-off // page) * page
+    a = -(-(off + length // 4) // page) * page
+    b = (off + 3 * length // 4) // page * page
+    for start, end in [(a, b), (first, a)]:        # the middle, then the first part
+        new = rng.randbytes(end - start)
+        data[start:end] = new
+        rewrite(path, start, new)
+        m.ctl("flush")
+    wait_for(m, lambda st: st["merged_extents"] > 0 and st["dirty_files"] == 0,
+             "the quiet merge of the partial extents")
+    m.ctl("flush")
+    publish_past(m)
+    wait_for(m, lambda st: st["reclaim_backlog"] == 0 and old not in fast_blobs(m.state),
+             "the mostly unused chunk to be reclaimed")
+    assert old not in slow_blobs(s3_server, s3_bucket)
+    assert sha256(path) == hashlib.sha256(data).hexdigest()
+    m.umount()
+    assert all(pointer != old for _, _, pointer, _ in extents_of(m.state, "db"))

@@ -16,7 +16,8 @@ from versionfs.blob.blobstore import BlobStore
 from versionfs.blob.codec import Codec
 from versionfs.blob.disk import DiskStore
 from versionfs.fs.core import UnsyncedInodes
-from versionfs.fs.data import DataManager
+from versionfs.fs.data import SEAL_PAUSE_ENV, DataManager
+from versionfs.fs.journal import DirtyJournal
 from versionfs.fs.layers import FileData
 
 MIB = 1 << 20
@@ -82,6 +83,97 @@ def test_a_failed_seal_gives_back_what_it_froze(dm, tmp_path):
         assert f.take_unsynced() == ([(0, MIB - 10), (3 * MIB, 3 * MIB + 10)], MIB - 10)
 
     trio.run(run)
+
+
+def paused_dm(tmp_path, monkeypatch):
+    """A DataManager made with the seal pause hook set (data.SEAL_PAUSE_ENV),
+    its pause file in place, and the journal's last index given by `index`."""
+    pause = tmp_path / "pause"
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+    index = [-1]
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)),
+                     str(tmp_path / "dirty"), journal_index=lambda: index[0])
+    return dm, pause, index
+
+
+async def wait_for_path(path) -> None:
+    with trio.fail_after(60):
+        while not path.exists():
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("written_after_freeze", [False, True])
+def test_a_seal_holds_the_record_of_an_fsync_of_only_what_it_froze(
+        tmp_path, monkeypatch, written_after_freeze):
+    """An fsync while the seal runs: a record of nothing but what the seal froze
+    is held by that seal (its `covered` reaches the record); one with a write
+    since the freeze is not (the seal holds neither those bytes nor the size
+    and mtime the record gives), whatever its index."""
+    dm, pause, index = paused_dm(tmp_path, monkeypatch)
+    covered = []
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(2 * MIB))
+        index[0] = 4                              # records up to 4 before the freeze
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dm.seal, f, lambda f, r: covered.append(r.covered))
+            await wait_for_path(tmp_path / "pause.reached")
+            if written_after_freeze:
+                dm.write(f, 2 * MIB, b"x" * 10)
+            async with f.sync_lock:               # what durability.py does
+                assert f.take_unsynced()[0] == [(0, 2 * MIB + 10 * written_after_freeze)]
+                index[0] = 9
+                f.journaled(9)
+            (tmp_path / "pause.reached").unlink()
+        assert f.seal_covers is None
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+    assert covered == [4 if written_after_freeze else 9]
+
+
+def test_the_seal_pause_hook_is_read_once_when_the_data_path_is_made(tmp_path, monkeypatch):
+    """Unset when the DataManager is made, the hook costs a seal nothing: the
+    variable set later is not even looked at."""
+    monkeypatch.delenv(SEAL_PAUSE_ENV, raising=False)
+    dm = DataManager(BlobStore(DiskStore(tmp_path / "blobs"), Codec(None)), str(tmp_path / "dirty"))
+    pause = tmp_path / "pause"
+    pause.touch()
+    monkeypatch.setenv(SEAL_PAUSE_ENV, str(pause))
+
+    async def run():
+        f = FileData(1, [], 0)
+        dm.write(f, 0, os.urandom(2 * MIB))
+        with trio.fail_after(60):
+            assert await dm.seal(f, lambda f, r: None)
+
+    try:
+        trio.run(run)
+    finally:
+        dm.close()
+    assert not (tmp_path / "pause.reached").exists()
+
+
+def test_a_seal_made_before_the_first_journal_record_hides_none_of_it(tmp_path):
+    """A file sealed while the journal was still empty (the seal covers index
+    -1) and fsynced meanwhile: the S record of that seal must not hide the
+    journal's first record (index 0) from the replay."""
+    j = DirtyJournal(str(tmp_path / "journal"))
+    first = j.log(7, None, [(0, b"fsynced")], 7, 1, 1)
+    j.sealed(7, -1)
+    j.metadata_synced(j.seals_noted())
+    j.sync()
+    j.close()
+    j = DirtyJournal(str(tmp_path / "journal"))
+    try:
+        (replayed,) = j.replay()
+        assert [op[:2] for op in replayed.ops] == [(first - 1, "W"), (first, "A")]
+    finally:
+        j.close()
 
 
 def test_an_inode_stays_unsynced_until_a_metadata_sync_started_after_its_change():

@@ -149,9 +149,10 @@ for _k in [
         "keep is synced by the fsync itself.",
         _positive),
     Key("mount", "merge_quiet_seconds", "float", 60.0,
-        "A file appended and sealed many times holds runs of small extents; once it "
-        "has not been written for this long they are merged into regular chunks "
-        "(the merged bytes are stored and uploaded once more).",
+        "A file appended and sealed many times holds runs of small extents, and "
+        "rewrites can leave a chunk mostly unused under partial extents; once the "
+        "file has not been written for this long they are merged into regular "
+        "chunks (the merged bytes are stored and uploaded once more).",
         _positive),
     Key("mount", "fuse_options", "list", [],
         "Extra FUSE options for every mount (like -o), e.g. [\"allow_other\"]."),

@@ -27,6 +27,7 @@ fsynced or sealed survives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -51,8 +52,10 @@ log = logging.getLogger(__name__)
 STREAM_SEAL_BYTES = 1 << 30
 
 # For tests only: while the file this names exists, a seal that has stored its
-# chunks waits before it persists them (having created NAME.reached), so a test
-# can change the file meanwhile (tests/test_reclaim.py deletes it).
+# chunks waits before it persists them, having created NAME.reached, so a test
+# can change the file meanwhile; deleting NAME.reached lets that seal go on
+# (the next one creates it again), deleting NAME lets every seal go on. Read
+# once, when the DataManager is made: unset, a seal does not even look.
 SEAL_PAUSE_ENV = "VERSIONFS_TEST_SEAL_PAUSE"
 
 
@@ -86,6 +89,7 @@ class DataManager(Sealer):
         # Layer files an fsync's L record refers to: deleted once closed and a
         # durable seal covers the record (durability.py).
         self.kept_files: list[KeptFile] = []
+        self._seal_pause = os.environ.get(SEAL_PAUSE_ENV) or None       # tests only
         super().__init__(blobs, chunking_seed, cache_bytes)
 
     def discard_leftovers(self, keep: set[str] = frozenset()) -> int:
@@ -176,7 +180,7 @@ class DataManager(Sealer):
     async def seal(self, f: FileData, persist: Callable[[FileData, SealResult], None],
                    merge_small: bool = False) -> bool:
         """Turn all current layers of `f` into chunks; with `merge_small`, also
-        merge its runs of small extents (sealing.py), even if it has no layers.
+        re-chunk its `merge_ranges` (sealing.py), even if it has no layers.
 
         `persist(f, result)` is called on the trio thread after the chunks are
         stored and must write the change to the metadata store atomically;
@@ -185,21 +189,28 @@ class DataManager(Sealer):
         something was sealed.
         """
         async with f.seal_lock:
-            if not (f.layers or merge_small) or f.deleted:
-                return False
-            layers = list(f.layers)
-            for layer in layers:
-                layer.frozen = True
-            f.freeze_unsynced()
-            covered = self.journal_index()
+            # The freeze and the persist never fall between an fsync's take of
+            # what it journals and the logging of its record (`sync_lock`):
+            # which records the seal holds is known when it persists them
+            # (FileData.journaled).
+            async with f.sync_lock:
+                if not (f.layers or merge_small) or f.deleted:
+                    self._close_if_dropped(f)
+                    return False
+                layers = list(f.layers)
+                for layer in layers:
+                    layer.frozen = True
+                f.freeze_unsynced(self.journal_index())
             size = layers[-1].size if layers else f.sealed_size
             stored = False
             try:
                 result = await trio.to_thread.run_sync(self.seal_layers, f.extents, layers,
                                                        size, merge_small)
-                result.covered = covered
-                await _test_pause()
-                persist(f, result)
+                if self._seal_pause is not None:
+                    await _test_pause(self._seal_pause)
+                async with f.sync_lock:
+                    result.covered = f.seal_covers
+                    persist(f, result)
                 if not f.deleted:
                     f.extents = result.extents
                     f.sealed_size = result.size
@@ -228,8 +239,9 @@ class DataManager(Sealer):
         """
         taken: list[FileData] = []
         for f in files:
+            # Not in an fsync (`seal` says why): frozen below with no await between.
             if (f.layers and not f.deleted and f.size <= CHUNK_MIN and not f.extents
-                    and not f.seal_lock.locked()):
+                    and not f.seal_lock.locked() and not f.sync_lock.locked()):
                 f.seal_lock.acquire_nowait()
                 taken.append(f)
         if not taken:
@@ -237,17 +249,19 @@ class DataManager(Sealer):
         stored = False
         try:
             frozen = []
+            covered = self.journal_index()
             for f in taken:
                 layers = list(f.layers)
                 for layer in layers:
                     layer.frozen = True
-                f.freeze_unsynced()
+                f.freeze_unsynced(covered)
                 frozen.append((f, f.extents, layers))
-            covered = self.journal_index()
             results = await trio.to_thread.run_sync(self.seal_small_layers, frozen)
-            for r in results:
-                r.covered = covered
-            persist([(f, r) for (f, _, _), r in zip(frozen, results)])
+            async with contextlib.AsyncExitStack() as fsyncs_held_off:
+                for f, r in zip(taken, results):
+                    await fsyncs_held_off.enter_async_context(f.sync_lock)
+                    r.covered = f.seal_covers
+                persist([(f, r) for (f, _, _), r in zip(frozen, results)])
             stored = True
             for (f, _, layers), r in zip(frozen, results):
                 if not f.deleted:
@@ -280,10 +294,10 @@ class DataManager(Sealer):
             f.layers.clear()
 
 
-async def _test_pause() -> None:
-    """The test hook of `SEAL_PAUSE_ENV` (nothing when it is not set)."""
-    path = os.environ.get(SEAL_PAUSE_ENV)
-    if path and os.path.exists(path):
-        open(path + ".reached", "w").close()
-        while os.path.exists(path):
+async def _test_pause(path: str) -> None:
+    """The test hook of `SEAL_PAUSE_ENV`."""
+    if os.path.exists(path):
+        reached = path + ".reached"
+        open(reached, "w").close()
+        while os.path.exists(path) and os.path.exists(reached):
             await trio.sleep(0.05)

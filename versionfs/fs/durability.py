@@ -13,7 +13,9 @@ owner changed), or that was sealed since (`MountCore.seals_unsynced`: the
 seal took what was written before it out of what fsync journals, and replay
 builds on the metadata as it is on disk), costs a metadata sync too. A seal
 still in flight is not in the metadata yet: fsync journals what it froze as
-well (`FileData.sealing`). The file is sealed later
+well (`FileData.sealing`); when that is all it journals (nothing written
+since the freeze), that seal holds the record and releases it once durable
+(`FileData.journaled`), else the next seal does. The file is sealed later
 (lifecycle.py), coalescing many fsyncs into one version. A file with more
 than `JOURNAL_FSYNC_LIMIT` bytes written since its last fsync is not copied
 into the journal: its bytes are already in dirty layer files, so fsync
@@ -186,7 +188,7 @@ class DurabilityOps(MountCore):
                 if data:
                     writes.append((start, data))
         inode = self._inode(f.ino)
-        self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns, inode.ctime_ns)
+        f.journaled(self.journal.log(f.ino, trunc, writes, f.size, inode.mtime_ns, inode.ctime_ns))
 
     async def _journal_layers(self, f) -> None:
         """Journal a big unsynced area where it is: each layer not journaled yet,
@@ -228,6 +230,7 @@ class DurabilityOps(MountCore):
                     layer.close()
         inode = self._inode(f.ino)
         index = self.journal.log_layers(f.ino, ops, f.size, inode.mtime_ns, inode.ctime_ns)
+        f.journaled(index)
         for k in kept:
             k.index = index
 

@@ -126,7 +126,7 @@ class DirtyJournal:
         for e in entries:
             rec = msgpack.unpackb(e.data)
             if rec[1] == SEALED:
-                sealed[rec[0]] = max(sealed.get(rec[0], 0), rec[2])
+                sealed[rec[0]] = max(sealed.get(rec[0], -1), rec[2])
         files: dict[int, Replayed] = {}
         for e in entries:
             rec = msgpack.unpackb(e.data)

@@ -140,6 +140,10 @@ class FileData:
         # that seal is stored, given back to `unsynced` if the seal fails.
         self.sealing = Intervals()
         self.sealing_trunc: int | None = None
+        # The last journal index of this file the seal in flight holds (None
+        # when none is in flight): see `freeze_unsynced` and `journaled`.
+        self.seal_covers: int | None = None
+        self._took_frozen_only = False
 
     @property
     def dirty(self) -> bool:
@@ -160,7 +164,10 @@ class FileData:
         return self.unsynced.total() + self.sealing.total()
 
     def take_unsynced(self) -> tuple[list[tuple[int, int]], int | None]:
-        """The ranges and truncation the next fsync journals, now cleared."""
+        """The ranges and truncation the next fsync journals, now cleared; call
+        `journaled` with the index of its last record once it is logged."""
+        self._took_frozen_only = (self.seal_covers is not None and not self.unsynced
+                                  and self.unsynced_trunc is None)
         ranges, trunc = self.unsynced, _lowest(self.unsynced_trunc, self.sealing_trunc)
         for a, b in self.sealing:
             ranges.add(a, b)
@@ -168,13 +175,28 @@ class FileData:
         self.unsynced_trunc = self.sealing_trunc = None
         return list(ranges), trunc
 
-    def freeze_unsynced(self) -> None:
+    def freeze_unsynced(self, covered: int) -> None:
         """A seal froze every layer: what was written since the last fsync is in
         them, so once the seal is stored the next fsync journals only what is
         written after this (and syncs the metadata holding the seal,
-        durability.py) — O(bytes written), not the file again."""
+        durability.py) — O(bytes written), not the file again. The seal holds
+        every journal record of the file up to `covered` (the last index now)."""
         self.sealing, self.sealing_trunc = self.unsynced, self.unsynced_trunc
         self.unsynced, self.unsynced_trunc = Intervals(), None
+        self.seal_covers = covered
+
+    def journaled(self, index: int) -> None:
+        """The records of the last `take_unsynced` were logged, the last at
+        `index`. When that take held nothing but what the seal in flight froze
+        (no write or truncation since the freeze: the bytes, the size and the
+        times the record gives are the seal's), that seal holds the record
+        too, and its durable mark lets the journal release it; otherwise a
+        later seal must, which the write since the freeze makes sure of.
+        The caller keeps the take, the logging and the seal's freeze and
+        persist apart (`sync_lock`, data.py)."""
+        if self._took_frozen_only and self.seal_covers is not None:
+            self.seal_covers = max(self.seal_covers, index)
+        self._took_frozen_only = False
 
     def seal_ended(self, stored: bool) -> None:
         """The seal that froze `sealing` is stored, or failed: then the next
@@ -184,6 +206,7 @@ class FileData:
                 self.unsynced.add(a, b)
             self.unsynced_trunc = _lowest(self.unsynced_trunc, self.sealing_trunc)
         self.sealing, self.sealing_trunc = Intervals(), None
+        self.seal_covers = None
 
     def live_bytes(self) -> int:
         return self.layers[-1].dirty.total() if self.layers and not self.layers[-1].frozen else 0

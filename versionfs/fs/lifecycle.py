@@ -11,8 +11,9 @@ not written for `idle_seal_seconds` (open or closed), or dirty for
 `seal_max_age_seconds` however busy; a writer streaming a big file is sealed
 in the background once more than `STREAM_SEAL_BYTES` are pending; snapshot, flush and
 unmount seal everything. Small new files are sealed many to a batch. A file
-left with runs of small extents by appends is merged once it has been quiet
-for `merge_quiet_seconds` (sealing.py says why and how). The idle
+left with runs of small extents by appends, or with partial extents of a
+mostly unused chunk by rewrites, is merged once it has been quiet for
+`merge_quiet_seconds` (sealing.py `merge_ranges` says why and how). The idle
 sealer also syncs the metadata every `metadata_sync_seconds` while it changes,
 which lets the journal release what the seals cover. The ctl commands (fs/ctl/) snapshot, flush and report through the
 last section.
@@ -35,7 +36,7 @@ from .core import MountCore
 from .ctl.command import CommandError
 from .data import CHUNK_MIN, FileData, SealResult
 from .files import FileHandle
-from .sealing import small_runs
+from .sealing import merge_ranges
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ class LifecycleOps(MountCore):
         b.put(schema.inode_key(f.ino), inode.pack(size=r.size, stored=stored))
         inode.stored = stored
         self.seals_unsynced.add(f.ino)
-        if small_runs(r.extents):
+        if merge_ranges(r.extents):
             self._merge_due[f.ino] = time.monotonic()
         else:
             self._merge_due.pop(f.ino, None)
@@ -236,8 +237,8 @@ class LifecycleOps(MountCore):
             log.info("sealing inode %d succeeded after earlier failures", ino)
 
     def _merges_due(self, now: float) -> list[int]:
-        """Files with runs of small extents, quiet for `merge_quiet_seconds`
-        since their last write and their last seal."""
+        """Files with something to merge (`merge_ranges`), quiet for
+        `merge_quiet_seconds` since their last write and their last seal."""
         due = []
         for ino, sealed_at in list(self._merge_due.items()):
             f = self.files.get(ino)
@@ -248,7 +249,7 @@ class LifecycleOps(MountCore):
         return due
 
     async def _merge_small_extents(self, ino: int) -> None:
-        """Merge a quiet file's runs of small extents (sealing.py); a failure is
+        """Merge a quiet file's `merge_ranges` (sealing.py); a failure is
         logged and reported, the file stays as it was."""
         if ino in self._seal_scheduled or self.meta.get(schema.inode_key(ino)) is None:
             return

@@ -38,7 +38,9 @@ the result in, is `DataManager.seal`):
   chunk stores 4 KiB, in a 1 MiB file as in a 200 MiB one. The old chunk
   stays whole in the stores while any partial extent uses it (each has its own
   b"R" key, so reclamation sees it live) and is queued for reclamation when
-  the last one goes. A rewrite of more than half an extent re-chunks it as
+  the last one goes. Rewrites of partial extents can leave a chunk mostly
+  unused: once less than half of it is used (`wasted_partials`), the quiet
+  merge re-chunks its partial extents, so the chunk goes too. A rewrite of more than half an extent re-chunks it as
   before, so rewriting a whole file still dedups with its old chunks.
 * Re-chunking re-aligns with the old chunks only where they were cut by CDC:
   it is cut at the start of a clean extent shorter than CHUNK_MIN or partial,
@@ -105,6 +107,29 @@ def small_runs(extents: list[Extent]) -> list[tuple[int, int]]:
             first, count = e.offset, int(e.length < CHUNK_MIN)
         end = e.end
     return runs
+
+
+def wasted_partials(extents: list[Extent]) -> list[tuple[int, int]]:
+    """Byte ranges of the extents of each chunk this file uses less than
+    PARTIAL_MAX_TOUCHED (half) of, as far as its extents show the chunk (it is
+    at least as long as the furthest skip + length into it): partial extents
+    left by rewrites that keep a mostly unused chunk alive in both stores.
+    Merging re-stores their bytes, and the old chunk is then reclaimed."""
+    usage: dict[bytes, list[int]] = {}         # pointer -> [bytes used, known chunk length]
+    for e in extents:
+        u = usage.setdefault(e.pointer, [0, 0])
+        u[0] += e.length
+        u[1] = max(u[1], e.skip + e.length)
+    wasteful = {p for p, (used, known) in usage.items() if used < known * PARTIAL_MAX_TOUCHED}
+    return [(e.offset, e.end) for e in extents if e.pointer in wasteful]
+
+
+def merge_ranges(extents: list[Extent]) -> list[tuple[int, int]]:
+    """What a quiet merge re-chunks: `small_runs` and `wasted_partials`."""
+    ranges = Intervals()
+    for a, b in small_runs(extents) + wasted_partials(extents):
+        ranges.add(a, b)
+    return list(ranges)
 
 
 def split_extents(extents: list[Extent], touched: Intervals, same: set[Extent],
@@ -206,8 +231,9 @@ class Sealer(ChunkReader):
     def seal_layers(self, extents: list[Extent], layers: list[Layer], size: int,
                     merge_small: bool = False) -> SealResult:
         """Re-chunk what `layers` changed over `extents` (a file of `size` bytes);
-        with `merge_small` the runs of small extents (`small_runs`) too. The
-        chunks are durable when this returns."""
+        with `merge_small` the runs of small extents and the partial extents of
+        mostly unused chunks (`merge_ranges`) too. The chunks are durable when
+        this returns."""
         # Where base content is still visible: below every truncation point.
         tmin = min((l.trunc for l in layers if l.trunc is not None), default=None)
         visible = Intervals()
@@ -218,7 +244,7 @@ class Sealer(ChunkReader):
             visible.add(e.offset, min(e.end, base_limit))
         touched = Intervals()       # positions whose content may differ from base
         if merge_small:
-            for a, b in small_runs(extents):
+            for a, b in merge_ranges(extents):
                 touched.add(a, min(b, base_limit))
                 self.extents_merged += sum(1 for e in extents if a <= e.offset < b)
         for i, layer in enumerate(layers):
