@@ -81,7 +81,8 @@ def test_lru_eviction_respects_the_guard_and_reports_full(tmp_path):
     with pytest.raises(StoreFullError):
         store.put(Pointer.random(), b"z" * 20_000)
     assert store.used_bytes == 10_000
-    assert DiskStore(tmp_path, max_bytes=10_000).used_bytes == 10_000
+    reopened = DiskStore(tmp_path, max_bytes=10_000)
+    assert reopened.wait_scanned(30) and reopened.used_bytes == 10_000
 
 
 @pytest.mark.parametrize("make", [

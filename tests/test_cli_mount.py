@@ -24,6 +24,7 @@ from versionfs.common import state as statemod
 
 from cli_util import (REPO, VERSIONFS, assert_user_error, daemon_pid, force_cleanup, mount_type,
                       ok, run_cli, wait_gone)
+from history_util import wait_for
 
 pytestmark = pytest.mark.fuse
 
@@ -99,6 +100,27 @@ def test_lifecycle_init_mount_write_snapshot_umount_remount(fs):
     assert (fs.mnt / "docs" / "a.txt").read_text() == "version two\n"
     again = fs.mnt / ".versionfs" / "snapshots" / name / "docs" / "a.txt"
     assert again.read_text() == "version one\n"
+    fs.umount()
+
+
+def test_a_mount_indexes_its_fast_store_in_the_background_and_reports_it(fs):
+    fs.init()
+    fs.mount()
+    (fs.mnt / "data").write_bytes(os.urandom(300_000))
+    ok(run_cli("flush", fs.mnt, "--timeout", "60"))
+    fs.umount()
+    fs.mount()
+
+    def scanned() -> dict | None:
+        st = json.loads(ok(run_cli("status", fs.mnt, "--json")))
+        return st if st["fast_store_scan"] != "pending" else None
+
+    st = wait_for(scanned, 30, "the fast store's index scan")
+    assert st["fast_store_scan"] == "done"
+    fast = statemod.Layout(fs.state).fast
+    on_disk = sum(p.stat().st_size for p in Path(fast).rglob("*")
+                  if p.is_file() and not p.name.startswith("."))
+    assert on_disk >= 300_000 and st["fast_store_use"] == str(on_disk)
     fs.umount()
 
 

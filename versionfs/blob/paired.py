@@ -202,6 +202,7 @@ class Paired(UploadLoop, Store):
                 "upload_errors": self._errors,
                 "fast_bytes": getattr(self.fast, "used_bytes", None),
                 "fast_limit": getattr(self.fast, "max_bytes", None),
+                "fast_scan": getattr(self.fast, "scan_state", None),
             }
 
     # -- Store ------------------------------------------------------------------

@@ -427,8 +427,10 @@ class LifecycleOps(MountCore):
             st["pending_bytes"] = ps.get("pending_bytes")
             st["uploads_linked"] = ps.get("uploads_linked")
             st["uploads_copied"] = ps.get("uploads_copied")
-            st["fast_store_use"] = (f"{ps.get('fast_bytes')}" +
-                                    (f" of {limit}" if limit else ""))
+            used = ps.get("fast_bytes")
+            st["fast_store_use"] = ("unknown" if used is None else f"{used}") + \
+                (f" of {limit}" if limit else "")
+            st["fast_store_scan"] = ps.get("fast_scan")
             ok = ps.get("last_upload_ok")
             st["last_upload"] = None if ok is None else iso_utc(ok)
             st["last_error"] = ps.get("last_error") or self.last_error
