@@ -37,7 +37,7 @@ from typing import Callable
 import trio
 
 from .extents import Extent, extent_index
-from .layers import FileData, Layer
+from .layers import FileData, Layer, LayerMemory
 from .reading import CHUNK_CACHE_BYTES
 from .sealing import CHUNK_MIN, SealResult, Sealer
 
@@ -86,6 +86,7 @@ class DataManager(Sealer):
         # Layer files an fsync's L record refers to: deleted once closed and a
         # durable seal covers the record (durability.py).
         self.kept_files: list[KeptFile] = []
+        self.layer_memory = LayerMemory()
         super().__init__(blobs, chunking_seed, cache_bytes)
 
     def discard_leftovers(self, keep: set[str] = frozenset()) -> int:
@@ -110,7 +111,8 @@ class DataManager(Sealer):
         if f.layers and not f.layers[-1].frozen:
             return f.layers[-1]
         f._seq += 1
-        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{self._tag}.{f._seq}"), f.size)
+        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{self._tag}.{f._seq}"), f.size,
+                      self.layer_memory)
         f.layers.append(layer)
         return layer
 

@@ -416,6 +416,11 @@ class LifecycleOps(MountCore):
             "inodes_in_memory": len(self.inodes),
             "files_in_memory": len(self.files),
             "read_cache_bytes": self.data.cache.used_bytes,
+            # Unsealed bytes held in memory layers now, at most at once, and the
+            # layers moved to their file because the total was reached (layers.py).
+            "memory_layer_bytes": self.data.layer_memory.used,
+            "memory_layer_peak_bytes": self.data.layer_memory.peak,
+            "memory_layers_spilled": self.data.layer_memory.spilled,
             **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:
