@@ -51,7 +51,11 @@ def test_rss_stays_under_budget_through_big_io_and_many_files(cli_fs):  # noqa: 
     assert read.digest() == written.digest()
     after_big = resident_bytes(pid)
     assert after_big["VmHWM"] <= PEAK_BUDGET, after_big
-    assert fs.status()["read_cache_bytes"] <= 64 * MiB
+    st = fs.status()
+    assert st["read_cache_bytes"] <= 64 * MiB
+    # Free heap pages were given back while the daemon was busy (common/memory.py):
+    # without that the freed chunks stay resident between live ones.
+    assert st["allocator_trims"] > 0, st
 
     small = fs.path("small")
     small.mkdir()

@@ -18,6 +18,12 @@ workers), and freed heap memory goes back to the kernel only from an arena's
 top. Measured: the same 512 MiB write and cold read ended at 454 MB anonymous
 RSS, and at 128 MB with only the threshold pinned (MALLOC_MMAP_THRESHOLD_).
 ``bound_allocator`` pins it, trims free heap tops and caps the arenas.
+Small chunks (files under the threshold) still come from the heap, and the
+ones a busy daemon frees sit between live ones where no top trim reaches: the
+mount's idle sealer calls ``give_back_free_memory`` every
+TRIM_INTERVAL_SECONDS while chunks are read or sealed (fs/lifecycle.py; status
+``allocator_trims``). Measured on bench/peers.py's workloads: 199 MB peak and
+164 MB at the end with it, 222-233 MB and 193-200 MB without.
 
 How it is measured: /proc/PID/status (VmRSS, VmHWM = peak). LMDB's mmapped
 pages count in RSS as RssFile and are reclaimable page cache; the budget is
@@ -39,6 +45,10 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = 128 << 10   # glibc's initial value, pinned (no dynamic raise)
 TRIM_THRESHOLD_BYTES = 1 << 20     # give free heap tops back beyond 1 MiB
 ARENA_MAX = 2                      # one per core: threads share arenas, their free lists too
+# While the daemon is busy, free heap pages are given back this often (malloc_trim,
+# about a millisecond): freed small chunks sit between live ones, below an
+# arena's top, where the trim threshold never reaches them.
+TRIM_INTERVAL_SECONDS = 1.0
 
 
 def _libc_function(name: str):
