@@ -5,7 +5,10 @@ What the daemon holds at most, by design (README "Memory"):
 * decoded chunks kept for reads: ``mount.read_cache_bytes`` (default 64 MiB),
   emptied after ``mount.read_cache_idle_seconds`` (30 s) without reads or seals;
 * read-ahead in flight: ``fs.reading.READ_AHEAD_CHUNKS`` chunks;
-* what a seal or an upload has in hand: a few chunks per worker thread;
+* unsealed writes in memory: 1 MiB per file, ``fs.layers.MEMORY_LAYERS_TOTAL_BYTES``
+  (16 MiB) for all files together; beyond that they go to layer files;
+* a seal: one ``fs.sealing.CDC_WINDOW`` (16 MiB) and ``PUTS_IN_FLIGHT`` chunks;
+* what an upload has in hand: a few chunks per worker thread;
 * per-file state only for files the kernel still knows (inodes it forgot are
   dropped), so it does not grow with the number of files ever touched.
 
@@ -22,8 +25,8 @@ Small chunks (files under the threshold) still come from the heap, and the
 ones a busy daemon frees sit between live ones where no top trim reaches: the
 mount's idle sealer calls ``give_back_free_memory`` every
 TRIM_INTERVAL_SECONDS while chunks are read or sealed (fs/lifecycle.py; status
-``allocator_trims``). Measured on bench/peers.py's workloads: 199 MB peak and
-164 MB at the end with it, 222-233 MB and 193-200 MB without.
+``allocator_trims``). Measured on bench/peers.py's workloads: 185-213 MB peak
+and 163-174 MB at the end with it, 222-233 MB and 193-200 MB without.
 
 How it is measured: /proc/PID/status (VmRSS, VmHWM = peak). LMDB's mmapped
 pages count in RSS as RssFile and are reclaimable page cache; the budget is
