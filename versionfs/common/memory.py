@@ -5,7 +5,10 @@ What the daemon holds at most, by design (README "Memory"):
 * decoded chunks kept for reads: ``mount.read_cache_bytes`` (default 64 MiB),
   emptied after ``mount.read_cache_idle_seconds`` (30 s) without reads or seals;
 * read-ahead in flight: ``fs.reading.READ_AHEAD_CHUNKS`` chunks;
-* what a seal or an upload has in hand: a few chunks per worker thread;
+* unsealed writes in memory: 1 MiB per file, ``fs.layers.MEMORY_LAYERS_TOTAL_BYTES``
+  (16 MiB) for all files together; beyond that they go to layer files;
+* a seal: one ``fs.sealing.CDC_WINDOW`` (16 MiB) and ``PUTS_IN_FLIGHT`` chunks;
+* what an upload has in hand: a few chunks per worker thread;
 * per-file state only for files the kernel still knows (inodes it forgot are
   dropped), so it does not grow with the number of files ever touched.
 
@@ -18,6 +21,12 @@ workers), and freed heap memory goes back to the kernel only from an arena's
 top. Measured: the same 512 MiB write and cold read ended at 454 MB anonymous
 RSS, and at 128 MB with only the threshold pinned (MALLOC_MMAP_THRESHOLD_).
 ``bound_allocator`` pins it, trims free heap tops and caps the arenas.
+Small chunks (files under the threshold) still come from the heap, and the
+ones a busy daemon frees sit between live ones where no top trim reaches: the
+mount's idle sealer calls ``give_back_free_memory`` every
+TRIM_INTERVAL_SECONDS while chunks are read or sealed (fs/lifecycle.py; status
+``allocator_trims``). Measured on bench/peers.py's workloads: 185-213 MB peak
+and 163-174 MB at the end with it, 222-233 MB and 193-200 MB without.
 
 Pinned where, though: pyfuse3 copies every WRITE request into a fresh bytes
 object (1 MiB each for a big write, the kernel's max_write). At glibc's
@@ -54,6 +63,10 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD_BYTES = (1 << 20) + (64 << 10)
 TRIM_THRESHOLD_BYTES = 2 << 20     # give free heap tops back beyond 2 MiB
 ARENA_MAX = 2                      # one per core: threads share arenas, their free lists too
+# While the daemon is busy, free heap pages are given back this often (malloc_trim,
+# about a millisecond): freed small chunks sit between live ones, below an
+# arena's top, where the trim threshold never reaches them.
+TRIM_INTERVAL_SECONDS = 1.0
 
 
 def _libc_function(name: str):

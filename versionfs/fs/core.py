@@ -144,6 +144,7 @@ class MountCore:
         self._writebacks_running = 0           # kernel writeback calls not yet returned
         self._writeback_lock = threading.Lock()
         self.last_error: str | None = None
+        self.allocator_trims = 0               # free heap given back while busy (status)
         # Files whose last seal failed: ino -> (failures, monotonic retry time, error).
         # Their data stays dirty (and journaled); the idle sealer retries with backoff.
         self.seal_failures: dict[int, tuple[int, float, str]] = {}

@@ -38,7 +38,7 @@ from typing import Callable
 import trio
 
 from .extents import Extent, extent_index
-from .layers import FileData, Layer
+from .layers import FileData, Layer, LayerMemory
 from .reading import CHUNK_CACHE_BYTES
 from .sealing import CHUNK_MIN, SealResult, Sealer
 
@@ -90,6 +90,7 @@ class DataManager(Sealer):
         # durable seal covers the record (durability.py).
         self.kept_files: list[KeptFile] = []
         self._seal_pause = os.environ.get(SEAL_PAUSE_ENV) or None       # tests only
+        self.layer_memory = LayerMemory()
         super().__init__(blobs, chunking_seed, cache_bytes)
 
     def discard_leftovers(self, keep: set[str] = frozenset()) -> int:
@@ -114,7 +115,8 @@ class DataManager(Sealer):
         if f.layers and not f.layers[-1].frozen:
             return f.layers[-1]
         f._seq += 1
-        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{self._tag}.{f._seq}"), f.size)
+        layer = Layer(os.path.join(self.dirty_dir, f"{f.ino}.{self._tag}.{f._seq}"), f.size,
+                      self.layer_memory)
         f.layers.append(layer)
         return layer
 

@@ -21,25 +21,49 @@ from .extents import Extent, Intervals
 
 # Layers are kept in memory up to this size (see Layer).
 MEMORY_LAYER_BYTES = 1 << 20
+# All the memory layers of a mount together hold at most this much (LayerMemory).
+MEMORY_LAYERS_TOTAL_BYTES = 16 << 20
 # A layer file asks the kernel to start writing back after this many bytes.
 WRITEBACK_BYTES = 8 << 20
+
+
+class LayerMemory:
+    """The bytes all memory layers of a mount hold, kept under `limit` (part of
+    the daemon's memory budget, common/memory.py): a burst of small files that
+    outruns sealing (an untar, a git commit) moves further layers to their
+    files instead of growing the daemon by the burst. Changed on the trio
+    thread only (writes, truncates, closes)."""
+
+    __slots__ = ("limit", "used", "peak", "spilled")
+
+    def __init__(self, limit: int = MEMORY_LAYERS_TOTAL_BYTES):
+        self.limit = limit
+        self.used = 0
+        self.peak = 0          # the most held at once (counter for tests/status)
+        self.spilled = 0       # layers moved to their file because the total was reached
+
+    def grow(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
 
 
 class Layer:
     """Unsealed writes of one file since a point in time (see module doc).
 
     The bytes live in memory while the layer spans at most MEMORY_LAYER_BYTES
-    (small files never cost a file create and unlink), and in a sparse file
-    under the dirty directory beyond that.
+    and the mount's memory layers fit their total (`LayerMemory`): small files
+    never cost a file create and unlink. Beyond that they live in a sparse file
+    under the dirty directory.
     """
 
-    __slots__ = ("path", "fd", "mem", "dirty", "trunc", "size", "frozen", "readers", "retired",
-                 "created", "keep", "unflushed")
+    __slots__ = ("path", "fd", "mem", "memory", "dirty", "trunc", "size", "frozen", "readers",
+                 "retired", "created", "keep", "unflushed")
 
-    def __init__(self, path: str, size: int):
+    def __init__(self, path: str, size: int, memory: LayerMemory):
         self.path = path
         self.fd = -1
         self.mem: bytearray | None = bytearray()
+        self.memory = memory
         self.dirty = Intervals()
         self.trunc: int | None = None
         self.size = size
@@ -56,7 +80,7 @@ class Layer:
     def adopt(cls, path: str, size: int, ranges) -> "Layer":
         """A frozen layer over an existing layer file holding `ranges` (a
         journal replay's L record)."""
-        layer = cls(path, size)
+        layer = cls(path, size, LayerMemory(0))
         layer.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         layer.mem = None
         for a, b in ranges:
@@ -66,10 +90,13 @@ class Layer:
 
     def pwrite(self, buf: bytes, offset: int) -> int:
         end = offset + len(buf)
-        if self.mem is not None and end > MEMORY_LAYER_BYTES:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            os.pwrite(self.fd, self.mem, 0)
-            self.mem = None
+        if self.mem is not None:
+            growth = max(0, end - len(self.mem))
+            if end > MEMORY_LAYER_BYTES:
+                self._move_to_file()
+            elif self.memory.used + growth > self.memory.limit:
+                self.memory.spilled += 1
+                self._move_to_file()
         if self.mem is None:
             n = os.pwrite(self.fd, buf, offset)
             self.unflushed += n
@@ -80,15 +107,23 @@ class Layer:
                 start_writeback(self.fd)
             return n
         if end > len(self.mem):
+            self.memory.grow(end - len(self.mem))
             self.mem.extend(bytes(end - len(self.mem)))
         self.mem[offset:end] = buf
         return len(buf)
 
+    def _move_to_file(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.pwrite(self.fd, self.mem, 0)
+        self.memory.grow(-len(self.mem))
+        self.mem = None
+
     def pread(self, n: int, offset: int) -> bytes:
-        if self.mem is None:
+        mem = self.mem        # a worker thread's read: the trio thread may move it to the file
+        if mem is None:
             data = os.pread(self.fd, n, offset)
         else:
-            data = bytes(self.mem[offset:offset + n])
+            data = bytes(mem[offset:offset + n])
         if len(data) < n:                 # sparse tail
             data += bytes(n - len(data))
         return data
@@ -97,6 +132,7 @@ class Layer:
         if self.mem is None:
             os.ftruncate(self.fd, size)
         elif len(self.mem) > size:
+            self.memory.grow(size - len(self.mem))
             del self.mem[size:]
 
     def close(self) -> None:
@@ -105,6 +141,8 @@ class Layer:
         if self.readers > 0:
             self.retired = True
             return
+        if self.mem is not None:
+            self.memory.grow(-len(self.mem))
         self.mem = None
         if self.fd >= 0:
             os.close(self.fd)

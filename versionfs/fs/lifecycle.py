@@ -29,6 +29,7 @@ import pyfuse3
 import trio
 
 from versionfs.blob.errors import StoreFullError
+from versionfs.common.memory import TRIM_INTERVAL_SECONDS, give_back_free_memory
 from versionfs.tree import schema
 from versionfs.tree.names import iso_utc
 
@@ -265,7 +266,7 @@ class LifecycleOps(MountCore):
             self._maybe_unload(ino)
 
     async def _idle_sealer(self) -> None:
-        last_sync = time.monotonic()
+        last_sync = last_trim = time.monotonic()
         while True:
             await trio.sleep(min(0.5, self.idle_seal_seconds / 2))
             now = time.monotonic()
@@ -274,6 +275,12 @@ class LifecycleOps(MountCore):
                     self._queue_seal(f)
             if self.data.cache.release_if_idle(self.read_cache_idle_seconds):
                 log.debug("read cache emptied after %.0fs unused", self.read_cache_idle_seconds)
+            elif now - last_trim >= TRIM_INTERVAL_SECONDS and self.data.cache.last_use > last_trim:
+                # Busy (chunks read or sealed since the last trim): give back the
+                # heap pages that freed chunks left between live ones (common/memory.py).
+                last_trim = now
+                await trio.to_thread.run_sync(give_back_free_memory)
+                self.allocator_trims += 1
             for ino in self._merges_due(now):
                 self._nursery.start_soon(self._merge_small_extents, ino)
             if self._meta_changed and now - last_sync > self.metadata_sync_seconds:
@@ -418,6 +425,12 @@ class LifecycleOps(MountCore):
             "files_in_memory": len(self.files),
             "read_cache_bytes": self.data.cache.used_bytes,
             **self.data.read_status(),                    # reading.py: what reads cost
+            # Unsealed bytes held in memory layers now, at most at once, and the
+            # layers moved to their file because the total was reached (layers.py).
+            "memory_layer_bytes": self.data.layer_memory.used,
+            "memory_layer_peak_bytes": self.data.layer_memory.peak,
+            "memory_layers_spilled": self.data.layer_memory.spilled,
+            "allocator_trims": self.allocator_trims,
             **self.reclaim_status(),                      # reclaiming.py
         }
         if self.paired is not None:

@@ -55,6 +55,11 @@ class ChunkCache:
     def used_bytes(self) -> int:
         return self._used
 
+    @property
+    def last_use(self) -> float:
+        """time.monotonic() of the last get or put."""
+        return self._last_use
+
     def get(self, key: bytes) -> bytes | None:
         with self._lock:
             self._last_use = time.monotonic()

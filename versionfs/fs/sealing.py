@@ -356,6 +356,7 @@ class Sealer(ChunkReader):
                 if end in clean_starts:
                     return end
             pos = pos + chunks[-1][0] + chunks[-1][1]
+            del buf       # its chunks are copies: not kept while the next window is read
             # Bound memory (about two windows of chunks in flight) without draining
             # the queue: the put workers keep working while the next window is read.
             pending = [fu for fu in pending if not fu.done()]
