@@ -176,6 +176,33 @@ def test_a_seal_made_before_the_first_journal_record_hides_none_of_it(tmp_path):
         j.close()
 
 
+def test_a_metadata_sync_records_only_the_seals_noted_before_it_started(tmp_path):
+    """Two metadata syncs at once (the idle sealer's and an fsync's, each in a
+    worker thread) and a seal persisted while the slower one runs: that sync
+    may not hold the seal, so it must not write the seal's S record. Counted
+    as a prefix of the seals pending, it took the seal noted after it began
+    for one of its own once the other sync had taken its seals away; after a
+    power cut replay then skipped the fsynced writes the seal held, with the
+    metadata on disk lacking the seal: the file came back as an older seal."""
+    j = DirtyJournal(str(tmp_path / "journal"))
+    early = j.log(7, None, [(0, b"sealed early")], 12, 1, 1)
+    late = j.log(8, None, [(0, b"fsynced, sealed late")], 20, 1, 1)
+    j.sync()
+    j.sealed(7, early)
+    periodic = j.seals_noted()           # the idle sealer's metadata sync starts
+    fsyncs = j.seals_noted()             # an fsync's starts too ...
+    j.metadata_synced(fsyncs)            # ... and ends first
+    j.sealed(8, late)                    # a seal persisted during the periodic sync
+    j.metadata_synced(periodic)          # which ends: it did not hold that seal
+    j.close()                            # the power goes before the next metadata sync
+    j = DirtyJournal(str(tmp_path / "journal"))
+    try:
+        replayed = {r.ino: [op[:2] for op in r.ops] for r in j.replay()}
+        assert replayed == {8: [(late - 1, "W"), (late, "A")]}
+    finally:
+        j.close()
+
+
 def test_an_inode_stays_unsynced_until_a_metadata_sync_started_after_its_change():
     """An fsync arriving while a metadata sync runs must not count on it (the
     inode stays in until the sync is durable), and a change made during the

@@ -240,3 +240,39 @@ def test_torn_tail_only_in_last_segment(tmp_path):
         f.truncate(os.path.getsize(first) - 3)
     with pytest.raises(CRCMismatchError):
         read(d)
+
+
+def test_a_sync_returns_only_once_what_it_covers_is_durable(tmp_path, monkeypatch):
+    """Two syncs at once (the publisher's and an fsync's metadata sync, two
+    fsyncs of the dirty journal): the second found nothing dirty while the
+    first's fdatasync was still running and returned at once, so its caller
+    reported as durable entries no sync had finished with. It waits for that
+    fdatasync instead. The fdatasync is held in flight by a wrapper: no real
+    disk stalls one on cue."""
+    import threading
+    from versionfs.meta.wal import wal as walmod
+
+    w = fill(str(tmp_path / "wal"), 3)
+    in_flight, let_go, order = threading.Event(), threading.Event(), []
+    real = os.fdatasync
+
+    def held_fdatasync(fd):
+        if not in_flight.is_set():
+            in_flight.set()
+            let_go.wait(30)
+            order.append("first fdatasync done")
+        real(fd)
+
+    monkeypatch.setattr(walmod.os, "fdatasync", held_fdatasync)
+    w.save_entry(4, b"entry 4")
+    first = threading.Thread(target=w.sync)
+    first.start()
+    assert in_flight.wait(30)
+    second = threading.Thread(target=lambda: (w.sync(), order.append("second sync returned")))
+    second.start()
+    second.join(0.5)                   # time for it to return, were it to return early
+    let_go.set()
+    first.join(30)
+    second.join(30)
+    w.close()
+    assert order == ["first fdatasync done", "second sync returned"]

@@ -112,8 +112,10 @@ class DirtyJournal:
         self._lock = threading.Lock()
         # ino -> indices of its record batches not yet covered by a durable seal
         self._holds: dict[int, collections.deque[int]] = {}
-        # (ino, index) of seals persisted in the metadata but not yet synced there
-        self._seals_pending: list[tuple[int, int]] = []
+        # (number, ino, index) of seals persisted in the metadata but not yet
+        # synced there, numbered as noted (`seals_noted`)
+        self._seals_pending: list[tuple[int, int, int]] = []
+        self._seals_counted = 0
         self.bytes_logged = 0           # W payload bytes appended since the mount (metrics)
         self.unsynced_bytes = 0         # record bytes appended since the last sync began
 
@@ -231,7 +233,8 @@ class DirtyJournal:
         the metadata (not yet synced there)."""
         with self._lock:
             if ino in self._holds:
-                self._seals_pending.append((ino, covered_to))
+                self._seals_counted += 1
+                self._seals_pending.append((self._seals_counted, ino, covered_to))
 
     def forget(self, ino: int) -> None:
         """The file is gone for good (its deletion is durable): drop its holds."""
@@ -239,19 +242,23 @@ class DirtyJournal:
             self._holds.pop(ino, None)
 
     def seals_noted(self) -> int:
-        """How many seals are noted now: pass it to ``metadata_synced`` after the
-        metadata sync that makes them durable."""
+        """A mark of the seals noted now: pass it to ``metadata_synced`` after the
+        metadata sync that makes them durable. A number, not a count of those
+        pending: two syncs may run at once (the idle sealer's, an fsync's), and
+        the first to end takes its seals away from under the other's count,
+        which then took seals noted after it began, not durable yet."""
         with self._lock:
-            return len(self._seals_pending)
+            return self._seals_counted
 
     def metadata_synced(self, noted: int) -> int:
-        """The metadata was synced after ``seals_noted()`` returned `noted`: those
-        seals are durable. Record them, release what no file needs any more;
-        returns segments released. Blocking."""
+        """The metadata was synced after ``seals_noted()`` returned `noted`: the
+        seals noted up to it are durable. Record them, release what no file
+        needs any more; returns segments released. Blocking."""
         with self._lock:
-            done, self._seals_pending = self._seals_pending[:noted], self._seals_pending[noted:]
+            done = [s for s in self._seals_pending if s[0] <= noted]
+            self._seals_pending = self._seals_pending[len(done):]
             records = []
-            for ino, covered in done:
+            for _, ino, covered in done:
                 holds = self._holds.get(ino)
                 if holds is None:
                     continue

@@ -44,7 +44,9 @@ class WAL:
 
     Thread-safe: appends are serialised by an internal lock; ``sync`` fsyncs a
     duplicate of the segment descriptor outside that lock so appends are not
-    held up by the disk.
+    held up by the disk. Syncs are serialised by a lock of their own: a
+    sync returns only once what was appended before it is durable, also when
+    another sync's fdatasync is the one that covers it.
     """
 
     def __init__(self, dirpath: str, segment_bytes: int, preallocate: bool = False):
@@ -58,6 +60,9 @@ class WAL:
         self.size_changing_syncs = 0
         self.tails_repaired = 0     # torn tails removed when the log was opened
         self._lock = threading.Lock()
+        # One sync at a time: a sync that finds nothing dirty while another's
+        # fdatasync runs must wait for it (what it covers is not durable yet).
+        self._sync_lock = threading.Lock()
         self._fd: int | None = None
         self._seq = 0
         self._size = 0  # bytes in the current segment
@@ -318,6 +323,10 @@ class WAL:
 
     def sync(self) -> int | None:
         """fsync everything appended so far; returns the last index now durable."""
+        with self._sync_lock:
+            return self._sync()
+
+    def _sync(self) -> int | None:
         with self._lock:
             self._check_append()
             if not self._dirty:
