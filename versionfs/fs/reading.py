@@ -130,8 +130,9 @@ class ChunkReader:
                 "read_replies_joined": self.replies_joined}
 
     def _fetch(self, pointer: bytes) -> bytes | memoryview:
-        """Read, decode and verify one chunk from the store (blocking)."""
+        """Read, decode and verify one chunk from the store into the cache (blocking)."""
         data = self.blobs.get_buffer(self._pointer(pointer))
+        self.cache.put(pointer, data)
         with self._ahead_lock:
             self.chunks_fetched += 1
             if threading.get_ident() == self._loop_thread:
@@ -156,12 +157,9 @@ class ChunkReader:
             try:
                 return pending.result()
             except Exception:              # noqa: BLE001 - fetch it ourselves, errors and all
-                data = self._fetch(pointer)
-                self.cache.put(pointer, data)
-                return data
+                return self._fetch(pointer)
         try:
             data = self._fetch(pointer)
-            self.cache.put(pointer, data)
             mine.set_result(data)
             return data
         except BaseException as exc:
@@ -186,7 +184,6 @@ class ChunkReader:
     def _fetch_ahead(self, pointer: bytes) -> bytes:
         try:
             data = self._fetch(pointer)
-            self.cache.put(pointer, data)
             with self._ahead_lock:
                 if len(self._fetched_ahead) > 4096:     # read ahead but never read: forget
                     self._fetched_ahead.clear()

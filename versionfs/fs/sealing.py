@@ -40,8 +40,9 @@ the result in, is `DataManager.seal`):
   b"R" key, so reclamation sees it live) and is queued for reclamation when
   the last one goes. Rewrites of partial extents can leave a chunk mostly
   unused: once less than half of it is used (`wasted_partials`), the quiet
-  merge re-chunks its partial extents, so the chunk goes too. A rewrite of more than half an extent re-chunks it as
-  before, so rewriting a whole file still dedups with its old chunks.
+  merge re-chunks its partial extents, so the chunk goes too. A rewrite of
+  more than half an extent re-chunks it as before, so rewriting a whole file
+  still dedups with its old chunks.
 * Re-chunking re-aligns with the old chunks only where they were cut by CDC:
   it is cut at the start of a clean extent shorter than CHUNK_MIN or partial,
   and at the end of a changed extent shorter than CHUNK_MIN
