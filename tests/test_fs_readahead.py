@@ -22,6 +22,12 @@ def _bdi_read_ahead_kb(path) -> int:
         return int(f.read())
 
 
+def _drop_kernel_caches() -> None:
+    """Empty the kernel's page cache: what is read next comes through the daemon."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def test_mount_raises_read_ahead_and_big_cold_reads_return_the_right_bytes(vfs):
     assert _bdi_read_ahead_kb(vfs.mountpoint) == READ_AHEAD_KB
     data = os.urandom(9 * (1 << 20) + 12345)       # several chunks, ragged end
@@ -30,8 +36,7 @@ def test_mount_raises_read_ahead_and_big_cold_reads_return_the_right_bytes(vfs):
         os.fsync(f.fileno())
     vfs.stop()
     vfs.start()                                     # nothing of ours in memory
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    _drop_kernel_caches()
     assert _bdi_read_ahead_kb(vfs.mountpoint) == READ_AHEAD_KB
     got = bytearray()
     with open(vfs.path("f"), "rb") as f:
@@ -66,8 +71,7 @@ def test_cold_sequential_read_fetches_each_chunk_once_off_the_loop_in_big_reques
     assert chunks >= 4                              # several chunks (about 1 MiB each)
     vfs.stop()
     vfs.start()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    _drop_kernel_caches()
     before = _read_counters(vfs)
     got = bytearray()
     with open(vfs.path("f"), "rb") as f:
@@ -89,8 +93,7 @@ def test_cold_sequential_read_fetches_each_chunk_once_off_the_loop_in_big_reques
     assert done["read_replies_joined"] >= 1, done
     # Read again with only the kernel's cache dropped: every chunk is still
     # decoded in the daemon's cache, nothing is fetched a second time.
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    _drop_kernel_caches()
     with open(vfs.path("f"), "rb") as f:
         assert f.read() == data
     again = _read_counters(vfs)
@@ -109,8 +112,7 @@ def test_concurrent_cold_reads_across_chunk_ends_get_their_own_bytes(vfs):
     vfs.ok("flush")
     vfs.stop()
     vfs.start()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
+    _drop_kernel_caches()
 
     def check(name: str) -> None:
         data = files[name]
